@@ -1,0 +1,164 @@
+//! Message types. Field order and variant order are the wire format: add new
+//! variants at the end of an enum, never reorder or change existing ones.
+
+use wincode::{SchemaRead, SchemaWrite};
+
+/// The four bytes that open every hello: `MLNA`.
+pub const MAGIC: [u8; 4] = *b"MLNA";
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// A request: an id chosen by the sender (echoed in the response) and an operation.
+#[derive(SchemaWrite, SchemaRead, Debug, Clone, PartialEq, Eq)]
+pub struct Request<'a> {
+    /// Correlates the response with this request; any value the sender likes.
+    pub id: u64,
+    /// What to do.
+    pub op: Op<'a>,
+}
+
+/// An operation. The first frame of a connection must be `Hello`.
+#[derive(SchemaWrite, SchemaRead, Debug, Clone, PartialEq, Eq)]
+pub enum Op<'a> {
+    /// Opens a connection: magic, protocol version and an optional token.
+    Hello {
+        /// Must be [`MAGIC`].
+        magic: [u8; 4],
+        /// Must be [`PROTOCOL_VERSION`].
+        version: u16,
+        /// Shared secret for cluster operations (and data operations when a
+        /// client token is configured).
+        token: Option<&'a str>,
+    },
+    /// Reads a key.
+    Get {
+        /// The key (1 byte or more).
+        key: &'a [u8],
+    },
+    /// Writes a key.
+    Put {
+        /// The key (1 byte or more).
+        key: &'a [u8],
+        /// The value (may be empty).
+        value: &'a [u8],
+        /// Seconds to live: `None` takes the server default, `Some(0)` never expires.
+        ttl: Option<u32>,
+    },
+    /// Removes a key.
+    Delete {
+        /// The key (1 byte or more).
+        key: &'a [u8],
+    },
+    /// Liveness check; answered with an empty `Ok`.
+    Ping,
+    /// Asks for the server's counters.
+    Stats,
+    /// A cache node asks a router to add it to the ring.
+    Join {
+        /// The address the node is reachable at, e.g. `http://10.0.0.5:50051`.
+        address: &'a str,
+    },
+    /// Removes a node from a router's ring.
+    Leave {
+        /// The address the node joined with.
+        address: &'a str,
+    },
+    /// A cache node tells a router it is alive; answered with the ring.
+    Heartbeat {
+        /// The address the node joined with.
+        address: &'a str,
+    },
+    /// Asks a router for the current ring members.
+    Members,
+}
+
+/// Outcome of a request.
+#[derive(SchemaWrite, SchemaRead, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Done.
+    Ok,
+    /// The key does not exist (or has expired).
+    NotFound,
+    /// The router's rate limit refused the request; retry later.
+    RateLimited,
+    /// A key, value or frame exceeds a configured limit.
+    TooLarge,
+    /// No node can serve the request right now; retry later.
+    Unavailable,
+    /// The request is malformed or not allowed in this state.
+    BadRequest,
+    /// The token is missing or wrong.
+    Unauthorized,
+    /// The server failed; the request may or may not have taken effect.
+    Internal,
+}
+
+impl Status {
+    /// A short lowercase name, as used in error messages and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::NotFound => "not found",
+            Status::RateLimited => "rate limited",
+            Status::TooLarge => "too large",
+            Status::Unavailable => "unavailable",
+            Status::BadRequest => "bad request",
+            Status::Unauthorized => "unauthorized",
+            Status::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A response: the request's id, a status and a body.
+#[derive(SchemaWrite, SchemaRead, Debug, Clone, PartialEq, Eq)]
+pub struct Response<'a> {
+    /// The id of the request this answers (0 when the request could not be read).
+    pub id: u64,
+    /// Outcome.
+    pub status: Status,
+    /// Payload; its variant depends on the operation and the status.
+    pub body: Body<'a>,
+}
+
+/// A response payload.
+#[derive(SchemaWrite, SchemaRead, Debug, Clone, PartialEq, Eq)]
+pub enum Body<'a> {
+    /// Nothing more to say (put, delete, ping, join, leave, not found).
+    Empty,
+    /// The value of a get.
+    Value(&'a [u8]),
+    /// A human-readable explanation, sent with every status other than `Ok`/`NotFound`.
+    Message(&'a str),
+    /// Counters, answering `Stats`.
+    Stats(Vec<Stat<'a>>),
+    /// The ring, answering `Members` and `Heartbeat`: its epoch and member addresses.
+    Members {
+        /// Increases with every membership change the router makes.
+        epoch: u64,
+        /// Member addresses, sorted.
+        addresses: Vec<&'a str>,
+    },
+    /// Answer to `Hello`: the version the server speaks and what it is.
+    Hello {
+        /// The server's protocol version.
+        version: u16,
+        /// `"node"` or `"router"`, with the software version, e.g. `"node milena/0.1.0"`.
+        server: &'a str,
+    },
+}
+
+/// One named counter in a `Stats` answer.
+#[derive(SchemaWrite, SchemaRead, Debug, Clone, PartialEq, Eq)]
+pub struct Stat<'a> {
+    /// Counter name, e.g. `"hits"`.
+    pub name: &'a str,
+    /// Counter value.
+    pub value: u64,
+}

@@ -1,0 +1,3 @@
+//! The cache node: store, protocol server, execution.
+
+pub mod store;
