@@ -2,5 +2,14 @@
 //!
 //! The library holds all the logic; the binaries in `src/bin/` only parse
 //! configuration, bind sockets, install signal handlers and call `run`.
+//! Layers depend downwards only: binaries → `node` → `client`/`net` →
+//! `milena_protocol`.
 
+pub mod client;
+pub mod config;
+pub mod logging;
+pub mod net;
 pub mod node;
+pub mod shutdown;
+
+pub use milena_protocol as protocol;

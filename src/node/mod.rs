@@ -1,3 +1,190 @@
-//! The cache node: store, protocol server, execution.
+//! The cache node: a sharded in-memory store served over the binary protocol.
+//!
+//! `server` owns sockets and frames, `store` owns memory, and `execute` is
+//! the one match that joins a decoded request to the store.
 
+pub mod error;
+pub mod execute;
+pub mod server;
 pub mod store;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::config::NodeConfig;
+use store::{Millis, Store, StoreConfig};
+
+pub use server::run;
+
+/// Limits and defaults a node applies to requests.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// Store sizing.
+    pub store: StoreConfig,
+    /// TTL for puts that do not name one (`TTL_SECONDS`; 0 = never expire).
+    pub default_ttl: u32,
+    /// Longest key accepted.
+    pub max_key: usize,
+    /// Longest value accepted.
+    pub max_value: usize,
+    /// Most simultaneous client connections.
+    pub max_connections: usize,
+    /// How long a new connection may take to send its hello.
+    pub hello_timeout: Duration,
+}
+
+impl NodeSettings {
+    /// The largest frame a node accepts: a put of the largest key and value,
+    /// plus room for the message envelope.
+    pub fn max_frame(&self) -> usize {
+        self.max_key + self.max_value + 1024
+    }
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        NodeSettings {
+            store: StoreConfig {
+                max_items: 100_000,
+                max_bytes: None,
+                shards: StoreConfig::default_shards(),
+            },
+            default_ttl: 3600,
+            max_key: 250,
+            max_value: 16 * 1024 * 1024,
+            max_connections: 10_000,
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl From<&NodeConfig> for NodeSettings {
+    fn from(c: &NodeConfig) -> Self {
+        NodeSettings {
+            store: StoreConfig {
+                max_items: usize::try_from(c.lru_size).unwrap_or(usize::MAX),
+                max_bytes: c.max_memory,
+                shards: c
+                    .shards
+                    .map_or_else(StoreConfig::default_shards, |s| s as usize),
+            },
+            default_ttl: c.ttl_seconds,
+            max_key: c.max_key_size as usize,
+            max_value: c.max_value_size as usize,
+            max_connections: c.max_connections,
+            hello_timeout: Duration::from_secs(c.hello_timeout_secs),
+        }
+    }
+}
+
+/// Milliseconds since the node started, on tokio's clock so tests can pause
+/// and advance time instead of sleeping.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    /// A clock reading zero now.
+    pub fn new() -> Self {
+        Clock {
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The current reading.
+    pub fn now(&self) -> Millis {
+        Millis(self.start.elapsed().as_millis() as u64)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Node-wide counters. Connections tally locally and fold their counts in
+/// once per batch, so the request path touches no shared cache line.
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    /// Requests executed (after hello).
+    pub requests: AtomicU64,
+    /// Requests answered with an error status, plus protocol errors.
+    pub errors: AtomicU64,
+    /// Get requests.
+    pub gets: AtomicU64,
+    /// Put requests.
+    pub puts: AtomicU64,
+    /// Delete requests.
+    pub deletes: AtomicU64,
+    /// Connections open now.
+    pub connections: AtomicU64,
+    /// Connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Connections refused at `MAX_CONNECTIONS`.
+    pub connections_refused: AtomicU64,
+    /// Connections closed for a protocol violation (bad frame, bad hello...).
+    pub protocol_errors: AtomicU64,
+}
+
+/// Per-connection counts, folded into [`NodeStats`] after each batch.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tally {
+    /// Requests executed.
+    pub requests: u64,
+    /// Error answers.
+    pub errors: u64,
+    /// Gets.
+    pub gets: u64,
+    /// Puts.
+    pub puts: u64,
+    /// Deletes.
+    pub deletes: u64,
+}
+
+impl NodeStats {
+    /// Adds a connection's tally and resets it.
+    pub fn fold(&self, t: &mut Tally) {
+        if t.requests == 0 && t.errors == 0 {
+            return;
+        }
+        let add = |c: &AtomicU64, v: u64| {
+            if v != 0 {
+                c.fetch_add(v, Ordering::Relaxed);
+            }
+        };
+        add(&self.requests, t.requests);
+        add(&self.errors, t.errors);
+        add(&self.gets, t.gets);
+        add(&self.puts, t.puts);
+        add(&self.deletes, t.deletes);
+        *t = Tally::default();
+    }
+}
+
+/// Everything a node's connections share.
+#[derive(Debug)]
+pub struct Node {
+    /// The in-memory store.
+    pub store: Store,
+    /// Limits and defaults.
+    pub settings: NodeSettings,
+    /// Time source for TTLs.
+    pub clock: Clock,
+    /// Counters.
+    pub stats: NodeStats,
+}
+
+impl Node {
+    /// A node with an empty store.
+    pub fn new(settings: NodeSettings) -> Self {
+        let clock = Clock::new();
+        Node {
+            store: Store::new(settings.store, clock.now()),
+            settings,
+            clock,
+            stats: NodeStats::default(),
+        }
+    }
+}

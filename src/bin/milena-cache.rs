@@ -1,0 +1,78 @@
+//! `milena-cache`: a Milena cache node. Parses configuration, binds, installs
+//! signal handlers and runs the node until SIGINT/SIGTERM.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use milena::config::{NodeConfig, one_line_error};
+use milena::node::{Node, NodeSettings};
+use tracing::{info, warn};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cfg = match NodeConfig::try_parse() {
+        Ok(cfg) => cfg,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            eprintln!("{}", one_line_error("milena-cache", &e));
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = milena::logging::init(&cfg.log_level) {
+        eprintln!("milena-cache: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("milena-cache: error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
+    let listener = milena::net::bind(cfg.listen_addr)
+        .with_context(|| format!("cannot listen on LISTEN_ADDR={}", cfg.listen_addr))?;
+    let shutdown = milena::shutdown::on_signals().context("cannot install signal handlers")?;
+    let settings = NodeSettings::from(&cfg);
+    if !cfg.router_addr.is_empty() {
+        warn!(
+            routers = ?cfg.router_addr,
+            "ROUTER_ADDR is set, but this build does not join routers yet; serving direct clients only"
+        );
+    }
+    if cfg.s3_bucket.is_some() {
+        warn!("S3_BUCKET is set, but this build has no S3 tier yet; entries live in memory only");
+    }
+    if cfg.metrics_port.is_some() {
+        warn!(
+            "METRICS_PORT is set, but this build does not serve /metrics yet; use `milena-cli stats`"
+        );
+    }
+    let node = Arc::new(Node::new(settings));
+    info!(
+        addr = %listener.local_addr()?,
+        lru_size = node.settings.store.max_items,
+        ttl_seconds = node.settings.default_ttl,
+        shards = node.store.shard_count(),
+        "cache node listening"
+    );
+    milena::node::run(listener, node, shutdown).await;
+    info!("cache node stopped");
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! `milena-cli`: Milena's redis-cli. Talks to a router or a node.
+
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use milena::client::{Client, ClientError};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "milena-cli",
+    version,
+    about = "Command-line client for Milena routers and nodes"
+)]
+struct Cli {
+    /// Router or node URL (http://host:port; https:// for TLS).
+    #[arg(
+        long,
+        env = "MILENA_ADDR",
+        default_value = "http://localhost:50050",
+        global = true
+    )]
+    addr: String,
+
+    /// Token for cluster operations (join/leave).
+    #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Print the value of KEY (exit 1 with "not found" on stderr if missing).
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Store VALUE under KEY ('-' reads the value from stdin).
+    Put {
+        /// The key.
+        key: String,
+        /// The value, or '-' for stdin.
+        value: String,
+        /// Seconds to live (0 = never expire; default: the node's TTL_SECONDS).
+        #[arg(long)]
+        ttl: Option<u32>,
+    },
+    /// Delete KEY.
+    Del {
+        /// The key.
+        key: String,
+    },
+    /// Check the server answers.
+    Ping,
+    /// Print the server's counters.
+    Stats,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
+    let opts = milena::client::ClientOptions {
+        token: cli.token.clone(),
+        ..Default::default()
+    };
+    let client = Client::connect_with(&cli.addr, opts).await?;
+    let mut stdout = std::io::stdout().lock();
+    match cli.cmd {
+        Cmd::Get { key } => match client.get(key.as_bytes()).await? {
+            Some(v) => {
+                stdout.write_all(&v)?;
+                // Scripts get the value byte for byte; people get a newline.
+                if std::io::stdout().is_terminal() {
+                    stdout.write_all(b"\n")?;
+                }
+            }
+            None => {
+                eprintln!("not found");
+                return Ok(ExitCode::from(1));
+            }
+        },
+        Cmd::Put { key, value, ttl } => {
+            let value = if value == "-" {
+                let mut buf = Vec::new();
+                std::io::stdin().read_to_end(&mut buf)?;
+                buf
+            } else {
+                value.into_bytes()
+            };
+            client.put(key.as_bytes(), &value, ttl).await?;
+            writeln!(stdout, "OK")?;
+        }
+        Cmd::Del { key } => {
+            if client.delete(key.as_bytes()).await? {
+                writeln!(stdout, "deleted")?;
+            } else {
+                writeln!(stdout, "not found")?;
+            }
+        }
+        Cmd::Ping => writeln!(stdout, "PONG ({})", client.server())?,
+        Cmd::Stats => {
+            for (name, value) in client.stats().await? {
+                writeln!(stdout, "{name} {value}")?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

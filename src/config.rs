@@ -1,0 +1,141 @@
+//! Configuration: every setting is a flag with an environment variable of
+//! the same meaning, documented in `--help`.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+
+/// `milena-cache` settings.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "milena-cache",
+    version,
+    about = "Milena cache node: a sharded in-memory LRU with TTL, served over Milena's binary protocol"
+)]
+pub struct NodeConfig {
+    /// Address to serve the binary protocol on.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50051", value_parser = parse_listen_addr)]
+    pub listen_addr: SocketAddr,
+
+    /// Router URL(s) to join, comma-separated (e.g. http://localhost:50050).
+    #[arg(long, env = "ROUTER_ADDR", value_delimiter = ',')]
+    pub router_addr: Vec<String>,
+
+    /// URL this node registers with the router (default: LISTEN_ADDR with the host name for 0.0.0.0).
+    #[arg(long, env = "ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+
+    /// Most entries held in memory.
+    #[arg(long, env = "LRU_SIZE", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub lru_size: u64,
+
+    /// Most bytes held in memory (keys + values + 64 B per entry); accepts 512MiB, 2GiB, 1000000.
+    #[arg(long, env = "MAX_MEMORY", value_parser = parse_bytes)]
+    pub max_memory: Option<u64>,
+
+    /// Default time to live of an entry, in seconds (0 = entries never expire).
+    #[arg(long, env = "TTL_SECONDS", default_value_t = 3600)]
+    pub ttl_seconds: u32,
+
+    /// Port of the Prometheus /metrics endpoint.
+    #[arg(long, env = "METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+
+    /// AWS region of the S3 bucket.
+    #[arg(long, env = "AWS_REGION")]
+    pub aws_region: Option<String>,
+
+    /// S3 bucket that backs the cache.
+    #[arg(long, env = "S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+
+    /// Log level or filter: error, warn, info, debug, trace, or e.g. "milena=debug,info".
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Lock stripes in the store (power of two; default 16 per core).
+    #[arg(long, env = "SHARDS", value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub shards: Option<u64>,
+
+    /// Longest key accepted, in bytes.
+    #[arg(long, env = "MAX_KEY_SIZE", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_key_size: u64,
+
+    /// Longest value accepted; accepts 1MiB, 16MiB, 1000000.
+    #[arg(long, env = "MAX_VALUE_SIZE", default_value = "16MiB", value_parser = parse_bytes)]
+    pub max_value_size: u64,
+
+    /// Most simultaneous client connections; more are refused with an error.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Seconds a new connection has to send its hello.
+    #[arg(long, env = "HELLO_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub hello_timeout_secs: u64,
+}
+
+/// Parses `host:port` for a listener, resolving names such as `localhost`.
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    crate::net::resolve(s)
+}
+
+/// Parses a byte size: a plain number, or one with a K/M/G/T suffix
+/// (KiB/MiB/... and KB/MB/... are all read as powers of 1024, like memcached's -m).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a byte size (e.g. 512MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{s}' (use KiB, MiB, GiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+/// Renders a configuration error as one line that names the variable, for
+/// binaries to print before exiting.
+pub fn one_line_error(binary: &str, err: &clap::Error) -> String {
+    let text = err.to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid configuration");
+    let first = first.trim_start_matches("error: ");
+    format!("{binary}: invalid configuration: {first}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("100"), Ok(100));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2g"), Ok(2 << 30));
+        assert!(parse_bytes("abc").is_err());
+        assert!(parse_bytes("5 parsecs").is_err());
+        assert!(parse_bytes("99999999999T").is_err());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = NodeConfig::try_parse_from(["milena-cache", "--lru-size", "abc"])
+            .expect_err("abc is not a size");
+        let line = one_line_error("milena-cache", &err);
+        assert!(line.contains("LRU_SIZE"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+}

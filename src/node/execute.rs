@@ -1,0 +1,148 @@
+//! The one match that joins a decoded request to the store and encodes the
+//! answer. No sockets here, and no storage details beyond the store's API.
+
+use std::sync::atomic::Ordering;
+
+use milena_protocol::{Body, Op, Response, Stat, Status, encode_response};
+
+use super::error::NodeError;
+use super::store::PutOutcome;
+use super::{Node, Tally};
+
+/// Executes request `id` and appends its response to `out`.
+pub fn execute(node: &Node, id: u64, op: Op<'_>, out: &mut Vec<u8>, tally: &mut Tally) {
+    tally.requests += 1;
+    // `Ok(None)`: the response is already in `out` (a hit, encoded straight
+    // from the store's memory, or stats).
+    let result: Result<Option<Status>, NodeError> = match op {
+        Op::Get { key } => {
+            tally.gets += 1;
+            get(node, id, key, out)
+        }
+        Op::Put { key, value, ttl } => {
+            tally.puts += 1;
+            put(node, key, value, ttl).map(|()| Some(Status::Ok))
+        }
+        Op::Delete { key } => {
+            tally.deletes += 1;
+            check_key(node, key).map(|()| {
+                if node.store.delete(key, node.clock.now()) {
+                    Some(Status::Ok)
+                } else {
+                    Some(Status::NotFound)
+                }
+            })
+        }
+        Op::Ping => Ok(Some(Status::Ok)),
+        Op::Stats => {
+            encode_response(
+                &Response {
+                    id,
+                    status: Status::Ok,
+                    body: Body::Stats(stats(node)),
+                },
+                out,
+            );
+            Ok(None)
+        }
+        Op::Hello { .. } => Err(NodeError::DuplicateHello),
+        Op::Join { .. } => Err(NodeError::RouterOnly("join")),
+        Op::Leave { .. } => Err(NodeError::RouterOnly("leave")),
+        Op::Heartbeat { .. } => Err(NodeError::RouterOnly("heartbeat")),
+        Op::Members => Err(NodeError::RouterOnly("members")),
+    };
+    match result {
+        Ok(None) => {}
+        Ok(Some(status)) => encode_response(
+            &Response {
+                id,
+                status,
+                body: Body::Empty,
+            },
+            out,
+        ),
+        Err(e) => {
+            tally.errors += 1;
+            e.respond(id, out);
+        }
+    }
+}
+
+fn check_key(node: &Node, key: &[u8]) -> Result<(), NodeError> {
+    if key.is_empty() {
+        return Err(NodeError::EmptyKey);
+    }
+    if key.len() > node.settings.max_key {
+        return Err(NodeError::KeyTooLarge {
+            len: key.len(),
+            max: node.settings.max_key,
+        });
+    }
+    Ok(())
+}
+
+fn get(node: &Node, id: u64, key: &[u8], out: &mut Vec<u8>) -> Result<Option<Status>, NodeError> {
+    check_key(node, key)?;
+    let hit = node.store.get_with(key, node.clock.now(), |value| {
+        encode_response(
+            &Response {
+                id,
+                status: Status::Ok,
+                body: Body::Value(value),
+            },
+            out,
+        );
+    });
+    Ok(match hit {
+        Some(()) => None,
+        None => Some(Status::NotFound),
+    })
+}
+
+fn put(node: &Node, key: &[u8], value: &[u8], ttl: Option<u32>) -> Result<(), NodeError> {
+    check_key(node, key)?;
+    if value.len() > node.settings.max_value {
+        return Err(NodeError::ValueTooLarge {
+            len: value.len(),
+            max: node.settings.max_value,
+        });
+    }
+    let ttl = ttl.unwrap_or(node.settings.default_ttl);
+    match node.store.put(key, value, ttl, node.clock.now()) {
+        PutOutcome::Stored { .. } => Ok(()),
+        PutOutcome::TooLarge => Err(NodeError::EntryTooLarge {
+            len: key.len() + value.len(),
+        }),
+    }
+}
+
+fn stats(node: &Node) -> Vec<Stat<'static>> {
+    let s = &node.stats;
+    let st = node.store.stats();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let uptime = node.clock.now().0 / 1000;
+    [
+        ("uptime_seconds", uptime),
+        ("connections", load(&s.connections)),
+        ("connections_total", load(&s.connections_total)),
+        ("connections_refused", load(&s.connections_refused)),
+        ("protocol_errors", load(&s.protocol_errors)),
+        ("requests", load(&s.requests)),
+        ("errors", load(&s.errors)),
+        ("gets", load(&s.gets)),
+        ("puts", load(&s.puts)),
+        ("deletes", load(&s.deletes)),
+        ("hits", st.counters.hits),
+        ("misses", st.counters.misses),
+        ("items", st.items),
+        ("bytes", st.bytes),
+        ("evictions", st.counters.evictions),
+        ("expirations", st.counters.expirations),
+        ("max_items", node.settings.store.max_items as u64),
+        ("max_bytes", node.settings.store.max_bytes.unwrap_or(0)),
+        ("shards", node.store.shard_count() as u64),
+    ]
+    .into_iter()
+    .map(|(name, value)| Stat { name, value })
+    .collect()
+}

@@ -1,0 +1,270 @@
+//! Accept loop and the per-connection pipelined frame loop.
+//!
+//! A connection reads whatever the socket has, executes every complete frame
+//! in it, and answers the whole batch with one `write`: a client that
+//! pipelines 16 requests costs one read and one write syscall, not 32.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use milena_protocol::{
+    Body, FrameCodec, FrameError, MAGIC, Op, PROTOCOL_VERSION, Response, Status, decode_request,
+    encode_response, peek_id,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::error::NodeError;
+use super::execute::execute;
+use super::{Node, Tally};
+use crate::net;
+
+/// Initial read and write buffer capacity per connection.
+const BUF_CAPACITY: usize = 16 * 1024;
+/// Buffers that grew past this for a large value are given back once empty,
+/// so idle connections do not pin megabytes each.
+const BUF_KEEP: usize = 256 * 1024;
+/// How long a connection may take to receive its last responses once
+/// shutdown has begun.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How often expired entries are reclaimed in the background.
+const EXPIRE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Serves the binary protocol on `listener` until `shutdown` is cancelled,
+/// then stops accepting, lets every connection finish the batch it is on,
+/// and returns once all of them are closed.
+pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    tracker.spawn(expire_loop(node.clone(), shutdown.clone()));
+    let limit = node.settings.max_connections;
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept:
+                    // back off a little instead of spinning, keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        net::tune(&stream);
+        let open = node.stats.connections.fetch_add(1, Ordering::Relaxed);
+        if open as usize >= limit {
+            node.stats.connections.fetch_sub(1, Ordering::Relaxed);
+            node.stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracker.spawn(refuse(stream, limit));
+            continue;
+        }
+        node.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        let node = node.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            if let Err(e) = serve_connection(stream, &node, &shutdown).await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+            node.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    drop(listener);
+    info!("stopped accepting; draining connections");
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn refuse(mut stream: TcpStream, limit: usize) {
+    let mut out = Vec::new();
+    NodeError::TooManyConnections(limit).respond(0, &mut out);
+    let _ = stream.write_all(&out).await;
+}
+
+async fn expire_loop(node: Arc<Node>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(EXPIRE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let n = node.store.expire(node.clock.now());
+                if n > 0 {
+                    debug!(reclaimed = n, "expired entries reclaimed");
+                }
+            }
+        }
+    }
+}
+
+/// What the frame loop does after a frame.
+enum Flow {
+    Continue,
+    /// The stream is out of sync or the peer misbehaved: flush and close.
+    Close,
+}
+
+/// Runs one connection: hello, then pipelined requests, until the peer
+/// closes, misbehaves, or the node shuts down.
+async fn serve_connection(
+    mut stream: TcpStream,
+    node: &Node,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
+    let mut codec = FrameCodec::new(node.settings.max_frame());
+    let mut rbuf = BytesMut::with_capacity(BUF_CAPACITY);
+    let mut wbuf: Vec<u8> = Vec::with_capacity(BUF_CAPACITY);
+    let mut tally = Tally::default();
+    let mut greeted = false;
+    let hello_timeout = node.settings.hello_timeout;
+    let hello_deadline = tokio::time::sleep(hello_timeout);
+    tokio::pin!(hello_deadline);
+
+    loop {
+        let n = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = &mut hello_deadline, if !greeted => {
+                node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                NodeError::HelloTimeout(hello_timeout.as_secs()).respond(0, &mut wbuf);
+                stream.write_all(&wbuf).await?;
+                break;
+            }
+            r = stream.read_buf(&mut rbuf) => r?,
+        };
+        if n == 0 {
+            if !rbuf.is_empty() {
+                node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                debug!(pending = rbuf.len(), "peer closed in the middle of a frame");
+            }
+            break;
+        }
+        let mut flow = Flow::Continue;
+        loop {
+            match codec.decode_frame(&mut rbuf) {
+                Ok(Some(frame)) => {
+                    flow = handle_frame(node, &frame, &mut greeted, &mut wbuf, &mut tally);
+                    if let Flow::Close = flow {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let err = match e {
+                        FrameError::TooLarge { .. } => NodeError::FrameTooLarge(e.to_string()),
+                        FrameError::Io(_) => NodeError::Undecodable(e.to_string()),
+                    };
+                    node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    tally.errors += 1;
+                    err.respond(0, &mut wbuf);
+                    flow = Flow::Close;
+                    break;
+                }
+            }
+        }
+        node.stats.fold(&mut tally);
+        if !wbuf.is_empty() {
+            write_batch(&mut stream, &wbuf, shutdown).await?;
+            wbuf.clear();
+            if wbuf.capacity() > BUF_KEEP {
+                wbuf = Vec::with_capacity(BUF_CAPACITY);
+            }
+        }
+        if let Flow::Close = flow {
+            break;
+        }
+        if rbuf.is_empty() && rbuf.capacity() > BUF_KEEP {
+            rbuf = BytesMut::with_capacity(BUF_CAPACITY);
+        }
+    }
+    node.stats.fold(&mut tally);
+    // Let the peer read what we wrote before the FIN (errors included).
+    let _ = stream.shutdown().await;
+    Ok(())
+}
+
+/// Writes a batch of responses. A peer that stops reading holds only its own
+/// connection; at shutdown it gets [`DRAIN_GRACE`] to take its answers.
+async fn write_batch(
+    stream: &mut TcpStream,
+    buf: &[u8],
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
+    tokio::select! {
+        r = stream.write_all(buf) => r,
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN_GRACE).await;
+        } => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "peer did not read its responses before shutdown",
+        )),
+    }
+}
+
+fn handle_frame(
+    node: &Node,
+    frame: &[u8],
+    greeted: &mut bool,
+    out: &mut Vec<u8>,
+    tally: &mut Tally,
+) -> Flow {
+    let req = match decode_request(frame) {
+        Ok(req) => req,
+        Err(e) => {
+            return protocol_error(
+                node,
+                NodeError::Undecodable(e.to_string()),
+                frame,
+                out,
+                tally,
+            );
+        }
+    };
+    if *greeted {
+        execute(node, req.id, req.op, out, tally);
+        return Flow::Continue;
+    }
+    let err = match req.op {
+        Op::Hello { magic, .. } if magic != MAGIC => NodeError::BadMagic(magic),
+        Op::Hello { version, .. } if version != PROTOCOL_VERSION => NodeError::Version(version),
+        Op::Hello { .. } => {
+            *greeted = true;
+            encode_response(
+                &Response {
+                    id: req.id,
+                    status: Status::Ok,
+                    body: Body::Hello {
+                        version: PROTOCOL_VERSION,
+                        server: concat!("node milena/", env!("CARGO_PKG_VERSION")),
+                    },
+                },
+                out,
+            );
+            return Flow::Continue;
+        }
+        _ => NodeError::HelloRequired,
+    };
+    protocol_error(node, err, frame, out, tally)
+}
+
+fn protocol_error(
+    node: &Node,
+    err: NodeError,
+    frame: &[u8],
+    out: &mut Vec<u8>,
+    tally: &mut Tally,
+) -> Flow {
+    debug!(error = %err, "protocol error; closing connection");
+    node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    tally.errors += 1;
+    err.respond(peek_id(frame).unwrap_or(0), out);
+    Flow::Close
+}
