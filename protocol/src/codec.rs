@@ -7,7 +7,7 @@
 //! each body in its own allocation.
 
 use bytes::BytesMut;
-use tokio_util::codec::{Decoder, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, LengthDelimitedCodec, LengthDelimitedCodecError};
 
 use crate::message::{Request, Response};
 
@@ -19,10 +19,8 @@ const LEN_PREFIX: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     /// The length prefix announces more than the configured maximum.
-    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    #[error("frame length exceeds the maximum of {max} bytes")]
     TooLarge {
-        /// Announced length.
-        len: usize,
         /// Configured maximum.
         max: usize,
     },
@@ -61,18 +59,21 @@ impl FrameCodec {
 
     /// Splits the next complete frame body off `buf`, if there is one.
     pub fn decode_frame(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
-        // Checked here rather than relying on the inner codec's io::Error so
-        // the caller can tell the peer exactly what went wrong.
-        if let Some(prefix) = buf.get(..LEN_PREFIX) {
-            let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
-            if len > self.max_frame {
-                return Err(FrameError::TooLarge {
-                    len,
+        self.inner.decode(buf).map_err(|e| {
+            // The inner codec is stateful (it consumes the prefix before the
+            // body arrives), so the limit is enforced there and its error
+            // translated here rather than by peeking at the buffer.
+            let too_large = e
+                .get_ref()
+                .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>());
+            if too_large {
+                FrameError::TooLarge {
                     max: self.max_frame,
-                });
+                }
+            } else {
+                FrameError::Io(e)
             }
-        }
-        Ok(self.inner.decode(buf)?)
+        })
     }
 }
 

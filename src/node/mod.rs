@@ -8,6 +8,7 @@ pub mod execute;
 pub mod server;
 pub mod store;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -77,24 +78,37 @@ impl From<&NodeConfig> for NodeSettings {
     }
 }
 
-/// Milliseconds since the node started, on tokio's clock so tests can pause
-/// and advance time instead of sleeping.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    start: tokio::time::Instant,
+/// Milliseconds since the node started. Normally tokio's clock (which tests
+/// may pause and advance); a manual clock lets tests that talk over real
+/// sockets move time by hand, since a paused runtime would skip ahead on its
+/// own whenever it waits for I/O.
+#[derive(Debug, Clone)]
+pub enum Clock {
+    /// Tokio's clock, from the moment the node started.
+    Tokio(tokio::time::Instant),
+    /// A reading set by hand (milliseconds).
+    Manual(Arc<AtomicU64>),
 }
 
 impl Clock {
-    /// A clock reading zero now.
+    /// Tokio's clock, reading zero now.
     pub fn new() -> Self {
-        Clock {
-            start: tokio::time::Instant::now(),
-        }
+        Clock::Tokio(tokio::time::Instant::now())
+    }
+
+    /// A manual clock and the handle that sets it.
+    pub fn manual() -> (Self, Arc<AtomicU64>) {
+        let ms = Arc::new(AtomicU64::new(0));
+        (Clock::Manual(ms.clone()), ms)
     }
 
     /// The current reading.
+    #[inline]
     pub fn now(&self) -> Millis {
-        Millis(self.start.elapsed().as_millis() as u64)
+        match self {
+            Clock::Tokio(start) => Millis(start.elapsed().as_millis() as u64),
+            Clock::Manual(ms) => Millis(ms.load(Ordering::Relaxed)),
+        }
     }
 }
 
@@ -177,9 +191,13 @@ pub struct Node {
 }
 
 impl Node {
-    /// A node with an empty store.
+    /// A node with an empty store on tokio's clock.
     pub fn new(settings: NodeSettings) -> Self {
-        let clock = Clock::new();
+        Self::with_clock(settings, Clock::new())
+    }
+
+    /// A node with an empty store on the given clock.
+    pub fn with_clock(settings: NodeSettings, clock: Clock) -> Self {
         Node {
             store: Store::new(settings.store, clock.now()),
             settings,

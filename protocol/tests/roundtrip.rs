@@ -1,0 +1,189 @@
+//! Property tests: every message round-trips, frames survive any split of
+//! the byte stream, and arbitrary bytes never panic the decoder.
+
+use bytes::BytesMut;
+use milena_protocol::*;
+use proptest::prelude::*;
+
+/// Owned material from which a borrowed message is built.
+#[derive(Debug, Clone)]
+enum OwnedOp {
+    Hello([u8; 4], u16, Option<String>),
+    Get(Vec<u8>),
+    Put(Vec<u8>, Vec<u8>, Option<u32>),
+    Delete(Vec<u8>),
+    Ping,
+    Stats,
+    Join(String),
+    Leave(String),
+    Heartbeat(String),
+    Members,
+}
+
+impl OwnedOp {
+    fn op(&self) -> Op<'_> {
+        match self {
+            OwnedOp::Hello(m, v, t) => Op::Hello { magic: *m, version: *v, token: t.as_deref() },
+            OwnedOp::Get(k) => Op::Get { key: k },
+            OwnedOp::Put(k, v, t) => Op::Put { key: k, value: v, ttl: *t },
+            OwnedOp::Delete(k) => Op::Delete { key: k },
+            OwnedOp::Ping => Op::Ping,
+            OwnedOp::Stats => Op::Stats,
+            OwnedOp::Join(a) => Op::Join { address: a },
+            OwnedOp::Leave(a) => Op::Leave { address: a },
+            OwnedOp::Heartbeat(a) => Op::Heartbeat { address: a },
+            OwnedOp::Members => Op::Members,
+        }
+    }
+}
+
+fn bytes() -> impl Strategy<Value = Vec<u8>> {
+    proptest::collection::vec(any::<u8>(), 0..300)
+}
+
+fn owned_op() -> impl Strategy<Value = OwnedOp> {
+    prop_oneof![
+        (any::<[u8; 4]>(), any::<u16>(), proptest::option::of(".{0,40}"))
+            .prop_map(|(m, v, t)| OwnedOp::Hello(m, v, t)),
+        bytes().prop_map(OwnedOp::Get),
+        (bytes(), bytes(), proptest::option::of(any::<u32>())).prop_map(|(k, v, t)| OwnedOp::Put(k, v, t)),
+        bytes().prop_map(OwnedOp::Delete),
+        Just(OwnedOp::Ping),
+        Just(OwnedOp::Stats),
+        ".{0,60}".prop_map(OwnedOp::Join),
+        ".{0,60}".prop_map(OwnedOp::Leave),
+        ".{0,60}".prop_map(OwnedOp::Heartbeat),
+        Just(OwnedOp::Members),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum OwnedBody {
+    Empty,
+    Value(Vec<u8>),
+    Message(String),
+    Stats(Vec<(String, u64)>),
+    Members(u64, Vec<String>),
+    Hello(u16, String),
+}
+
+impl OwnedBody {
+    fn body(&self) -> Body<'_> {
+        match self {
+            OwnedBody::Empty => Body::Empty,
+            OwnedBody::Value(v) => Body::Value(v),
+            OwnedBody::Message(m) => Body::Message(m),
+            OwnedBody::Stats(s) => Body::Stats(s.iter().map(|(n, v)| Stat { name: n, value: *v }).collect()),
+            OwnedBody::Members(e, a) => Body::Members { epoch: *e, addresses: a.iter().map(String::as_str).collect() },
+            OwnedBody::Hello(v, s) => Body::Hello { version: *v, server: s },
+        }
+    }
+}
+
+fn status() -> impl Strategy<Value = Status> {
+    prop_oneof![
+        Just(Status::Ok),
+        Just(Status::NotFound),
+        Just(Status::RateLimited),
+        Just(Status::TooLarge),
+        Just(Status::Unavailable),
+        Just(Status::BadRequest),
+        Just(Status::Unauthorized),
+        Just(Status::Internal),
+    ]
+}
+
+fn owned_body() -> impl Strategy<Value = OwnedBody> {
+    prop_oneof![
+        Just(OwnedBody::Empty),
+        bytes().prop_map(OwnedBody::Value),
+        ".{0,80}".prop_map(OwnedBody::Message),
+        proptest::collection::vec((".{0,20}", any::<u64>()), 0..20).prop_map(OwnedBody::Stats),
+        (any::<u64>(), proptest::collection::vec(".{0,30}", 0..10)).prop_map(|(e, a)| OwnedBody::Members(e, a)),
+        (any::<u16>(), ".{0,30}").prop_map(|(v, s)| OwnedBody::Hello(v, s)),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn requests_round_trip(id in any::<u64>(), op in owned_op()) {
+        let req = Request { id, op: op.op() };
+        let mut frame = Vec::new();
+        encode_request(&req, &mut frame);
+        prop_assert_eq!(u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize, frame.len() - 4);
+        prop_assert_eq!(decode_request(&frame[4..]).expect("decodes"), req);
+        prop_assert_eq!(peek_id(&frame[4..]), Some(id));
+    }
+
+    #[test]
+    fn responses_round_trip(id in any::<u64>(), status in status(), body in owned_body()) {
+        let resp = Response { id, status, body: body.body() };
+        let mut frame = Vec::new();
+        encode_response(&resp, &mut frame);
+        prop_assert_eq!(decode_response(&frame[4..]).expect("decodes"), resp);
+    }
+
+    /// However the stream is cut into reads, the codec yields the same frames.
+    #[test]
+    fn frames_survive_any_split(ops in proptest::collection::vec(owned_op(), 1..20), cuts in proptest::collection::vec(1usize..64, 1..50)) {
+        let mut stream = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            encode_request(&Request { id: i as u64, op: op.op() }, &mut stream);
+        }
+        let mut codec = FrameCodec::new(DEFAULT_MAX_FRAME);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        let mut pos = 0;
+        let mut cut = cuts.iter().cycle();
+        while pos < stream.len() {
+            let n = (*cut.next().expect("cycle")).min(stream.len() - pos);
+            buf.extend_from_slice(&stream[pos..pos + n]);
+            pos += n;
+            while let Some(frame) = codec.decode_frame(&mut buf).expect("valid stream") {
+                got.push(frame);
+            }
+        }
+        prop_assert_eq!(got.len(), ops.len());
+        for (i, (frame, op)) in got.iter().zip(&ops).enumerate() {
+            prop_assert_eq!(decode_request(frame).expect("decodes"), Request { id: i as u64, op: op.op() });
+        }
+    }
+
+    /// Arbitrary bytes are either frames, "need more", or an error: never a panic.
+    #[test]
+    fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512), max in 0usize..256) {
+        let mut codec = FrameCodec::new(max);
+        let mut buf = BytesMut::from(&data[..]);
+        while let Ok(Some(frame)) = codec.decode_frame(&mut buf) {
+            let _ = decode_request(&frame);
+            let _ = decode_response(&frame);
+        }
+        let _ = decode_request(&data);
+        let _ = decode_response(&data);
+    }
+}
+
+#[test]
+fn oversized_length_prefix_is_an_error_not_an_allocation() {
+    let mut codec = FrameCodec::new(1024);
+    let mut buf = BytesMut::from(&(u32::MAX).to_be_bytes()[..]);
+    assert!(matches!(codec.decode_frame(&mut buf), Err(FrameError::TooLarge { max: 1024 })));
+}
+
+#[test]
+fn trailing_bytes_are_rejected() {
+    let mut frame = Vec::new();
+    encode_request(&Request { id: 1, op: Op::Ping }, &mut frame);
+    frame.push(0);
+    assert!(decode_request(&frame[4..]).is_err());
+}
+
+#[test]
+fn huge_inner_lengths_are_rejected_without_allocating() {
+    // A stats response claiming 2^60 entries.
+    let mut body = 1u64.to_le_bytes().to_vec();
+    body.extend_from_slice(&0u32.to_le_bytes()); // Status::Ok
+    body.extend_from_slice(&3u32.to_le_bytes()); // Body::Stats
+    body.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    assert!(decode_response(&body).is_err());
+}
