@@ -1,0 +1,176 @@
+//! The shipped binaries as a user runs them: `milena-cli` against a real
+//! node, and `milena-cache` started, configured badly, and stopped by signal.
+
+mod common;
+
+use std::process::Stdio;
+
+use common::*;
+use milena::client::Client;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+const CLI: &str = env!("CARGO_BIN_EXE_milena-cli");
+const CACHE: &str = env!("CARGO_BIN_EXE_milena-cache");
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn cli(addr: &str, args: &[&str], stdin: Option<&[u8]>) -> Out {
+    let mut child = Command::new(CLI)
+        .args(args)
+        .env("MILENA_ADDR", addr)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn milena-cli");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(data) = stdin {
+        input.write_all(data).await.expect("stdin write");
+    }
+    drop(input);
+    let out = child.wait_with_output().await.expect("milena-cli runs");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_commands_against_a_node() {
+    let n = start_node(small_settings()).await;
+    let url = n.url();
+
+    let put = cli(&url, &["put", "greeting", "hello world"], None).await;
+    assert_eq!((put.code, put.stdout.trim()), (0, "OK"), "{}", put.stderr);
+
+    let get = cli(&url, &["get", "greeting"], None).await;
+    assert_eq!(get.code, 0, "{}", get.stderr);
+    assert_eq!(get.stdout, "hello world", "piped output is the value, byte for byte");
+
+    let miss = cli(&url, &["get", "nothing"], None).await;
+    assert_eq!(miss.code, 1);
+    assert_eq!(miss.stderr.trim(), "not found");
+    assert!(miss.stdout.is_empty());
+
+    let binary: Vec<u8> = (0..=255u8).collect();
+    let put = cli(&url, &["put", "blob", "-", "--ttl", "60"], Some(&binary)).await;
+    assert_eq!(put.code, 0, "{}", put.stderr);
+    let c = Client::connect(&url).await.expect("connect");
+    assert_eq!(c.get(b"blob").await.expect("get").as_deref(), Some(&binary[..]));
+
+    let del = cli(&url, &["del", "greeting"], None).await;
+    assert_eq!((del.code, del.stdout.trim()), (0, "deleted"));
+    let del = cli(&url, &["del", "greeting"], None).await;
+    assert_eq!((del.code, del.stdout.trim()), (0, "not found"));
+
+    let ping = cli(&url, &["ping"], None).await;
+    assert_eq!(ping.code, 0);
+    assert!(ping.stdout.starts_with("PONG"), "{}", ping.stdout);
+
+    let stats = cli(&url, &["stats"], None).await;
+    assert_eq!(stats.code, 0);
+    assert!(stats.stdout.lines().any(|l| l == "hits 2"), "{}", stats.stdout);
+    assert!(stats.stdout.lines().any(|l| l == "misses 1"), "{}", stats.stdout);
+
+    let too_big = cli(&url, &["put", &"k".repeat(300), "v"], None).await;
+    assert_ne!(too_big.code, 0);
+    assert!(too_big.stderr.contains("MAX_KEY_SIZE"), "{}", too_big.stderr);
+    n.stop().await;
+}
+
+#[tokio::test]
+async fn cli_reports_an_unreachable_server() {
+    // Bind then drop a listener: nothing listens on that port afterwards.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let out = cli(&format!("http://127.0.0.1:{port}"), &["get", "k"], None).await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.starts_with("error: connection error"), "{}", out.stderr);
+
+    let out = cli("ftp://x:1", &["ping"], None).await;
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("unsupported scheme"), "{}", out.stderr);
+}
+
+async fn cache_with_env(env: &[(&str, &str)]) -> Out {
+    let out = Command::new(CACHE)
+        .envs(env.iter().copied())
+        .env("LISTEN_ADDR", env.iter().find(|(k, _)| *k == "LISTEN_ADDR").map_or("127.0.0.1:0", |e| e.1))
+        .output()
+        .await
+        .expect("milena-cache runs");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn bad_configuration_exits_with_one_line_naming_the_variable() {
+    for (var, value) in [
+        ("LRU_SIZE", "abc"),
+        ("LRU_SIZE", "0"),
+        ("TTL_SECONDS", "-1"),
+        ("LISTEN_ADDR", "not-an-address"),
+        ("MAX_MEMORY", "lots"),
+        ("LOG_LEVEL", "loud=[["),
+    ] {
+        let out = cache_with_env(&[(var, value)]).await;
+        assert_eq!(out.code, 2, "{var}={value}: {}", out.stderr);
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{var}={value}: {}", out.stderr);
+        assert!(lines[0].contains(var), "{var}={value}: {}", lines[0]);
+        assert!(!out.stderr.contains("panicked"));
+    }
+}
+
+#[tokio::test]
+async fn an_address_it_cannot_bind_is_a_clear_error() {
+    let out = cache_with_env(&[("LISTEN_ADDR", "192.0.2.1:50051")]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stdout.contains("cannot listen on LISTEN_ADDR=192.0.2.1:50051"), "{}", out.stdout);
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn milena_cache_serves_then_stops_on_sigterm() {
+    let mut child = Command::new(CACHE)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("LRU_SIZE", "1000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn milena-cache");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr = loop {
+        let line = lines.next_line().await.expect("read log").expect("log line before exit");
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().expect("address").to_string();
+        }
+    };
+    let c = Client::connect(&format!("http://{addr}")).await.expect("connect");
+    c.put(b"k", b"v", None).await.expect("put");
+    assert_eq!(c.get(b"k").await.expect("get").as_deref(), Some(&b"v"[..]));
+
+    let pid = child.id().expect("pid").to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill");
+    assert!(status.success());
+    let exit = child.wait().await.expect("exit");
+    assert!(exit.success(), "{exit:?}");
+    let mut rest = String::new();
+    while let Ok(Some(l)) = lines.next_line().await {
+        rest.push_str(&l);
+        rest.push('\n');
+    }
+    assert!(rest.contains("SIGTERM received"), "{rest}");
+    assert!(rest.contains("cache node stopped"), "{rest}");
+}
