@@ -51,7 +51,10 @@ async fn cli_commands_against_a_node() {
 
     let get = cli(&url, &["get", "greeting"], None).await;
     assert_eq!(get.code, 0, "{}", get.stderr);
-    assert_eq!(get.stdout, "hello world", "piped output is the value, byte for byte");
+    assert_eq!(
+        get.stdout, "hello world",
+        "piped output is the value, byte for byte"
+    );
 
     let miss = cli(&url, &["get", "nothing"], None).await;
     assert_eq!(miss.code, 1);
@@ -62,7 +65,10 @@ async fn cli_commands_against_a_node() {
     let put = cli(&url, &["put", "blob", "-", "--ttl", "60"], Some(&binary)).await;
     assert_eq!(put.code, 0, "{}", put.stderr);
     let c = Client::connect(&url).await.expect("connect");
-    assert_eq!(c.get(b"blob").await.expect("get").as_deref(), Some(&binary[..]));
+    assert_eq!(
+        c.get(b"blob").await.expect("get").as_deref(),
+        Some(&binary[..])
+    );
 
     let del = cli(&url, &["del", "greeting"], None).await;
     assert_eq!((del.code, del.stdout.trim()), (0, "deleted"));
@@ -75,12 +81,24 @@ async fn cli_commands_against_a_node() {
 
     let stats = cli(&url, &["stats"], None).await;
     assert_eq!(stats.code, 0);
-    assert!(stats.stdout.lines().any(|l| l == "hits 2"), "{}", stats.stdout);
-    assert!(stats.stdout.lines().any(|l| l == "misses 1"), "{}", stats.stdout);
+    assert!(
+        stats.stdout.lines().any(|l| l == "hits 2"),
+        "{}",
+        stats.stdout
+    );
+    assert!(
+        stats.stdout.lines().any(|l| l == "misses 1"),
+        "{}",
+        stats.stdout
+    );
 
     let too_big = cli(&url, &["put", &"k".repeat(300), "v"], None).await;
     assert_ne!(too_big.code, 0);
-    assert!(too_big.stderr.contains("MAX_KEY_SIZE"), "{}", too_big.stderr);
+    assert!(
+        too_big.stderr.contains("MAX_KEY_SIZE"),
+        "{}",
+        too_big.stderr
+    );
     n.stop().await;
 }
 
@@ -93,7 +111,11 @@ async fn cli_reports_an_unreachable_server() {
     };
     let out = cli(&format!("http://127.0.0.1:{port}"), &["get", "k"], None).await;
     assert_ne!(out.code, 0);
-    assert!(out.stderr.starts_with("error: connection error"), "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("error: connection error"),
+        "{}",
+        out.stderr
+    );
 
     let out = cli("ftp://x:1", &["ping"], None).await;
     assert_ne!(out.code, 0);
@@ -103,7 +125,12 @@ async fn cli_reports_an_unreachable_server() {
 async fn cache_with_env(env: &[(&str, &str)]) -> Out {
     let out = Command::new(CACHE)
         .envs(env.iter().copied())
-        .env("LISTEN_ADDR", env.iter().find(|(k, _)| *k == "LISTEN_ADDR").map_or("127.0.0.1:0", |e| e.1))
+        .env(
+            "LISTEN_ADDR",
+            env.iter()
+                .find(|(k, _)| *k == "LISTEN_ADDR")
+                .map_or("127.0.0.1:0", |e| e.1),
+        )
         .output()
         .await
         .expect("milena-cache runs");
@@ -137,7 +164,12 @@ async fn bad_configuration_exits_with_one_line_naming_the_variable() {
 async fn an_address_it_cannot_bind_is_a_clear_error() {
     let out = cache_with_env(&[("LISTEN_ADDR", "192.0.2.1:50051")]).await;
     assert_eq!(out.code, 1);
-    assert!(out.stdout.contains("cannot listen on LISTEN_ADDR=192.0.2.1:50051"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("cannot listen on LISTEN_ADDR=192.0.2.1:50051"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[cfg(unix)]
@@ -152,17 +184,27 @@ async fn milena_cache_serves_then_stops_on_sigterm() {
         .expect("spawn milena-cache");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let addr = loop {
-        let line = lines.next_line().await.expect("read log").expect("log line before exit");
+        let line = lines
+            .next_line()
+            .await
+            .expect("read log")
+            .expect("log line before exit");
         if let Some(rest) = line.split("addr=").nth(1) {
             break rest.split_whitespace().next().expect("address").to_string();
         }
     };
-    let c = Client::connect(&format!("http://{addr}")).await.expect("connect");
+    let c = Client::connect(&format!("http://{addr}"))
+        .await
+        .expect("connect");
     c.put(b"k", b"v", None).await.expect("put");
     assert_eq!(c.get(b"k").await.expect("get").as_deref(), Some(&b"v"[..]));
 
     let pid = child.id().expect("pid").to_string();
-    let status = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill");
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill");
     assert!(status.success());
     let exit = child.wait().await.expect("exit");
     assert!(exit.success(), "{exit:?}");

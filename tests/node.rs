@@ -27,7 +27,8 @@ async fn put_get_delete_ping_stats_through_the_client() {
     assert!(!c.delete(b"k").await.expect("del again"));
     assert_eq!(c.get(b"k").await.expect("get"), None);
 
-    let stats: std::collections::HashMap<_, _> = c.stats().await.expect("stats").into_iter().collect();
+    let stats: std::collections::HashMap<_, _> =
+        c.stats().await.expect("stats").into_iter().collect();
     assert_eq!(stats["hits"], 2);
     assert_eq!(stats["misses"], 2);
     assert_eq!(stats["gets"], 4);
@@ -58,8 +59,20 @@ async fn pipelined_requests_are_answered_in_order_with_their_ids() {
         let key = format!("key{i}");
         let value = format!("value{i}");
         for (id, op) in [
-            (i * 3 + 1, Op::Put { key: key.as_bytes(), value: value.as_bytes(), ttl: None }),
-            (i * 3 + 2, Op::Get { key: key.as_bytes() }),
+            (
+                i * 3 + 1,
+                Op::Put {
+                    key: key.as_bytes(),
+                    value: value.as_bytes(),
+                    ttl: None,
+                },
+            ),
+            (
+                i * 3 + 2,
+                Op::Get {
+                    key: key.as_bytes(),
+                },
+            ),
             (i * 3 + 3, Op::Get { key: b"absent" }),
         ] {
             milena::protocol::encode_request(&milena::protocol::Request { id, op }, &mut bytes);
@@ -105,7 +118,10 @@ async fn one_client_shared_by_many_tasks() {
 async fn ttl_expires_entries_by_the_clock() {
     let (clock, ms) = Clock::manual();
     let n = start_node_with(Node::with_clock(
-        NodeSettings { default_ttl: 10, ..small_settings() },
+        NodeSettings {
+            default_ttl: 10,
+            ..small_settings()
+        },
         clock,
     ))
     .await;
@@ -130,7 +146,11 @@ async fn ttl_expires_entries_by_the_clock() {
 /// entries disappear without any get once the clock passes their TTL.
 #[tokio::test(start_paused = true)]
 async fn expired_entries_are_reclaimed_in_the_background() {
-    let n = start_node(NodeSettings { default_ttl: 5, ..small_settings() }).await;
+    let n = start_node(NodeSettings {
+        default_ttl: 5,
+        ..small_settings()
+    })
+    .await;
     let now = n.node.clock.now();
     for i in 0..1000u32 {
         n.node.store.put(&i.to_be_bytes(), b"v", 5, now);
@@ -147,15 +167,23 @@ async fn expired_entries_are_reclaimed_in_the_background() {
 #[tokio::test]
 async fn lru_size_bounds_the_node() {
     let n = start_node(NodeSettings {
-        store: milena::node::store::StoreConfig { max_items: 100, max_bytes: None, shards: 4 },
+        store: milena::node::store::StoreConfig {
+            max_items: 100,
+            max_bytes: None,
+            shards: 4,
+            exact_lru: false,
+        },
         ..small_settings()
     })
     .await;
     let c = Client::connect(&n.url()).await.expect("connect");
     for i in 0..1000 {
-        c.put(format!("k{i}").as_bytes(), b"v", None).await.expect("put");
+        c.put(format!("k{i}").as_bytes(), b"v", None)
+            .await
+            .expect("put");
     }
-    let stats: std::collections::HashMap<_, _> = c.stats().await.expect("stats").into_iter().collect();
+    let stats: std::collections::HashMap<_, _> =
+        c.stats().await.expect("stats").into_iter().collect();
     assert!(stats["items"] <= 100);
     assert_eq!(stats["items"] + stats["evictions"], 1000);
     n.stop().await;
@@ -164,9 +192,14 @@ async fn lru_size_bounds_the_node() {
 // ---- bad input: each over a real socket; the node keeps serving others ----
 
 async fn assert_still_serving(n: &TestNode) {
-    let c = Client::connect(&n.url()).await.expect("a second client connects");
+    let c = Client::connect(&n.url())
+        .await
+        .expect("a second client connects");
     c.put(b"alive", b"yes", None).await.expect("put");
-    assert_eq!(c.get(b"alive").await.expect("get").as_deref(), Some(&b"yes"[..]));
+    assert_eq!(
+        c.get(b"alive").await.expect("get").as_deref(),
+        Some(&b"yes"[..])
+    );
 }
 
 #[tokio::test]
@@ -176,7 +209,13 @@ async fn frame_longer_than_the_maximum_is_refused() {
     raw.send_bytes(&(1u32 << 30).to_be_bytes()).await; // 1 GiB announced
     let r = raw.recv().await.expect("an error answer");
     assert_eq!(r.status, Status::TooLarge);
-    assert!(r.message.as_deref().unwrap_or("").contains("exceeds the maximum"), "{r:?}");
+    assert!(
+        r.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("exceeds the maximum"),
+        "{r:?}"
+    );
     raw.expect_closed().await;
     assert_eq!(n.node.stats.protocol_errors.load(Ordering::Relaxed), 1);
     assert_still_serving(&n).await;
@@ -242,7 +281,10 @@ async fn undecodable_body_in_a_valid_frame() {
     raw.send_bytes(&frame).await;
     let r = raw.recv().await.expect("an error answer");
     assert_eq!((r.id, r.status), (7, Status::BadRequest));
-    assert!(r.message.as_deref().unwrap_or("").contains("undecodable"), "{r:?}");
+    assert!(
+        r.message.as_deref().unwrap_or("").contains("undecodable"),
+        "{r:?}"
+    );
     raw.expect_closed().await;
     assert_still_serving(&n).await;
     n.stop().await;
@@ -252,18 +294,40 @@ async fn undecodable_body_in_a_valid_frame() {
 async fn wrong_magic_and_wrong_version_are_refused() {
     let n = start_node(small_settings()).await;
     let mut raw = Raw::connect(n.addr).await;
-    raw.send(1, Op::Hello { magic: *b"HTTP", version: PROTOCOL_VERSION, token: None }).await;
+    raw.send(
+        1,
+        Op::Hello {
+            magic: *b"HTTP",
+            version: PROTOCOL_VERSION,
+            token: None,
+        },
+    )
+    .await;
     let r = raw.recv().await.expect("answer");
     assert_eq!(r.status, Status::BadRequest);
-    assert!(r.message.as_deref().unwrap_or("").contains("bad magic"), "{r:?}");
+    assert!(
+        r.message.as_deref().unwrap_or("").contains("bad magic"),
+        "{r:?}"
+    );
     raw.expect_closed().await;
 
     let mut raw = Raw::connect(n.addr).await;
-    raw.send(2, Op::Hello { magic: MAGIC, version: 9, token: None }).await;
+    raw.send(
+        2,
+        Op::Hello {
+            magic: MAGIC,
+            version: 9,
+            token: None,
+        },
+    )
+    .await;
     let r = raw.recv().await.expect("answer");
     assert_eq!((r.id, r.status), (2, Status::BadRequest));
     assert!(
-        r.message.as_deref().unwrap_or("").contains("unsupported protocol version 9"),
+        r.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("unsupported protocol version 9"),
         "{r:?}"
     );
     raw.expect_closed().await;
@@ -280,7 +344,10 @@ async fn request_before_hello_is_refused() {
     raw.send(5, Op::Get { key: b"k" }).await;
     let r = raw.recv().await.expect("answer");
     assert_eq!((r.id, r.status), (5, Status::BadRequest));
-    assert!(r.message.as_deref().unwrap_or("").contains("hello"), "{r:?}");
+    assert!(
+        r.message.as_deref().unwrap_or("").contains("hello"),
+        "{r:?}"
+    );
     raw.expect_closed().await;
     assert_still_serving(&n).await;
     n.stop().await;
@@ -292,13 +359,45 @@ async fn oversized_key_or_value_and_empty_key_get_errors_and_the_connection_goes
     let mut raw = Raw::greeted(n.addr).await;
     let big_key = vec![b'k'; 251];
     let big_value = vec![b'v'; 4097];
-    raw.send(1, Op::Put { key: &big_key, value: b"v", ttl: None }).await;
+    raw.send(
+        1,
+        Op::Put {
+            key: &big_key,
+            value: b"v",
+            ttl: None,
+        },
+    )
+    .await;
     raw.send(2, Op::Get { key: &big_key }).await;
-    raw.send(3, Op::Put { key: b"k", value: &big_value, ttl: None }).await;
-    raw.send(4, Op::Put { key: b"", value: b"v", ttl: None }).await;
+    raw.send(
+        3,
+        Op::Put {
+            key: b"k",
+            value: &big_value,
+            ttl: None,
+        },
+    )
+    .await;
+    raw.send(
+        4,
+        Op::Put {
+            key: b"",
+            value: b"v",
+            ttl: None,
+        },
+    )
+    .await;
     raw.send(5, Op::Get { key: b"" }).await;
     raw.send(6, Op::Delete { key: b"" }).await;
-    raw.send(7, Op::Put { key: b"k", value: b"fine", ttl: None }).await;
+    raw.send(
+        7,
+        Op::Put {
+            key: b"k",
+            value: b"fine",
+            ttl: None,
+        },
+    )
+    .await;
     raw.send(8, Op::Get { key: b"k" }).await;
     let expect = [
         (1, Status::TooLarge, "MAX_KEY_SIZE"),
@@ -314,7 +413,10 @@ async fn oversized_key_or_value_and_empty_key_get_errors_and_the_connection_goes
         assert!(r.message.as_deref().unwrap_or("").contains(text), "{r:?}");
     }
     assert_eq!(raw.recv().await.expect("put").status, Status::Ok);
-    assert_eq!(raw.recv().await.expect("get").value.as_deref(), Some(&b"fine"[..]));
+    assert_eq!(
+        raw.recv().await.expect("get").value.as_deref(),
+        Some(&b"fine"[..])
+    );
     assert_eq!(n.node.stats.errors.load(Ordering::Relaxed), 6);
     n.stop().await;
 }
@@ -323,7 +425,12 @@ async fn oversized_key_or_value_and_empty_key_get_errors_and_the_connection_goes
 async fn router_operations_sent_to_a_node_are_refused() {
     let n = start_node(small_settings()).await;
     let c = Client::connect(&n.url()).await.expect("connect");
-    let err = c.call(Op::Members).await.expect("answer").into_result().expect_err("refused");
+    let err = c
+        .call(Op::Members)
+        .await
+        .expect("answer")
+        .into_result()
+        .expect_err("refused");
     assert_eq!(err.status(), Some(Status::BadRequest));
     assert!(err.to_string().contains("router operation"), "{err}");
     c.ping().await.expect("same connection still works");
@@ -340,7 +447,10 @@ async fn silent_connections_are_closed_after_the_hello_timeout() {
     let mut raw = Raw::connect(n.addr).await;
     let r = raw.recv().await.expect("timeout answer");
     assert_eq!(r.status, Status::BadRequest);
-    assert!(r.message.as_deref().unwrap_or("").contains("no hello"), "{r:?}");
+    assert!(
+        r.message.as_deref().unwrap_or("").contains("no hello"),
+        "{r:?}"
+    );
     raw.expect_closed().await;
     assert_still_serving(&n).await;
     n.stop().await;
@@ -348,10 +458,16 @@ async fn silent_connections_are_closed_after_the_hello_timeout() {
 
 #[tokio::test]
 async fn connections_beyond_the_limit_are_refused_with_an_error() {
-    let n = start_node(NodeSettings { max_connections: 2, ..small_settings() }).await;
+    let n = start_node(NodeSettings {
+        max_connections: 2,
+        ..small_settings()
+    })
+    .await;
     let a = Client::connect(&n.url()).await.expect("first");
     let b = Client::connect(&n.url()).await.expect("second");
-    let err = Client::connect(&n.url()).await.expect_err("third is refused");
+    let err = Client::connect(&n.url())
+        .await
+        .expect_err("third is refused");
     assert_eq!(err.status(), Some(Status::Unavailable), "{err}");
     assert!(err.to_string().contains("too many connections"), "{err}");
     a.ping().await.expect("first still works");
@@ -367,7 +483,12 @@ async fn shutdown_drains_and_closes_client_connections() {
     c.put(b"k", b"v", None).await.expect("put");
     let shutdown = n.shutdown.clone();
     shutdown.cancel();
-    n.task.await.expect("run returns once connections are closed");
+    n.task
+        .await
+        .expect("run returns once connections are closed");
     let err = c.get(b"k").await.expect_err("connection is closed");
-    assert!(matches!(err, ClientError::Closed | ClientError::Io(_)), "{err}");
+    assert!(
+        matches!(err, ClientError::Closed | ClientError::Io(_)),
+        "{err}"
+    );
 }

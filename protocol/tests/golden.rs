@@ -9,32 +9,141 @@ use milena_protocol::*;
 
 fn requests() -> Vec<(&'static str, Request<'static>)> {
     vec![
-        ("req_hello", Request { id: 0, op: Op::Hello { magic: MAGIC, version: 1, token: None } }),
+        (
+            "req_hello",
+            Request {
+                id: 0,
+                op: Op::Hello {
+                    magic: MAGIC,
+                    version: 1,
+                    token: None,
+                },
+            },
+        ),
         (
             "req_hello_token",
-            Request { id: 0, op: Op::Hello { magic: MAGIC, version: 1, token: Some("s3cret") } },
+            Request {
+                id: 0,
+                op: Op::Hello {
+                    magic: MAGIC,
+                    version: 1,
+                    token: Some("s3cret"),
+                },
+            },
         ),
-        ("req_get", Request { id: 1, op: Op::Get { key: b"user:42" } }),
+        (
+            "req_get",
+            Request {
+                id: 1,
+                op: Op::Get { key: b"user:42" },
+            },
+        ),
         (
             "req_put_ttl",
-            Request { id: 2, op: Op::Put { key: b"k", value: b"hello", ttl: Some(60) } },
+            Request {
+                id: 2,
+                op: Op::Put {
+                    key: b"k",
+                    value: b"hello",
+                    ttl: Some(60),
+                },
+            },
         ),
-        ("req_put_default_ttl", Request { id: 3, op: Op::Put { key: b"k", value: b"", ttl: None } }),
-        ("req_delete", Request { id: 4, op: Op::Delete { key: b"k" } }),
-        ("req_ping", Request { id: 5, op: Op::Ping }),
-        ("req_stats", Request { id: 6, op: Op::Stats }),
-        ("req_join", Request { id: 7, op: Op::Join { address: "http://10.0.0.5:50051" } }),
-        ("req_leave", Request { id: 8, op: Op::Leave { address: "http://10.0.0.5:50051" } }),
-        ("req_heartbeat", Request { id: 9, op: Op::Heartbeat { address: "http://10.0.0.5:50051" } }),
-        ("req_members", Request { id: 10, op: Op::Members }),
+        (
+            "req_put_default_ttl",
+            Request {
+                id: 3,
+                op: Op::Put {
+                    key: b"k",
+                    value: b"",
+                    ttl: None,
+                },
+            },
+        ),
+        (
+            "req_delete",
+            Request {
+                id: 4,
+                op: Op::Delete { key: b"k" },
+            },
+        ),
+        (
+            "req_ping",
+            Request {
+                id: 5,
+                op: Op::Ping,
+            },
+        ),
+        (
+            "req_stats",
+            Request {
+                id: 6,
+                op: Op::Stats,
+            },
+        ),
+        (
+            "req_join",
+            Request {
+                id: 7,
+                op: Op::Join {
+                    address: "http://10.0.0.5:50051",
+                },
+            },
+        ),
+        (
+            "req_leave",
+            Request {
+                id: 8,
+                op: Op::Leave {
+                    address: "http://10.0.0.5:50051",
+                },
+            },
+        ),
+        (
+            "req_heartbeat",
+            Request {
+                id: 9,
+                op: Op::Heartbeat {
+                    address: "http://10.0.0.5:50051",
+                },
+            },
+        ),
+        (
+            "req_members",
+            Request {
+                id: 10,
+                op: Op::Members,
+            },
+        ),
     ]
 }
 
 fn responses() -> Vec<(&'static str, Response<'static>)> {
     vec![
-        ("resp_ok", Response { id: 2, status: Status::Ok, body: Body::Empty }),
-        ("resp_value", Response { id: 1, status: Status::Ok, body: Body::Value(b"hello") }),
-        ("resp_not_found", Response { id: 1, status: Status::NotFound, body: Body::Empty }),
+        (
+            "resp_ok",
+            Response {
+                id: 2,
+                status: Status::Ok,
+                body: Body::Empty,
+            },
+        ),
+        (
+            "resp_value",
+            Response {
+                id: 1,
+                status: Status::Ok,
+                body: Body::Value(b"hello"),
+            },
+        ),
+        (
+            "resp_not_found",
+            Response {
+                id: 1,
+                status: Status::NotFound,
+                body: Body::Empty,
+            },
+        ),
         (
             "resp_error",
             Response {
@@ -45,14 +154,27 @@ fn responses() -> Vec<(&'static str, Response<'static>)> {
         ),
         (
             "resp_rate_limited",
-            Response { id: 9, status: Status::RateLimited, body: Body::Message("rate limited") },
+            Response {
+                id: 9,
+                status: Status::RateLimited,
+                body: Body::Message("rate limited"),
+            },
         ),
         (
             "resp_stats",
             Response {
                 id: 6,
                 status: Status::Ok,
-                body: Body::Stats(vec![Stat { name: "hits", value: 7 }, Stat { name: "misses", value: 3 }]),
+                body: Body::Stats(vec![
+                    Stat {
+                        name: "hits",
+                        value: 7,
+                    },
+                    Stat {
+                        name: "misses",
+                        value: 3,
+                    },
+                ]),
             },
         ),
         (
@@ -60,7 +182,10 @@ fn responses() -> Vec<(&'static str, Response<'static>)> {
             Response {
                 id: 10,
                 status: Status::Ok,
-                body: Body::Members { epoch: 3, addresses: vec!["http://a:1", "http://b:2"] },
+                body: Body::Members {
+                    epoch: 3,
+                    addresses: vec!["http://a:1", "http://b:2"],
+                },
             },
         ),
         (
@@ -68,7 +193,10 @@ fn responses() -> Vec<(&'static str, Response<'static>)> {
             Response {
                 id: 0,
                 status: Status::Ok,
-                body: Body::Hello { version: 1, server: "node milena/test" },
+                body: Body::Hello {
+                    version: 1,
+                    server: "node milena/test",
+                },
             },
         ),
     ]
@@ -91,14 +219,24 @@ fn from_hex(text: &str) -> Vec<u8> {
 }
 
 fn check(name: &str, frame: &[u8]) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden").join(format!("{name}.hex"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("golden")
+        .join(format!("{name}.hex"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, to_hex(frame)).expect("write golden");
         return;
     }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create)", path.display()));
-    assert_eq!(to_hex(frame), to_hex(&from_hex(&want)), "wire format of {name} changed");
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with UPDATE_GOLDEN=1 to create)",
+            path.display()
+        )
+    });
+    assert_eq!(
+        to_hex(frame),
+        to_hex(&from_hex(&want)),
+        "wire format of {name} changed"
+    );
 }
 
 #[test]
@@ -126,7 +264,14 @@ fn responses_match_their_golden_bytes() {
 fn the_documented_put_example_is_exact() {
     let mut frame = Vec::new();
     encode_request(
-        &Request { id: 2, op: Op::Put { key: b"k", value: b"hello", ttl: Some(60) } },
+        &Request {
+            id: 2,
+            op: Op::Put {
+                key: b"k",
+                value: b"hello",
+                ttl: Some(60),
+            },
+        },
         &mut frame,
     );
     let mut want = vec![0, 0, 0, 39]; // length, big-endian

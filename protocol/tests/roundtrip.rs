@@ -23,9 +23,17 @@ enum OwnedOp {
 impl OwnedOp {
     fn op(&self) -> Op<'_> {
         match self {
-            OwnedOp::Hello(m, v, t) => Op::Hello { magic: *m, version: *v, token: t.as_deref() },
+            OwnedOp::Hello(m, v, t) => Op::Hello {
+                magic: *m,
+                version: *v,
+                token: t.as_deref(),
+            },
             OwnedOp::Get(k) => Op::Get { key: k },
-            OwnedOp::Put(k, v, t) => Op::Put { key: k, value: v, ttl: *t },
+            OwnedOp::Put(k, v, t) => Op::Put {
+                key: k,
+                value: v,
+                ttl: *t,
+            },
             OwnedOp::Delete(k) => Op::Delete { key: k },
             OwnedOp::Ping => Op::Ping,
             OwnedOp::Stats => Op::Stats,
@@ -43,10 +51,15 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
 
 fn owned_op() -> impl Strategy<Value = OwnedOp> {
     prop_oneof![
-        (any::<[u8; 4]>(), any::<u16>(), proptest::option::of(".{0,40}"))
+        (
+            any::<[u8; 4]>(),
+            any::<u16>(),
+            proptest::option::of(".{0,40}")
+        )
             .prop_map(|(m, v, t)| OwnedOp::Hello(m, v, t)),
         bytes().prop_map(OwnedOp::Get),
-        (bytes(), bytes(), proptest::option::of(any::<u32>())).prop_map(|(k, v, t)| OwnedOp::Put(k, v, t)),
+        (bytes(), bytes(), proptest::option::of(any::<u32>()))
+            .prop_map(|(k, v, t)| OwnedOp::Put(k, v, t)),
         bytes().prop_map(OwnedOp::Delete),
         Just(OwnedOp::Ping),
         Just(OwnedOp::Stats),
@@ -73,9 +86,17 @@ impl OwnedBody {
             OwnedBody::Empty => Body::Empty,
             OwnedBody::Value(v) => Body::Value(v),
             OwnedBody::Message(m) => Body::Message(m),
-            OwnedBody::Stats(s) => Body::Stats(s.iter().map(|(n, v)| Stat { name: n, value: *v }).collect()),
-            OwnedBody::Members(e, a) => Body::Members { epoch: *e, addresses: a.iter().map(String::as_str).collect() },
-            OwnedBody::Hello(v, s) => Body::Hello { version: *v, server: s },
+            OwnedBody::Stats(s) => {
+                Body::Stats(s.iter().map(|(n, v)| Stat { name: n, value: *v }).collect())
+            }
+            OwnedBody::Members(e, a) => Body::Members {
+                epoch: *e,
+                addresses: a.iter().map(String::as_str).collect(),
+            },
+            OwnedBody::Hello(v, s) => Body::Hello {
+                version: *v,
+                server: s,
+            },
         }
     }
 }
@@ -99,7 +120,8 @@ fn owned_body() -> impl Strategy<Value = OwnedBody> {
         bytes().prop_map(OwnedBody::Value),
         ".{0,80}".prop_map(OwnedBody::Message),
         proptest::collection::vec((".{0,20}", any::<u64>()), 0..20).prop_map(OwnedBody::Stats),
-        (any::<u64>(), proptest::collection::vec(".{0,30}", 0..10)).prop_map(|(e, a)| OwnedBody::Members(e, a)),
+        (any::<u64>(), proptest::collection::vec(".{0,30}", 0..10))
+            .prop_map(|(e, a)| OwnedBody::Members(e, a)),
         (any::<u16>(), ".{0,30}").prop_map(|(v, s)| OwnedBody::Hello(v, s)),
     ]
 }
@@ -167,13 +189,22 @@ proptest! {
 fn oversized_length_prefix_is_an_error_not_an_allocation() {
     let mut codec = FrameCodec::new(1024);
     let mut buf = BytesMut::from(&(u32::MAX).to_be_bytes()[..]);
-    assert!(matches!(codec.decode_frame(&mut buf), Err(FrameError::TooLarge { max: 1024 })));
+    assert!(matches!(
+        codec.decode_frame(&mut buf),
+        Err(FrameError::TooLarge { max: 1024 })
+    ));
 }
 
 #[test]
 fn trailing_bytes_are_rejected() {
     let mut frame = Vec::new();
-    encode_request(&Request { id: 1, op: Op::Ping }, &mut frame);
+    encode_request(
+        &Request {
+            id: 1,
+            op: Op::Ping,
+        },
+        &mut frame,
+    );
     frame.push(0);
     assert!(decode_request(&frame[4..]).is_err());
 }

@@ -49,6 +49,7 @@ impl Default for NodeSettings {
                 max_items: 100_000,
                 max_bytes: None,
                 shards: StoreConfig::default_shards(),
+                exact_lru: false,
             },
             default_ttl: 3600,
             max_key: 250,
@@ -68,6 +69,7 @@ impl From<&NodeConfig> for NodeSettings {
                 shards: c
                     .shards
                     .map_or_else(StoreConfig::default_shards, |s| s as usize),
+                exact_lru: false,
             },
             default_ttl: c.ttl_seconds,
             max_key: c.max_key_size as usize,

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use milena::node::{Node, NodeSettings};
 use milena::protocol::{
-    Body, FrameCodec, MAGIC, Op, PROTOCOL_VERSION, Request, Status, decode_response,
-    encode_request,
+    Body, FrameCodec, MAGIC, Op, PROTOCOL_VERSION, Request, Status, decode_response, encode_request,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

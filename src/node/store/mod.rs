@@ -24,6 +24,10 @@ pub struct StoreConfig {
     pub max_bytes: Option<u64>,
     /// Lock stripes; rounded down to a power of two and to at most `max_items`.
     pub shards: usize,
+    /// Move every hit to the head (exact LRU per stripe) instead of only
+    /// hits outside the most recent quarter. Slower on hot keys; for tests
+    /// and hit-ratio comparisons.
+    pub exact_lru: bool,
 }
 
 impl StoreConfig {
@@ -86,7 +90,18 @@ impl Store {
                 // Budgets split exactly: the first `rem` stripes take one more.
                 let items = max_items / n + usize::from(i < max_items % n);
                 let bytes = max_bytes / n as u64 + u64::from((i as u64) < max_bytes % n as u64);
-                Padded(Mutex::new(Shard::new(items, bytes, hasher.clone(), now)))
+                let window = if cfg.exact_lru {
+                    0
+                } else {
+                    Shard::default_window(items, bytes)
+                };
+                Padded(Mutex::new(Shard::new(
+                    items,
+                    bytes,
+                    window,
+                    hasher.clone(),
+                    now,
+                )))
             })
             .collect();
         Store {

@@ -113,7 +113,7 @@ proptest! {
         let max_bytes = budget.map_or(u64::MAX, |n| n * (ENTRY_OVERHEAD + 30));
         let hasher = DefaultHashBuilder::default();
         let mut now = Millis(0);
-        let mut shard = Shard::new(max_items, max_bytes, hasher.clone(), now);
+        let mut shard = Shard::new(max_items, max_bytes, 0, hasher.clone(), now);
         let mut model = Model { entries: VecDeque::new(), max_items, max_bytes, bytes: 0 };
         for a in actions {
             match a {
@@ -156,6 +156,7 @@ fn expired_entries_are_never_returned_even_before_reclaim() {
             max_items: 100,
             max_bytes: None,
             shards: 4,
+            exact_lru: false,
         },
         Millis(0),
     );
@@ -172,6 +173,7 @@ fn the_wheel_reclaims_without_any_get() {
             max_items: 10_000,
             max_bytes: None,
             shards: 8,
+            exact_lru: false,
         },
         Millis(0),
     );
@@ -202,6 +204,7 @@ fn overwrites_move_expiry_both_ways() {
             max_items: 10,
             max_bytes: None,
             shards: 1,
+            exact_lru: false,
         },
         Millis(0),
     );
@@ -221,6 +224,7 @@ fn item_budget_is_exact_across_shards() {
             max_items: 10,
             max_bytes: None,
             shards: 64,
+            exact_lru: false,
         },
         Millis(0),
     );
@@ -241,6 +245,7 @@ fn byte_budget_bounds_memory_and_rejects_giants() {
             max_items: 1 << 20,
             max_bytes: Some(budget),
             shards: 4,
+            exact_lru: false,
         },
         Millis(0),
     );
@@ -259,7 +264,7 @@ fn byte_budget_bounds_memory_and_rejects_giants() {
 #[test]
 fn stale_wheel_hints_stay_bounded_under_churn() {
     let hasher = DefaultHashBuilder::default();
-    let mut shard = Shard::new(100, u64::MAX, hasher.clone(), Millis(0));
+    let mut shard = Shard::new(100, u64::MAX, 25, hasher.clone(), Millis(0));
     for i in 0..200_000u32 {
         let k = i.to_le_bytes();
         shard.put(hasher.hash_one(k), &k, b"v", 400);
