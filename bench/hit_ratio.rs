@@ -58,9 +58,9 @@ fn main() {
     };
     let run = |s: &Store| {
         ratio(
-            |k| s.get_with(k, Millis(0), |_| ()).is_some(),
+            |k| s.get_with(k, Millis(0), 0, |_| ()).is_some(),
             |k| {
-                s.put(k, &value, 0, Millis(0));
+                s.put(k, &value, 0, Millis(0), 0);
             },
             &keys,
             &steps,

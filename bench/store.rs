@@ -27,11 +27,11 @@ trait Cache: Sync {
 
 impl Cache for Store {
     fn get(&self, key: &[u8], out: &mut Vec<u8>) -> bool {
-        self.get_with(key, Millis(0), |v| out.extend_from_slice(v))
+        self.get_with(key, Millis(0), 0, |v| out.extend_from_slice(v))
             .is_some()
     }
     fn put(&self, key: &[u8], value: &[u8]) {
-        Store::put(self, key, value, 0, Millis(0));
+        Store::put(self, key, value, 0, Millis(0), 0);
     }
 }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod logging;
 pub mod net;
 pub mod node;
+pub mod ring;
 pub mod shutdown;
 
 pub use milena_protocol as protocol;

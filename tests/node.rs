@@ -153,7 +153,7 @@ async fn expired_entries_are_reclaimed_in_the_background() {
     .await;
     let now = n.node.clock.now();
     for i in 0..1000u32 {
-        n.node.store.put(&i.to_be_bytes(), b"v", 5, now);
+        n.node.store.put(&i.to_be_bytes(), b"v", 5, now, 0);
     }
     assert_eq!(n.node.store.stats().items, 1000);
     tokio::time::sleep(Duration::from_secs(4)).await;

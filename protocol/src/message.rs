@@ -71,6 +71,26 @@ pub enum Op<'a> {
     },
     /// Asks a router for the current ring members.
     Members,
+    /// A get forwarded by a router: an entry written before ring epoch
+    /// `since` may predate a gap in this node's ownership of the key and
+    /// must not be served.
+    RoutedGet {
+        /// The epoch at which the node last gained ownership of the key.
+        since: u64,
+        /// The key.
+        key: &'a [u8],
+    },
+    /// A put forwarded by a router, tagged with the ring epoch it was routed in.
+    RoutedPut {
+        /// The router's ring epoch when it forwarded the put.
+        epoch: u64,
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+        /// As in `Put`.
+        ttl: Option<u32>,
+    },
 }
 
 /// Outcome of a request.

@@ -115,6 +115,28 @@ fn requests() -> Vec<(&'static str, Request<'static>)> {
                 op: Op::Members,
             },
         ),
+        (
+            "req_routed_get",
+            Request {
+                id: 11,
+                op: Op::RoutedGet {
+                    since: 5,
+                    key: b"k",
+                },
+            },
+        ),
+        (
+            "req_routed_put",
+            Request {
+                id: 12,
+                op: Op::RoutedPut {
+                    epoch: 6,
+                    key: b"k",
+                    value: b"v",
+                    ttl: None,
+                },
+            },
+        ),
     ]
 }
 

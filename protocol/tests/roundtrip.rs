@@ -18,6 +18,8 @@ enum OwnedOp {
     Leave(String),
     Heartbeat(String),
     Members,
+    RoutedGet(u64, Vec<u8>),
+    RoutedPut(u64, Vec<u8>, Vec<u8>, Option<u32>),
 }
 
 impl OwnedOp {
@@ -41,6 +43,13 @@ impl OwnedOp {
             OwnedOp::Leave(a) => Op::Leave { address: a },
             OwnedOp::Heartbeat(a) => Op::Heartbeat { address: a },
             OwnedOp::Members => Op::Members,
+            OwnedOp::RoutedGet(s, k) => Op::RoutedGet { since: *s, key: k },
+            OwnedOp::RoutedPut(e, k, v, t) => Op::RoutedPut {
+                epoch: *e,
+                key: k,
+                value: v,
+                ttl: *t,
+            },
         }
     }
 }
@@ -67,6 +76,14 @@ fn owned_op() -> impl Strategy<Value = OwnedOp> {
         ".{0,60}".prop_map(OwnedOp::Leave),
         ".{0,60}".prop_map(OwnedOp::Heartbeat),
         Just(OwnedOp::Members),
+        (any::<u64>(), bytes()).prop_map(|(s, k)| OwnedOp::RoutedGet(s, k)),
+        (
+            any::<u64>(),
+            bytes(),
+            bytes(),
+            proptest::option::of(any::<u32>())
+        )
+            .prop_map(|(e, k, v, t)| OwnedOp::RoutedPut(e, k, v, t)),
     ]
 }
 

@@ -17,11 +17,26 @@ pub fn execute(node: &Node, id: u64, op: Op<'_>, out: &mut Vec<u8>, tally: &mut 
     let result: Result<Option<Status>, NodeError> = match op {
         Op::Get { key } => {
             tally.gets += 1;
-            get(node, id, key, out)
+            get(node, id, key, 0, out)
+        }
+        Op::RoutedGet { since, key } => {
+            tally.gets += 1;
+            get(node, id, key, since, out)
         }
         Op::Put { key, value, ttl } => {
             tally.puts += 1;
-            put(node, key, value, ttl).map(|()| Some(Status::Ok))
+            // A direct put joins the ring epoch the node last heard of.
+            let epoch = node.ring_epoch.load(Ordering::Relaxed);
+            put(node, key, value, ttl, epoch).map(|()| Some(Status::Ok))
+        }
+        Op::RoutedPut {
+            epoch,
+            key,
+            value,
+            ttl,
+        } => {
+            tally.puts += 1;
+            put(node, key, value, ttl, epoch).map(|()| Some(Status::Ok))
         }
         Op::Delete { key } => {
             tally.deletes += 1;
@@ -81,9 +96,15 @@ fn check_key(node: &Node, key: &[u8]) -> Result<(), NodeError> {
     Ok(())
 }
 
-fn get(node: &Node, id: u64, key: &[u8], out: &mut Vec<u8>) -> Result<Option<Status>, NodeError> {
+fn get(
+    node: &Node,
+    id: u64,
+    key: &[u8],
+    since: u64,
+    out: &mut Vec<u8>,
+) -> Result<Option<Status>, NodeError> {
     check_key(node, key)?;
-    let hit = node.store.get_with(key, node.clock.now(), |value| {
+    let hit = node.store.get_with(key, node.clock.now(), since, |value| {
         encode_response(
             &Response {
                 id,
@@ -99,7 +120,13 @@ fn get(node: &Node, id: u64, key: &[u8], out: &mut Vec<u8>) -> Result<Option<Sta
     })
 }
 
-fn put(node: &Node, key: &[u8], value: &[u8], ttl: Option<u32>) -> Result<(), NodeError> {
+fn put(
+    node: &Node,
+    key: &[u8],
+    value: &[u8],
+    ttl: Option<u32>,
+    epoch: u64,
+) -> Result<(), NodeError> {
     check_key(node, key)?;
     if value.len() > node.settings.max_value {
         return Err(NodeError::ValueTooLarge {
@@ -108,7 +135,7 @@ fn put(node: &Node, key: &[u8], value: &[u8], ttl: Option<u32>) -> Result<(), No
         });
     }
     let ttl = ttl.unwrap_or(node.settings.default_ttl);
-    match node.store.put(key, value, ttl, node.clock.now()) {
+    match node.store.put(key, value, ttl, node.clock.now(), epoch) {
         PutOutcome::Stored { .. } => Ok(()),
         PutOutcome::TooLarge => Err(NodeError::EntryTooLarge {
             len: key.len() + value.len(),
@@ -138,6 +165,8 @@ fn stats(node: &Node) -> Vec<Stat<'static>> {
         ("bytes", st.bytes),
         ("evictions", st.counters.evictions),
         ("expirations", st.counters.expirations),
+        ("stale_drops", st.counters.stale),
+        ("ring_epoch", node.ring_epoch.load(Ordering::Relaxed)),
         ("max_items", node.settings.store.max_items as u64),
         ("max_bytes", node.settings.store.max_bytes.unwrap_or(0)),
         ("shards", node.store.shard_count() as u64),

@@ -190,6 +190,8 @@ pub struct Node {
     pub clock: Clock,
     /// Counters.
     pub stats: NodeStats,
+    /// The latest ring epoch heard from a router (0 before joining).
+    pub ring_epoch: AtomicU64,
 }
 
 impl Node {
@@ -205,6 +207,7 @@ impl Node {
             settings,
             clock,
             stats: NodeStats::default(),
+            ring_epoch: AtomicU64::new(0),
         }
     }
 }

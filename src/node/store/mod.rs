@@ -125,26 +125,41 @@ impl Store {
         (hash, lock(&self.shards[i].0))
     }
 
-    /// Calls `f` with the live value of `key`, if any, while the stripe is
-    /// locked: the caller copies it where it needs it (usually straight into
-    /// a connection's output buffer) without an intermediate allocation.
+    /// Calls `f` with the live value of `key`, if any and written in ring
+    /// epoch `since` or later, while the stripe is locked: the caller copies
+    /// it where it needs it (usually straight into a connection's output
+    /// buffer) without an intermediate allocation.
     #[inline]
-    pub fn get_with<R>(&self, key: &[u8], now: Millis, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    pub fn get_with<R>(
+        &self,
+        key: &[u8],
+        now: Millis,
+        since: u64,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Option<R> {
         let (hash, mut shard) = self.locate(key);
-        shard.get(hash, key, now).map(f)
+        shard.get(hash, key, now, since).map(f)
     }
 
-    /// The live value of `key`, copied out.
+    /// The live value of `key`, copied out, whatever epoch it was written in.
     pub fn get(&self, key: &[u8], now: Millis) -> Option<Vec<u8>> {
-        self.get_with(key, now, <[u8]>::to_vec)
+        self.get_with(key, now, 0, <[u8]>::to_vec)
     }
 
-    /// Stores `key` = `value` for `ttl_secs` seconds (0 = no expiry).
+    /// Stores `key` = `value` for `ttl_secs` seconds (0 = no expiry),
+    /// written in ring epoch `epoch` (0 outside a cluster).
     #[inline]
-    pub fn put(&self, key: &[u8], value: &[u8], ttl_secs: u32, now: Millis) -> PutOutcome {
+    pub fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl_secs: u32,
+        now: Millis,
+        epoch: u64,
+    ) -> PutOutcome {
         let expire = expiry_for(now, ttl_secs);
         let (hash, mut shard) = self.locate(key);
-        shard.put(hash, key, value, expire)
+        shard.put(hash, key, value, expire, epoch)
     }
 
     /// Removes `key`; returns whether a live entry was there.
@@ -182,6 +197,7 @@ impl Store {
             s.counters.misses += c.misses;
             s.counters.evictions += c.evictions;
             s.counters.expirations += c.expirations;
+            s.counters.stale += c.stale;
         }
         s
     }

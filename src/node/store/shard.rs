@@ -2,8 +2,8 @@
 //! slots threaded by an intrusive LRU list, and a timing wheel.
 //!
 //! Per entry the shard spends one allocation holding key and value back to
-//! back, a 40-byte slot (pointer, lengths, list links, expiry, wheel mark,
-//! recency stamp) and a 4-byte table index; no list nodes or timers live on
+//! back, a 48-byte slot (pointer, lengths, list links, expiry, wheel mark,
+//! recency stamp, ring epoch) and a 4-byte table index; no list nodes or timers live on
 //! the heap.
 
 use std::hash::BuildHasher;
@@ -38,6 +38,8 @@ struct Slot {
     wheel_at: u32,
     /// The shard's push counter when this slot last moved to the head.
     stamp: u32,
+    /// Ring epoch the entry was written in (0 when written directly).
+    epoch: u64,
 }
 
 impl Slot {
@@ -71,6 +73,9 @@ pub struct ShardCounters {
     pub evictions: u64,
     /// Entries dropped because their TTL passed.
     pub expirations: u64,
+    /// Entries dropped because they predate the node's latest gain of the
+    /// key (see `Op::RoutedGet`).
+    pub stale: u64,
 }
 
 /// What a put did.
@@ -180,16 +185,22 @@ impl Shard {
             .copied()
     }
 
-    /// Looks `key` up and, if live, marks it most recently used and returns
-    /// its value. An expired entry is reclaimed on the spot.
-    pub fn get(&mut self, hash: u64, key: &[u8], now: Millis) -> Option<&[u8]> {
+    /// Looks `key` up and, if live and written in epoch `since` or later,
+    /// marks it most recently used and returns its value. An expired or
+    /// stale entry is reclaimed on the spot.
+    pub fn get(&mut self, hash: u64, key: &[u8], now: Millis, since: u64) -> Option<&[u8]> {
         let Some(idx) = self.find(hash, key) else {
             self.counters.misses += 1;
             return None;
         };
-        if is_expired(self.slots[idx as usize].expire, now) {
+        let slot = &self.slots[idx as usize];
+        if is_expired(slot.expire, now) || slot.epoch < since {
+            if is_expired(slot.expire, now) {
+                self.counters.expirations += 1;
+            } else {
+                self.counters.stale += 1;
+            }
             self.remove_at(hash, idx);
-            self.counters.expirations += 1;
             self.counters.misses += 1;
             return None;
         }
@@ -201,8 +212,16 @@ impl Shard {
     }
 
     /// Stores `key` = `value` expiring at second `expire` (0 = never),
-    /// evicting least recently used entries as needed.
-    pub fn put(&mut self, hash: u64, key: &[u8], value: &[u8], expire: u32) -> PutOutcome {
+    /// written in ring epoch `epoch`, evicting least recently used entries
+    /// as needed.
+    pub fn put(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        value: &[u8],
+        expire: u32,
+        epoch: u64,
+    ) -> PutOutcome {
         let charge = (key.len() + value.len()) as u64 + ENTRY_OVERHEAD;
         if charge > self.max_bytes || key.len() > u32::MAX as usize {
             return PutOutcome::TooLarge;
@@ -219,6 +238,7 @@ impl Shard {
                 let old = slot.charge();
                 slot.data = Some(data);
                 slot.expire = expire;
+                slot.epoch = epoch;
                 self.bytes = self.bytes - old + charge;
                 self.move_to_front(idx);
                 idx
@@ -238,6 +258,7 @@ impl Shard {
                     expire,
                     wheel_at: 0,
                     stamp: 0,
+                    epoch,
                 });
                 let (slots, hasher) = (&self.slots, &self.hasher);
                 self.table

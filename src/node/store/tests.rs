@@ -119,13 +119,13 @@ proptest! {
             match a {
                 Action::Get(k) => {
                     let k = key(k);
-                    let got = shard.get(hasher.hash_one(&k), &k, now).map(<[u8]>::to_vec);
+                    let got = shard.get(hasher.hash_one(&k), &k, now, 0).map(<[u8]>::to_vec);
                     prop_assert_eq!(got, model.get(&k, now));
                 }
                 Action::Put(k, v, ttl) => {
                     let k = key(k);
                     let expire = expiry_for(now, ttl);
-                    let stored = shard.put(hasher.hash_one(&k), &k, &v, expire);
+                    let stored = shard.put(hasher.hash_one(&k), &k, &v, expire, 0);
                     let model_stored = model.put(&k, &v, expire);
                     prop_assert_eq!(matches!(stored, PutOutcome::Stored { .. }), model_stored);
                 }
@@ -160,7 +160,7 @@ fn expired_entries_are_never_returned_even_before_reclaim() {
         },
         Millis(0),
     );
-    store.put(b"a", b"1", 2, Millis(0));
+    store.put(b"a", b"1", 2, Millis(0), 0);
     assert_eq!(store.get(b"a", Millis(1999)), Some(b"1".to_vec()));
     assert_eq!(store.get(b"a", Millis(2000)), None);
     assert_eq!(store.stats().counters.expirations, 1);
@@ -178,10 +178,10 @@ fn the_wheel_reclaims_without_any_get() {
         Millis(0),
     );
     for i in 0..5000u32 {
-        store.put(&i.to_le_bytes(), b"v", 1 + i % 5, Millis(0));
+        store.put(&i.to_le_bytes(), b"v", 1 + i % 5, Millis(0), 0);
     }
-    store.put(b"forever", b"v", 0, Millis(0));
-    store.put(b"long", b"v", 4000, Millis(0));
+    store.put(b"forever", b"v", 0, Millis(0), 0);
+    store.put(b"long", b"v", 4000, Millis(0), 0);
     assert_eq!(store.expire(Millis(999)), 0);
     assert_eq!(store.expire(Millis(3000)), 3000);
     assert_eq!(store.expire(Millis(6000)), 2000);
@@ -208,11 +208,11 @@ fn overwrites_move_expiry_both_ways() {
         },
         Millis(0),
     );
-    store.put(b"k", b"1", 100, Millis(0));
-    store.put(b"k", b"2", 1, Millis(0));
+    store.put(b"k", b"1", 100, Millis(0), 0);
+    store.put(b"k", b"2", 1, Millis(0), 0);
     assert_eq!(store.expire(Millis(1000)), 1);
-    store.put(b"k", b"3", 1, Millis(1000));
-    store.put(b"k", b"4", 100, Millis(1000));
+    store.put(b"k", b"3", 1, Millis(1000), 0);
+    store.put(b"k", b"4", 100, Millis(1000), 0);
     assert_eq!(store.expire(Millis(50_000)), 0);
     assert_eq!(store.get(b"k", Millis(50_000)), Some(b"4".to_vec()));
 }
@@ -230,7 +230,7 @@ fn item_budget_is_exact_across_shards() {
     );
     assert_eq!(store.shard_count(), 8);
     for i in 0..1000u32 {
-        store.put(&i.to_le_bytes(), b"v", 0, Millis(0));
+        store.put(&i.to_le_bytes(), b"v", 0, Millis(0), 0);
     }
     let s = store.stats();
     assert!(s.items <= 10, "{s:?}");
@@ -250,13 +250,13 @@ fn byte_budget_bounds_memory_and_rejects_giants() {
         Millis(0),
     );
     for i in 0..10_000u32 {
-        store.put(&i.to_le_bytes(), &[7u8; 100], 0, Millis(0));
+        store.put(&i.to_le_bytes(), &[7u8; 100], 0, Millis(0), 0);
     }
     let s = store.stats();
     assert!(s.bytes <= budget, "{s:?}");
     assert!(s.counters.evictions > 0);
     assert_eq!(
-        store.put(b"giant", &vec![0u8; 20 * 1024], 0, Millis(0)),
+        store.put(b"giant", &vec![0u8; 20 * 1024], 0, Millis(0), 0),
         PutOutcome::TooLarge
     );
 }
@@ -267,7 +267,7 @@ fn stale_wheel_hints_stay_bounded_under_churn() {
     let mut shard = Shard::new(100, u64::MAX, 25, hasher.clone(), Millis(0));
     for i in 0..200_000u32 {
         let k = i.to_le_bytes();
-        shard.put(hasher.hash_one(k), &k, b"v", 400);
+        shard.put(hasher.hash_one(k), &k, b"v", 400, 0);
         if i % 1000 == 0 {
             shard.expire_step(Millis(0));
         }
@@ -277,5 +277,35 @@ fn stale_wheel_hints_stay_bounded_under_churn() {
         shard.wheel_refs() <= 2 * 100 + 1024 + 1000,
         "{}",
         shard.wheel_refs()
+    );
+}
+
+#[test]
+fn entries_older_than_the_ownership_epoch_are_dropped() {
+    let store = Store::new(
+        StoreConfig {
+            max_items: 10,
+            max_bytes: None,
+            shards: 1,
+            exact_lru: false,
+        },
+        Millis(0),
+    );
+    store.put(b"k", b"old", 0, Millis(0), 5);
+    assert_eq!(
+        store.get_with(b"k", Millis(0), 5, <[u8]>::to_vec),
+        Some(b"old".to_vec())
+    );
+    assert_eq!(store.get_with(b"k", Millis(0), 6, <[u8]>::to_vec), None);
+    assert_eq!(store.stats().counters.stale, 1);
+    assert_eq!(
+        store.stats().items,
+        0,
+        "a stale entry is reclaimed, not kept"
+    );
+    store.put(b"k", b"new", 0, Millis(0), 7);
+    assert_eq!(
+        store.get_with(b"k", Millis(0), 6, <[u8]>::to_vec),
+        Some(b"new".to_vec())
     );
 }
