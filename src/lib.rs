@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod config;
+pub mod error;
 pub mod logging;
 pub mod net;
 pub mod node;

@@ -125,3 +125,61 @@ pub fn peek_id(frame: &[u8]) -> Option<u64> {
     let bytes: [u8; 8] = frame.get(..8)?.try_into().ok()?;
     Some(u64::from_le_bytes(bytes))
 }
+
+/// Op tags, as laid out by `Op`'s variant order (checked by tests).
+mod tag {
+    pub const PUT: u32 = 2;
+    pub const GET: u32 = 1;
+    pub const DELETE: u32 = 3;
+    pub const ROUTED_GET: u32 = 10;
+    pub const ROUTED_PUT: u32 = 11;
+}
+
+/// Appends a framed request that forwards a client's `Get`, `Put` or
+/// `Delete` body under a new `id`: a get becomes `RoutedGet { since: meta }`,
+/// a put `RoutedPut { epoch: meta }`, a delete stays as it is. The key and
+/// value bytes are copied straight across, without decoding them again.
+///
+/// Returns `false` (and appends nothing) if `client_body` is not one of
+/// those three operations.
+pub fn encode_forward(id: u64, client_body: &[u8], meta: u64, out: &mut Vec<u8>) -> bool {
+    let Some(op_tag) = client_body.get(8..12) else {
+        return false;
+    };
+    let op_tag = u32::from_le_bytes([op_tag[0], op_tag[1], op_tag[2], op_tag[3]]);
+    let fields = &client_body[12..];
+    let routed = match op_tag {
+        tag::GET => Some(tag::ROUTED_GET),
+        tag::PUT => Some(tag::ROUTED_PUT),
+        tag::DELETE => None,
+        _ => return false,
+    };
+    let body_len = 8 + 4 + routed.map_or(0, |_| 8) + fields.len();
+    let Ok(len) = u32::try_from(body_len) else {
+        return false;
+    };
+    out.reserve(LEN_PREFIX + body_len);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+    match routed {
+        Some(t) => {
+            out.extend_from_slice(&t.to_le_bytes());
+            out.extend_from_slice(&meta.to_le_bytes());
+        }
+        None => out.extend_from_slice(&op_tag.to_le_bytes()),
+    }
+    out.extend_from_slice(fields);
+    true
+}
+
+/// Overwrites the id of a request or response body in place (a router
+/// handing a node's answer back under the client's id).
+pub fn patch_id(body: &mut [u8], id: u64) -> bool {
+    match body.get_mut(..8) {
+        Some(head) => {
+            head.copy_from_slice(&id.to_le_bytes());
+            true
+        }
+        None => false,
+    }
+}

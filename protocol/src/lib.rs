@@ -13,8 +13,8 @@ mod codec;
 mod message;
 
 pub use codec::{
-    DecodeError, FrameCodec, FrameError, decode_request, decode_response, encode_request,
-    encode_response, peek_id,
+    DecodeError, FrameCodec, FrameError, decode_request, decode_response, encode_forward,
+    encode_request, encode_response, patch_id, peek_id,
 };
 pub use message::{Body, MAGIC, Op, PROTOCOL_VERSION, Request, Response, Stat, Status};
 

@@ -202,6 +202,40 @@ proptest! {
     }
 }
 
+proptest! {
+    /// A router's spliced forward decodes as the routed form of the
+    /// client's operation, with the new id and the key and value intact.
+    #[test]
+    fn forwards_splice_into_routed_ops(client_id in any::<u64>(), node_id in any::<u64>(), meta in any::<u64>(), op in owned_op()) {
+        let mut frame = Vec::new();
+        encode_request(&Request { id: client_id, op: op.op() }, &mut frame);
+        let mut fwd = Vec::new();
+        let spliced = encode_forward(node_id, &frame[4..], meta, &mut fwd);
+        let expect = match op.op() {
+            Op::Get { key } => Some(Op::RoutedGet { since: meta, key }),
+            Op::Put { key, value, ttl } => Some(Op::RoutedPut { epoch: meta, key, value, ttl }),
+            Op::Delete { key } => Some(Op::Delete { key }),
+            _ => None,
+        };
+        prop_assert_eq!(spliced, expect.is_some());
+        if let Some(expect) = expect {
+            prop_assert_eq!(u32::from_be_bytes([fwd[0], fwd[1], fwd[2], fwd[3]]) as usize, fwd.len() - 4);
+            prop_assert_eq!(decode_request(&fwd[4..]).expect("decodes"), Request { id: node_id, op: expect });
+        } else {
+            prop_assert!(fwd.is_empty());
+        }
+    }
+}
+
+#[test]
+fn patching_an_id_keeps_the_rest() {
+    let mut frame = Vec::new();
+    encode_response(&Response { id: 1, status: Status::Ok, body: Body::Value(b"v") }, &mut frame);
+    assert!(patch_id(&mut frame[4..], 99));
+    assert_eq!(decode_response(&frame[4..]).expect("decodes"), Response { id: 99, status: Status::Ok, body: Body::Value(b"v") });
+    assert!(!patch_id(&mut [0u8; 3], 1));
+}
+
 #[test]
 fn oversized_length_prefix_is_an_error_not_an_allocation() {
     let mut codec = FrameCodec::new(1024);

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use milena_protocol::{Body, Op, Response, Stat, Status, encode_response};
 
-use super::error::NodeError;
+use crate::error::WireError;
 use super::store::PutOutcome;
 use super::{Node, Tally};
 
@@ -14,7 +14,7 @@ pub fn execute(node: &Node, id: u64, op: Op<'_>, out: &mut Vec<u8>, tally: &mut 
     tally.requests += 1;
     // `Ok(None)`: the response is already in `out` (a hit, encoded straight
     // from the store's memory, or stats).
-    let result: Result<Option<Status>, NodeError> = match op {
+    let result: Result<Option<Status>, WireError> = match op {
         Op::Get { key } => {
             tally.gets += 1;
             get(node, id, key, 0, out)
@@ -60,11 +60,11 @@ pub fn execute(node: &Node, id: u64, op: Op<'_>, out: &mut Vec<u8>, tally: &mut 
             );
             Ok(None)
         }
-        Op::Hello { .. } => Err(NodeError::DuplicateHello),
-        Op::Join { .. } => Err(NodeError::RouterOnly("join")),
-        Op::Leave { .. } => Err(NodeError::RouterOnly("leave")),
-        Op::Heartbeat { .. } => Err(NodeError::RouterOnly("heartbeat")),
-        Op::Members => Err(NodeError::RouterOnly("members")),
+        Op::Hello { .. } => Err(WireError::DuplicateHello),
+        Op::Join { .. } => Err(WireError::RouterOnly("join")),
+        Op::Leave { .. } => Err(WireError::RouterOnly("leave")),
+        Op::Heartbeat { .. } => Err(WireError::RouterOnly("heartbeat")),
+        Op::Members => Err(WireError::RouterOnly("members")),
     };
     match result {
         Ok(None) => {}
@@ -83,12 +83,12 @@ pub fn execute(node: &Node, id: u64, op: Op<'_>, out: &mut Vec<u8>, tally: &mut 
     }
 }
 
-fn check_key(node: &Node, key: &[u8]) -> Result<(), NodeError> {
+fn check_key(node: &Node, key: &[u8]) -> Result<(), WireError> {
     if key.is_empty() {
-        return Err(NodeError::EmptyKey);
+        return Err(WireError::EmptyKey);
     }
     if key.len() > node.settings.max_key {
-        return Err(NodeError::KeyTooLarge {
+        return Err(WireError::KeyTooLarge {
             len: key.len(),
             max: node.settings.max_key,
         });
@@ -102,7 +102,7 @@ fn get(
     key: &[u8],
     since: u64,
     out: &mut Vec<u8>,
-) -> Result<Option<Status>, NodeError> {
+) -> Result<Option<Status>, WireError> {
     check_key(node, key)?;
     let hit = node.store.get_with(key, node.clock.now(), since, |value| {
         encode_response(
@@ -126,10 +126,10 @@ fn put(
     value: &[u8],
     ttl: Option<u32>,
     epoch: u64,
-) -> Result<(), NodeError> {
+) -> Result<(), WireError> {
     check_key(node, key)?;
     if value.len() > node.settings.max_value {
-        return Err(NodeError::ValueTooLarge {
+        return Err(WireError::ValueTooLarge {
             len: value.len(),
             max: node.settings.max_value,
         });
@@ -137,7 +137,7 @@ fn put(
     let ttl = ttl.unwrap_or(node.settings.default_ttl);
     match node.store.put(key, value, ttl, node.clock.now(), epoch) {
         PutOutcome::Stored { .. } => Ok(()),
-        PutOutcome::TooLarge => Err(NodeError::EntryTooLarge {
+        PutOutcome::TooLarge => Err(WireError::EntryTooLarge {
             len: key.len() + value.len(),
         }),
     }

@@ -3,7 +3,6 @@
 //! `server` owns sockets and frames, `store` owns memory, and `execute` is
 //! the one match that joins a decoded request to the store.
 
-pub mod error;
 pub mod execute;
 pub mod server;
 pub mod store;

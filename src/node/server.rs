@@ -9,21 +9,20 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use milena_protocol::{
-    Body, FrameCodec, FrameError, MAGIC, Op, PROTOCOL_VERSION, Response, Status, decode_request,
-    encode_response, peek_id,
-};
+use milena_protocol::{FrameCodec, FrameError, decode_request, peek_id};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::error::NodeError;
+use crate::error::{WireError, check_hello, hello_response};
 use super::execute::execute;
 use super::{Node, Tally};
 use crate::net;
 
+/// What a node says it is in its hello answer.
+const SERVER_NAME: &str = concat!("node milena/", env!("CARGO_PKG_VERSION"));
 /// Initial read and write buffer capacity per connection.
 const BUF_CAPACITY: usize = 16 * 1024;
 /// Buffers that grew past this for a large value are given back once empty,
@@ -84,7 +83,7 @@ pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: CancellationT
 
 async fn refuse(mut stream: TcpStream, limit: usize) {
     let mut out = Vec::new();
-    NodeError::TooManyConnections(limit).respond(0, &mut out);
+    WireError::TooManyConnections(limit).respond(0, &mut out);
     let _ = stream.write_all(&out).await;
 }
 
@@ -133,7 +132,7 @@ async fn serve_connection(
             _ = shutdown.cancelled() => break,
             _ = &mut hello_deadline, if !greeted => {
                 node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                NodeError::HelloTimeout(hello_timeout.as_secs()).respond(0, &mut wbuf);
+                WireError::HelloTimeout(hello_timeout.as_secs()).respond(0, &mut wbuf);
                 stream.write_all(&wbuf).await?;
                 break;
             }
@@ -158,8 +157,8 @@ async fn serve_connection(
                 Ok(None) => break,
                 Err(e) => {
                     let err = match e {
-                        FrameError::TooLarge { .. } => NodeError::FrameTooLarge(e.to_string()),
-                        FrameError::Io(_) => NodeError::Undecodable(e.to_string()),
+                        FrameError::TooLarge { .. } => WireError::FrameTooLarge(e.to_string()),
+                        FrameError::Io(_) => WireError::Undecodable(e.to_string()),
                     };
                     node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                     tally.errors += 1;
@@ -221,7 +220,7 @@ fn handle_frame(
         Err(e) => {
             return protocol_error(
                 node,
-                NodeError::Undecodable(e.to_string()),
+                WireError::Undecodable(e.to_string()),
                 frame,
                 out,
                 tally,
@@ -232,32 +231,20 @@ fn handle_frame(
         execute(node, req.id, req.op, out, tally);
         return Flow::Continue;
     }
-    let err = match req.op {
-        Op::Hello { magic, .. } if magic != MAGIC => NodeError::BadMagic(magic),
-        Op::Hello { version, .. } if version != PROTOCOL_VERSION => NodeError::Version(version),
-        Op::Hello { .. } => {
+    let err = match check_hello(&req.op) {
+        Ok(_token) => {
             *greeted = true;
-            encode_response(
-                &Response {
-                    id: req.id,
-                    status: Status::Ok,
-                    body: Body::Hello {
-                        version: PROTOCOL_VERSION,
-                        server: concat!("node milena/", env!("CARGO_PKG_VERSION")),
-                    },
-                },
-                out,
-            );
+            hello_response(req.id, SERVER_NAME, out);
             return Flow::Continue;
         }
-        _ => NodeError::HelloRequired,
+        Err(e) => e,
     };
     protocol_error(node, err, frame, out, tally)
 }
 
 fn protocol_error(
     node: &Node,
-    err: NodeError,
+    err: WireError,
     frame: &[u8],
     out: &mut Vec<u8>,
     tally: &mut Tally,

@@ -1,0 +1,320 @@
+//! The member table: joins, heartbeats, leaves and ejections, each ring
+//! version numbered by an epoch, and the history needed to tell a node which
+//! of its entries may be stale.
+//!
+//! Requests read an immutable [`View`] through an `ArcSwap` (no lock on the
+//! request path); changes take the table's mutex, build a new view and
+//! publish it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::pool::NodeHandle;
+use crate::ring::{Ring, score};
+
+/// Removal transitions kept for [`View::gained_since`]. Older ones are
+/// summarized by a horizon epoch that treats everything before it as stale.
+const MAX_REMOVALS: usize = 1024;
+
+/// One ring change that removed members.
+#[derive(Debug, Clone)]
+struct Removal {
+    epoch: u64,
+    seeds: Vec<u64>,
+}
+
+/// An immutable snapshot of the ring, as requests see it.
+#[derive(Debug, Default)]
+pub struct View {
+    /// This ring's epoch.
+    pub epoch: u64,
+    /// The members that are up.
+    pub ring: Ring,
+    /// Per ring index: the epoch at which that member last came up.
+    joined: Vec<u64>,
+    /// Per ring index: its connection pool.
+    pub nodes: Vec<Arc<NodeHandle>>,
+    removals: Arc<VecDeque<Removal>>,
+    horizon: u64,
+}
+
+impl View {
+    /// The epoch at which ring member `owner` last gained the key with hash
+    /// `key_hash`: it came up then, or a removed member that outranked it
+    /// for this key left then. Anything it holds for the key from before
+    /// that epoch may have been overwritten elsewhere in the meantime.
+    pub fn gained_since(&self, owner: usize, key_hash: u64) -> u64 {
+        let Some((_, seed)) = self.ring.member(owner) else {
+            return self.epoch;
+        };
+        let joined = self.joined.get(owner).copied().unwrap_or(self.epoch);
+        let mine = score(seed, key_hash);
+        for r in self.removals.iter().rev() {
+            if r.epoch <= joined {
+                return joined;
+            }
+            if r.seeds.iter().any(|&s| score(s, key_hash) > mine) {
+                return r.epoch;
+            }
+        }
+        joined.max(self.horizon)
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    up: bool,
+    last_seen: Instant,
+    /// When it was ejected, for the rejoin hold-down.
+    down_since: Option<Instant>,
+    joined_epoch: u64,
+    handle: Option<Arc<NodeHandle>>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    nodes: BTreeMap<String, Entry>,
+    epoch: u64,
+    removals: VecDeque<Removal>,
+    horizon: u64,
+    ejections: u64,
+}
+
+/// What a membership call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The ring changed; its new epoch.
+    Changed(u64),
+    /// Nothing changed.
+    Unchanged,
+}
+
+/// Builds a node's connection pool when it enters the ring.
+pub type Connector = Arc<dyn Fn(&str) -> Arc<NodeHandle> + Send + Sync>;
+
+/// The member table of one router.
+pub struct Members {
+    table: Mutex<Table>,
+    view: ArcSwap<View>,
+    changes: watch::Sender<u64>,
+    connector: Connector,
+    /// A node that misses heartbeats this long is ejected.
+    pub heartbeat_timeout: Duration,
+    /// An ejected node's heartbeats are ignored this long (an explicit join
+    /// is always accepted), so a node the router cannot reach does not flap.
+    pub hold_down: Duration,
+}
+
+impl std::fmt::Debug for Members {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Members")
+            .field("view", &self.view.load())
+            .finish()
+    }
+}
+
+impl Members {
+    /// An empty table; `connector` makes each joining node's pool.
+    pub fn new(heartbeat_timeout: Duration, hold_down: Duration, connector: Connector) -> Self {
+        Members {
+            table: Mutex::new(Table::default()),
+            view: ArcSwap::from_pointee(View::default()),
+            changes: watch::channel(0).0,
+            connector,
+            heartbeat_timeout,
+            hold_down,
+        }
+    }
+
+    /// The current ring snapshot.
+    #[inline]
+    pub fn view(&self) -> Arc<View> {
+        self.view.load_full()
+    }
+
+    /// Waits until the current view satisfies `pred` (tests, tools).
+    pub async fn wait_for(&self, mut pred: impl FnMut(&View) -> bool) {
+        let mut rx = self.changes.subscribe();
+        loop {
+            if pred(&self.view()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Nodes ejected since start.
+    pub fn ejections(&self) -> u64 {
+        self.lock().ejections
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds (or re-admits) `address`.
+    pub fn join(&self, address: &str) -> Change {
+        let mut t = self.lock();
+        let now = Instant::now();
+        if let Some(e) = t.nodes.get_mut(address)
+            && e.up
+        {
+            e.last_seen = now;
+            return Change::Unchanged;
+        }
+        let epoch = self.bring_up(&mut t, address, now);
+        info!(node = %address, members = live(&t), epoch, "Join: node joined the ring");
+        Change::Changed(epoch)
+    }
+
+    /// Records a heartbeat. An unknown node is admitted (the router may
+    /// have restarted); an ejected one only after the hold-down.
+    pub fn heartbeat(&self, address: &str) -> Change {
+        let mut t = self.lock();
+        let now = Instant::now();
+        match t.nodes.get_mut(address) {
+            Some(e) if e.up => {
+                e.last_seen = now;
+                Change::Unchanged
+            }
+            Some(e) if e.down_since.is_some_and(|d| now < d + self.hold_down) => {
+                Change::Unchanged
+            }
+            _ => {
+                let epoch = self.bring_up(&mut t, address, now);
+                info!(node = %address, members = live(&t), epoch, "Join: node rejoined the ring on heartbeat");
+                Change::Changed(epoch)
+            }
+        }
+    }
+
+    /// Removes `address` at its own request.
+    pub fn leave(&self, address: &str) -> Change {
+        let mut t = self.lock();
+        let Some(e) = t.nodes.remove(address) else {
+            return Change::Unchanged;
+        };
+        if !e.up {
+            return Change::Unchanged;
+        }
+        let epoch = self.remove(&mut t, &[address]);
+        info!(node = %address, members = live(&t), epoch, "Leave: node left the ring");
+        Change::Changed(epoch)
+    }
+
+    /// Takes `address` out of the ring because it failed; it may come back
+    /// by joining again.
+    pub fn eject(&self, address: &str, reason: &str) -> Change {
+        let mut t = self.lock();
+        let now = Instant::now();
+        let Some(e) = t.nodes.get_mut(address) else {
+            return Change::Unchanged;
+        };
+        if !e.up {
+            return Change::Unchanged;
+        }
+        e.up = false;
+        e.down_since = Some(now);
+        e.handle = None;
+        t.ejections += 1;
+        let epoch = self.remove(&mut t, &[address]);
+        warn!(node = %address, reason, members = live(&t), epoch, "Leave: node ejected from the ring");
+        Change::Changed(epoch)
+    }
+
+    /// Ejects every node whose last heartbeat is older than the timeout.
+    pub fn sweep(&self) -> Vec<String> {
+        let now = Instant::now();
+        let stale: Vec<String> = {
+            let t = self.lock();
+            t.nodes
+                .iter()
+                .filter(|(_, e)| e.up && now.duration_since(e.last_seen) > self.heartbeat_timeout)
+                .map(|(a, _)| a.clone())
+                .collect()
+        };
+        for a in &stale {
+            self.eject(a, "missed heartbeats");
+        }
+        stale
+    }
+
+    fn bring_up(&self, t: &mut Table, address: &str, now: Instant) -> u64 {
+        let epoch = next_epoch(t.epoch);
+        t.epoch = epoch;
+        let handle = (self.connector)(address);
+        t.nodes.insert(
+            address.to_string(),
+            Entry {
+                up: true,
+                last_seen: now,
+                down_since: None,
+                joined_epoch: epoch,
+                handle: Some(handle),
+            },
+        );
+        self.publish(t);
+        epoch
+    }
+
+    fn remove(&self, t: &mut Table, addresses: &[&str]) -> u64 {
+        let epoch = next_epoch(t.epoch);
+        t.epoch = epoch;
+        t.removals.push_back(Removal {
+            epoch,
+            seeds: addresses
+                .iter()
+                .map(|a| crate::ring::member_seed(a))
+                .collect(),
+        });
+        if t.removals.len() > MAX_REMOVALS
+            && let Some(old) = t.removals.pop_front()
+        {
+            t.horizon = old.epoch;
+        }
+        self.publish(t);
+        epoch
+    }
+
+    fn publish(&self, t: &Table) {
+        // The table is a BTreeMap, so `up` is sorted by address exactly as
+        // the ring sorts its members: ring index i is `up[i]`.
+        let up: Vec<(&String, &Entry)> = t.nodes.iter().filter(|(_, e)| e.up).collect();
+        let ring = Ring::new(up.iter().map(|(a, _)| a.as_str()));
+        let joined = up.iter().map(|(_, e)| e.joined_epoch).collect();
+        let nodes = up
+            .iter()
+            .map(|(a, e)| e.handle.clone().unwrap_or_else(|| (self.connector)(a)))
+            .collect();
+        self.view.store(Arc::new(View {
+            epoch: t.epoch,
+            ring,
+            joined,
+            nodes,
+            removals: Arc::new(t.removals.clone()),
+            horizon: t.horizon,
+        }));
+        self.changes.send_replace(t.epoch);
+    }
+}
+
+fn live(t: &Table) -> usize {
+    t.nodes.values().filter(|e| e.up).count()
+}
+
+/// The next epoch: wall-clock microseconds, so that routers seeing the same
+/// change number it alike, but always greater than the previous one.
+fn next_epoch(prev: u64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    now.max(prev + 1)
+}
