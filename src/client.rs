@@ -295,6 +295,30 @@ impl Client {
         Ok(())
     }
 
+    /// A router's ring: its epoch and member addresses.
+    pub async fn members(&self) -> Result<(u64, Vec<String>), ClientError> {
+        let reply = self.call(Op::Members).await?.into_result()?;
+        ring_of(&reply)
+    }
+
+    /// Asks a router to add the node at `address` to its ring; returns the new ring.
+    pub async fn join(&self, address: &str) -> Result<(u64, Vec<String>), ClientError> {
+        let reply = self.call(Op::Join { address }).await?.into_result()?;
+        ring_of(&reply)
+    }
+
+    /// Tells a router the node at `address` is alive; returns the ring.
+    pub async fn heartbeat(&self, address: &str) -> Result<(u64, Vec<String>), ClientError> {
+        let reply = self.call(Op::Heartbeat { address }).await?.into_result()?;
+        ring_of(&reply)
+    }
+
+    /// Asks a router to remove the node at `address` from its ring.
+    pub async fn leave(&self, address: &str) -> Result<(), ClientError> {
+        self.call(Op::Leave { address }).await?.into_result()?;
+        Ok(())
+    }
+
     /// The server's counters, by name.
     pub async fn stats(&self) -> Result<Vec<(String, u64)>, ClientError> {
         let reply = self.call(Op::Stats).await?.into_result()?;
@@ -302,6 +326,17 @@ impl Client {
             Body::Stats(s) => Ok(s.iter().map(|s| (s.name.to_string(), s.value)).collect()),
             _ => Err(ClientError::Protocol("stats answered without stats".into())),
         }
+    }
+}
+
+fn ring_of(reply: &Reply) -> Result<(u64, Vec<String>), ClientError> {
+    match reply.response().body {
+        Body::Members { epoch, addresses } => {
+            Ok((epoch, addresses.iter().map(|a| a.to_string()).collect()))
+        }
+        _ => Err(ClientError::Protocol(
+            "expected the ring in the answer".into(),
+        )),
     }
 }
 

@@ -72,6 +72,58 @@ pub struct NodeConfig {
     /// Seconds a new connection has to send its hello.
     #[arg(long, env = "HELLO_TIMEOUT_SECONDS", default_value_t = 10)]
     pub hello_timeout_secs: u64,
+
+    /// Milliseconds between heartbeats to each router.
+    #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub heartbeat_interval_ms: u64,
+}
+
+/// `milena-router` settings.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "milena-router",
+    version,
+    about = "Milena router: consistent hashing of keys to cache nodes, membership, rate limiting; binary protocol and HTTP health on one port"
+)]
+pub struct RouterConfig {
+    /// Address for clients and nodes (binary protocol and HTTP on one port).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50050", value_parser = parse_listen_addr)]
+    pub listen_addr: SocketAddr,
+
+    /// Requests per second admitted across all clients (0 = unlimited); excess gets "rate limited".
+    #[arg(long, env = "RATE_LIMIT", default_value_t = 0)]
+    pub rate_limit: u32,
+
+    /// Log level or filter: error, warn, info, debug, trace, or e.g. "milena=debug,info".
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// A node whose last heartbeat is older than this (milliseconds) is ejected.
+    #[arg(long, env = "HEARTBEAT_TIMEOUT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub heartbeat_timeout_ms: u64,
+
+    /// Persistent connections kept to each node.
+    #[arg(long, env = "NODE_CONNECTIONS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    node_connections_raw: u64,
+
+    /// Requests one client connection may have in flight before the router stops reading from it.
+    #[arg(long, env = "MAX_INFLIGHT_PER_CONNECTION", default_value_t = 1024)]
+    pub max_inflight: usize,
+
+    /// Most simultaneous client connections; more are refused with an error.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Seconds a new connection has to send its hello.
+    #[arg(long, env = "HELLO_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub hello_timeout_secs: u64,
+}
+
+impl RouterConfig {
+    /// `NODE_CONNECTIONS`.
+    pub fn node_connections(&self) -> usize {
+        self.node_connections_raw as usize
+    }
 }
 
 /// Parses `host:port` for a listener, resolving names such as `localhost`.

@@ -12,6 +12,7 @@ pub mod logging;
 pub mod net;
 pub mod node;
 pub mod ring;
+pub mod router;
 pub mod shutdown;
 
 pub use milena_protocol as protocol;

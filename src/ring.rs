@@ -102,7 +102,8 @@ impl Ring {
     /// The address that owns a key hash.
     #[inline]
     pub fn owner(&self, key_hash: u64) -> Option<&str> {
-        self.owner_index(key_hash).map(|i| self.members[i].0.as_str())
+        self.owner_index(key_hash)
+            .map(|i| self.members[i].0.as_str())
     }
 
     /// The address and seed of member `i`.
@@ -123,7 +124,9 @@ mod tests {
     fn counts(ring: &Ring, keys: usize) -> HashMap<String, usize> {
         let mut c = HashMap::new();
         for k in 0..keys {
-            let owner = ring.owner(key_hash(format!("key:{k}").as_bytes())).expect("owner");
+            let owner = ring
+                .owner(key_hash(format!("key:{k}").as_bytes()))
+                .expect("owner");
             *c.entry(owner.to_string()).or_default() += 1;
         }
         c
@@ -204,7 +207,10 @@ mod tests {
         assert_eq!(key_hash(b"user:42"), 11_511_735_035_886_662_826);
         let ring = Ring::new(["http://a:1", "http://b:1", "http://c:1"]);
         let owners: Vec<&str> = (0..8)
-            .map(|k| ring.owner(key_hash(format!("k{k}").as_bytes())).expect("owner"))
+            .map(|k| {
+                ring.owner(key_hash(format!("k{k}").as_bytes()))
+                    .expect("owner")
+            })
             .collect();
         assert_eq!(owners, PINNED_OWNERS);
     }

@@ -230,9 +230,23 @@ proptest! {
 #[test]
 fn patching_an_id_keeps_the_rest() {
     let mut frame = Vec::new();
-    encode_response(&Response { id: 1, status: Status::Ok, body: Body::Value(b"v") }, &mut frame);
+    encode_response(
+        &Response {
+            id: 1,
+            status: Status::Ok,
+            body: Body::Value(b"v"),
+        },
+        &mut frame,
+    );
     assert!(patch_id(&mut frame[4..], 99));
-    assert_eq!(decode_response(&frame[4..]).expect("decodes"), Response { id: 99, status: Status::Ok, body: Body::Value(b"v") });
+    assert_eq!(
+        decode_response(&frame[4..]).expect("decodes"),
+        Response {
+            id: 99,
+            status: Status::Ok,
+            body: Body::Value(b"v")
+        }
+    );
     assert!(!patch_id(&mut [0u8; 3], 1));
 }
 

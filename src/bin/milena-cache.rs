@@ -7,7 +7,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use milena::config::{NodeConfig, one_line_error};
-use milena::node::{Node, NodeSettings};
+use std::time::Duration;
+
+use milena::node::{Membership, Node, NodeSettings};
 use tracing::{info, warn};
 
 #[global_allocator]
@@ -50,12 +52,6 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on LISTEN_ADDR={}", cfg.listen_addr))?;
     let shutdown = milena::shutdown::on_signals().context("cannot install signal handlers")?;
     let settings = NodeSettings::from(&cfg);
-    if !cfg.router_addr.is_empty() {
-        warn!(
-            routers = ?cfg.router_addr,
-            "ROUTER_ADDR is set, but this build does not join routers yet; serving direct clients only"
-        );
-    }
     if cfg.s3_bucket.is_some() {
         warn!("S3_BUCKET is set, but this build has no S3 tier yet; entries live in memory only");
     }
@@ -72,7 +68,35 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         shards = node.store.shard_count(),
         "cache node listening"
     );
-    milena::node::run(listener, node, shutdown).await;
+    let routers: Vec<String> = cfg
+        .router_addr
+        .iter()
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .collect();
+    if routers.is_empty() {
+        info!("no ROUTER_ADDR: serving direct clients only");
+        milena::node::run(listener, node, shutdown).await;
+    } else {
+        for r in &routers {
+            milena::net::parse_url(r).map_err(|e| anyhow::anyhow!("invalid ROUTER_ADDR: {e}"))?;
+        }
+        let advertise = match cfg.advertise_addr {
+            Some(a) => {
+                milena::net::parse_url(&a)
+                    .map_err(|e| anyhow::anyhow!("invalid ADVERTISE_ADDR: {e}"))?;
+                a
+            }
+            None => milena::node::membership::default_advertise(listener.local_addr()?),
+        };
+        info!(%advertise, routers = ?routers, "joining routers");
+        let membership = Membership {
+            routers,
+            advertise,
+            interval: Duration::from_millis(cfg.heartbeat_interval_ms),
+        };
+        milena::node::run_in_cluster(listener, node, membership, shutdown).await;
+    }
     info!("cache node stopped");
     Ok(())
 }

@@ -52,6 +52,13 @@ enum Cmd {
         /// The key.
         key: String,
     },
+    /// List a router's ring members.
+    Members,
+    /// Ask a router to remove the node at ADDRESS from its ring.
+    Leave {
+        /// The node's address as it joined, e.g. http://10.0.0.5:50051.
+        address: String,
+    },
     /// Check the server answers.
     Ping,
     /// Print the server's counters.
@@ -117,6 +124,16 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
             } else {
                 writeln!(stdout, "not found")?;
             }
+        }
+        Cmd::Members => {
+            let (_epoch, members) = client.members().await?;
+            for m in members {
+                writeln!(stdout, "{m}")?;
+            }
+        }
+        Cmd::Leave { address } => {
+            client.leave(&address).await?;
+            writeln!(stdout, "OK")?;
         }
         Cmd::Ping => writeln!(stdout, "PONG ({})", client.server())?,
         Cmd::Stats => {

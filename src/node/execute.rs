@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering;
 
 use milena_protocol::{Body, Op, Response, Stat, Status, encode_response};
 
-use crate::error::WireError;
 use super::store::PutOutcome;
 use super::{Node, Tally};
+use crate::error::WireError;
 
 /// Executes request `id` and appends its response to `out`.
 pub fn execute(node: &Node, id: u64, op: Op<'_>, out: &mut Vec<u8>, tally: &mut Tally) {

@@ -4,6 +4,7 @@
 //! the one match that joins a decoded request to the store.
 
 pub mod execute;
+pub mod membership;
 pub mod server;
 pub mod store;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 use crate::config::NodeConfig;
 use store::{Millis, Store, StoreConfig};
 
+pub use membership::Membership;
 pub use server::run;
 
 /// Limits and defaults a node applies to requests.
@@ -209,4 +211,20 @@ impl Node {
             ring_epoch: AtomicU64::new(0),
         }
     }
+}
+
+/// Runs a node that takes part in routers' rings: joins them, serves, and
+/// at `shutdown` first leaves the routers (so they stop sending it keys),
+/// then drains its connections.
+pub async fn run_in_cluster(
+    listener: tokio::net::TcpListener,
+    node: Arc<Node>,
+    membership: Membership,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let serving = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(run(listener, node.clone(), serving.clone()));
+    membership::maintain(node, membership, shutdown).await;
+    serving.cancel();
+    let _ = server.await;
 }

@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::error::{WireError, check_hello, hello_response};
 use super::execute::execute;
 use super::{Node, Tally};
+use crate::error::{WireError, check_hello, hello_response};
 use crate::net;
 
 /// What a node says it is in its hello answer.

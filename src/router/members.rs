@@ -185,9 +185,7 @@ impl Members {
                 e.last_seen = now;
                 Change::Unchanged
             }
-            Some(e) if e.down_since.is_some_and(|d| now < d + self.hold_down) => {
-                Change::Unchanged
-            }
+            Some(e) if e.down_since.is_some_and(|d| now < d + self.hold_down) => Change::Unchanged,
             _ => {
                 let epoch = self.bring_up(&mut t, address, now);
                 info!(node = %address, members = live(&t), epoch, "Join: node rejoined the ring on heartbeat");

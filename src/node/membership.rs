@@ -1,0 +1,145 @@
+//! A node's membership in one or more routers' rings: join at start-up
+//! (retrying with capped exponential backoff), heartbeat, leave on shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::Node;
+use crate::client::{Client, ClientOptions};
+
+/// How a node takes part in routers' rings.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// Router URLs (`ROUTER_ADDR`).
+    pub routers: Vec<String>,
+    /// The URL routers use to reach this node (`ADVERTISE_ADDR`).
+    pub advertise: String,
+    /// Time between heartbeats.
+    pub interval: Duration,
+}
+
+/// First retry delay after a failed join; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between join attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Limit on the leave call at shutdown, so a dead router cannot hold the node.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Keeps the node in every router's ring until `shutdown`, then leaves
+/// them all. Returns once the leaves are done (or timed out).
+pub async fn maintain(node: Arc<Node>, m: Membership, shutdown: CancellationToken) {
+    let tasks: Vec<_> = m
+        .routers
+        .iter()
+        .map(|router| {
+            tokio::spawn(with_router(
+                node.clone(),
+                router.clone(),
+                m.advertise.clone(),
+                m.interval,
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn with_router(
+    node: Arc<Node>,
+    router: String,
+    advertise: String,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let opts = ClientOptions {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Some(Duration::from_secs(2)),
+        ..ClientOptions::default()
+    };
+    let mut backoff = FIRST_BACKOFF;
+    let mut client: Option<Client> = None;
+    loop {
+        // Join (or re-join after losing the router).
+        let c = match client.take() {
+            Some(c) => c,
+            None => {
+                let joined = async {
+                    let c = Client::connect_with(&router, opts.clone()).await?;
+                    let (epoch, members) = c.join(&advertise).await?;
+                    Ok::<_, crate::client::ClientError>((c, epoch, members))
+                };
+                let attempt = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = joined => r,
+                };
+                match attempt {
+                    Ok((c, epoch, members)) => {
+                        node.ring_epoch.fetch_max(epoch, Ordering::Relaxed);
+                        info!(%router, address = %advertise, members = members.len(), epoch, "joined router");
+                        backoff = FIRST_BACKOFF;
+                        c
+                    }
+                    Err(e) => {
+                        warn!(%router, error = %e, retry_in = ?backoff, "Failed to join router");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                }
+            }
+        };
+        // Heartbeat until shutdown or the router stops answering.
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    match tokio::time::timeout(LEAVE_TIMEOUT, c.leave(&advertise)).await {
+                        Ok(Ok(())) => info!(%router, address = %advertise, "left router"),
+                        Ok(Err(e)) => warn!(%router, error = %e, "leave failed"),
+                        Err(_) => warn!(%router, "leave timed out"),
+                    }
+                    return;
+                }
+                _ = tokio::time::sleep(interval) => {}
+            }
+            match c.heartbeat(&advertise).await {
+                Ok((epoch, _)) => {
+                    node.ring_epoch.fetch_max(epoch, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    warn!(%router, error = %e, "heartbeat failed; joining again");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The URL to advertise for a node listening on `bound`: `0.0.0.0` and
+/// `::` are not routable, so the host name takes their place.
+pub fn default_advertise(bound: std::net::SocketAddr) -> String {
+    let host = if bound.ip().is_unspecified() {
+        hostname().unwrap_or_else(|| "localhost".to_string())
+    } else if bound.is_ipv6() {
+        format!("[{}]", bound.ip())
+    } else {
+        bound.ip().to_string()
+    };
+    format!("http://{host}:{}", bound.port())
+}
+
+fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}

@@ -1,0 +1,161 @@
+//! The router: accepts clients (binary protocol, and HTTP for health on the
+//! same port), keeps the member table, and forwards each key to its owner.
+//!
+//! `members` owns the ring, `forward` routes and retries, `pool` owns the
+//! node connections, `server` owns client sockets.
+
+pub mod forward;
+pub mod members;
+pub mod pool;
+pub mod ratelimit;
+pub mod server;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RouterConfig;
+use members::{Connector, Members};
+use pool::NodeHandle;
+use ratelimit::Limiter;
+
+pub use server::run;
+
+/// Router limits and timings.
+#[derive(Debug, Clone)]
+pub struct RouterSettings {
+    /// Requests per second admitted (0 = unlimited).
+    pub rate_limit: u32,
+    /// A node silent this long is ejected.
+    pub heartbeat_timeout: Duration,
+    /// An ejected node's heartbeats are ignored this long.
+    pub hold_down: Duration,
+    /// Connections kept to each node.
+    pub node_connections: usize,
+    /// Requests one client connection may have in flight.
+    pub max_inflight: usize,
+    /// Most simultaneous client connections.
+    pub max_connections: usize,
+    /// Largest frame accepted from clients and nodes.
+    pub max_frame: usize,
+    /// How long a new client may take to say hello.
+    pub hello_timeout: Duration,
+    /// Limit on connecting to a node.
+    pub connect_timeout: Duration,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        RouterSettings {
+            rate_limit: 0,
+            heartbeat_timeout: Duration::from_secs(3),
+            hold_down: Duration::from_secs(2),
+            node_connections: 2,
+            max_inflight: 1024,
+            max_connections: 10_000,
+            max_frame: milena_protocol::DEFAULT_MAX_FRAME,
+            hello_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+impl From<&RouterConfig> for RouterSettings {
+    fn from(c: &RouterConfig) -> Self {
+        RouterSettings {
+            rate_limit: c.rate_limit,
+            heartbeat_timeout: Duration::from_millis(c.heartbeat_timeout_ms),
+            hold_down: Duration::from_millis(c.heartbeat_timeout_ms),
+            node_connections: c.node_connections(),
+            max_inflight: c.max_inflight,
+            max_connections: c.max_connections,
+            hello_timeout: Duration::from_secs(c.hello_timeout_secs),
+            ..RouterSettings::default()
+        }
+    }
+}
+
+/// Router-wide counters.
+#[derive(Debug, Default)]
+pub struct RouterStats {
+    /// Client requests read (after hello).
+    pub requests: AtomicU64,
+    /// Requests forwarded to nodes.
+    pub forwarded: AtomicU64,
+    /// Requests answered with an error by the router itself.
+    pub errors: AtomicU64,
+    /// Requests refused by `RATE_LIMIT`.
+    pub rate_limited: AtomicU64,
+    /// Requests re-sent after their node failed.
+    pub retries: AtomicU64,
+    /// Requests answered `unavailable`.
+    pub unavailable: AtomicU64,
+    /// Client connections open now.
+    pub connections: AtomicU64,
+    /// Client connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Connections closed for a protocol violation.
+    pub protocol_errors: AtomicU64,
+}
+
+impl RouterStats {
+    fn count_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+    fn count_unavailable(&self) {
+        self.unavailable.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A router's shared state.
+#[derive(Debug)]
+pub struct Router {
+    /// Limits and timings.
+    pub settings: RouterSettings,
+    /// The member table and ring.
+    pub members: Members,
+    /// `RATE_LIMIT`.
+    pub limiter: Limiter,
+    /// Counters.
+    pub stats: RouterStats,
+    /// Cancelled when the router shuts down (stops node connections too).
+    pub shutdown: CancellationToken,
+}
+
+impl Router {
+    /// A router with an empty ring and a real-clock rate limiter.
+    pub fn new(settings: RouterSettings, shutdown: CancellationToken) -> Arc<Self> {
+        let limiter = Limiter::new(settings.rate_limit);
+        Self::with_limiter(settings, limiter, shutdown)
+    }
+
+    /// A router with the given rate limiter (tests use a fake clock).
+    pub fn with_limiter(
+        settings: RouterSettings,
+        limiter: Limiter,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|weak| {
+            let weak = weak.clone();
+            let conns = settings.node_connections;
+            let token = shutdown.clone();
+            let connector: Connector = Arc::new(move |address: &str| {
+                Arc::new(NodeHandle::spawn(
+                    address,
+                    conns,
+                    weak.clone(),
+                    token.clone(),
+                ))
+            });
+            Router {
+                members: Members::new(settings.heartbeat_timeout, settings.hold_down, connector),
+                settings,
+                limiter,
+                stats: RouterStats::default(),
+                shutdown,
+            }
+        })
+    }
+}

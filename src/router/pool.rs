@@ -1,0 +1,257 @@
+//! Persistent, multiplexed connections from the router to one node.
+//!
+//! Each connection is one task that owns its socket and its table of
+//! requests in flight, so nothing on the path is locked: requests from any
+//! number of clients are renumbered, spliced into one write buffer and
+//! written together; answers come back in any order, get the client's id
+//! back and go straight to that client's writer.
+
+use std::collections::HashMap;
+use std::sync::Weak;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use milena_protocol::{
+    FrameCodec, MAGIC, Op, PROTOCOL_VERSION, Request, Status, decode_response, encode_forward,
+    encode_request, patch_id, peek_id,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::Router;
+use super::forward::Forward;
+use crate::error::WireError;
+use crate::net;
+
+/// Requests queued per connection before senders wait.
+const QUEUE: usize = 4096;
+/// Bytes gathered into one write before the task stops taking requests
+/// and waits for the socket.
+const WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// A node's connections. Dropping the last handle closes them once their
+/// requests in flight are answered.
+#[derive(Debug)]
+pub struct NodeHandle {
+    /// The node's advertised address.
+    pub address: String,
+    conns: Vec<mpsc::Sender<Forward>>,
+    next: AtomicUsize,
+}
+
+impl NodeHandle {
+    /// Starts `connections` connection tasks to `address`.
+    pub fn spawn(
+        address: &str,
+        connections: usize,
+        router: Weak<Router>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let conns = (0..connections.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tokio::spawn(conn_task(
+                    address.to_string(),
+                    rx,
+                    router.clone(),
+                    shutdown.clone(),
+                ));
+                tx
+            })
+            .collect();
+        NodeHandle {
+            address: address.to_string(),
+            conns,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Queues `fwd` on the next connection; gives it back if that
+    /// connection has died.
+    pub async fn send(&self, fwd: Forward) -> Result<(), Forward> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        self.conns[i].send(fwd).await.map_err(|e| e.0)
+    }
+}
+
+/// Why a node connection ended.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("connection lost: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("node broke the protocol: {0}")]
+    Protocol(String),
+}
+
+async fn conn_task(
+    address: String,
+    mut rx: mpsc::Receiver<Forward>,
+    router: Weak<Router>,
+    shutdown: CancellationToken,
+) {
+    let mut inflight: HashMap<u64, Forward> = HashMap::new();
+    let result = match connect(&address, &router).await {
+        Ok((stream, rbuf)) => serve(stream, rbuf, &mut rx, &mut inflight, &router, &shutdown).await,
+        Err(e) => Err(e),
+    };
+    let Some(router) = router.upgrade() else {
+        return;
+    };
+    if let Err(e) = result {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        router.members.eject(&address, &e.to_string());
+        rx.close();
+        // Everything sent to this node, answered or not, goes to the next
+        // owner once; get, put and delete are idempotent.
+        for (_, fwd) in inflight.drain() {
+            router.retry(fwd);
+        }
+        while let Ok(fwd) = rx.try_recv() {
+            router.retry(fwd);
+        }
+    }
+}
+
+async fn connect(address: &str, router: &Weak<Router>) -> Result<(TcpStream, BytesMut), ConnError> {
+    let (timeout, max_frame) = match router.upgrade() {
+        Some(r) => (r.settings.connect_timeout, r.settings.max_frame),
+        None => (Duration::from_secs(1), milena_protocol::DEFAULT_MAX_FRAME),
+    };
+    let (hostport, _tls) = net::parse_url(address).map_err(ConnError::Connect)?;
+    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(&hostport))
+        .await
+        .map_err(|_| ConnError::Connect(format!("timed out after {timeout:?}")))?
+        .map_err(|e| ConnError::Connect(e.to_string()))?;
+    net::tune(&stream);
+    let mut hello = Vec::new();
+    encode_request(
+        &Request {
+            id: 0,
+            op: Op::Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                token: None,
+            },
+        },
+        &mut hello,
+    );
+    stream.write_all(&hello).await?;
+    let mut codec = FrameCodec::new(max_frame);
+    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    let frame = tokio::time::timeout(timeout, async {
+        loop {
+            if let Some(f) = codec
+                .decode_frame(&mut rbuf)
+                .map_err(|e| ConnError::Protocol(e.to_string()))?
+            {
+                return Ok::<_, ConnError>(f);
+            }
+            if stream.read_buf(&mut rbuf).await? == 0 {
+                return Err(ConnError::Connect("closed during hello".into()));
+            }
+        }
+    })
+    .await
+    .map_err(|_| ConnError::Connect("no hello answer".into()))??;
+    let resp = decode_response(&frame).map_err(|e| ConnError::Protocol(e.to_string()))?;
+    if resp.status != Status::Ok {
+        return Err(ConnError::Connect(format!(
+            "hello refused: {:?}",
+            resp.body
+        )));
+    }
+    debug!(node = %address, "connected to node");
+    Ok((stream, rbuf))
+}
+
+async fn serve(
+    stream: TcpStream,
+    mut rbuf: BytesMut,
+    rx: &mut mpsc::Receiver<Forward>,
+    inflight: &mut HashMap<u64, Forward>,
+    router: &Weak<Router>,
+    shutdown: &CancellationToken,
+) -> Result<(), ConnError> {
+    let max_frame = router
+        .upgrade()
+        .map_or(milena_protocol::DEFAULT_MAX_FRAME, |r| r.settings.max_frame);
+    let mut codec = FrameCodec::new(max_frame);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut wbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut pending: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut written = 0usize;
+    let mut next_id: u64 = 1;
+    let mut open = true;
+
+    loop {
+        if written == wbuf.len() {
+            wbuf.clear();
+            written = 0;
+            std::mem::swap(&mut wbuf, &mut pending);
+        }
+        if !open && inflight.is_empty() && wbuf.is_empty() {
+            return Ok(()); // handle dropped and every answer delivered
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            r = rd.read_buf(&mut rbuf) => {
+                if r? == 0 {
+                    return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                while let Some(mut frame) = codec
+                    .decode_frame(&mut rbuf)
+                    .map_err(|e| ConnError::Protocol(e.to_string()))?
+                {
+                    let id = peek_id(&frame).ok_or_else(|| ConnError::Protocol("short frame".into()))?;
+                    let Some(fwd) = inflight.remove(&id) else {
+                        return Err(ConnError::Protocol(format!("answer to unknown request {id}")));
+                    };
+                    patch_id(&mut frame, fwd.client_id);
+                    let _ = fwd.reply.send(frame.freeze());
+                }
+            }
+            w = wr.write(&wbuf[written..]), if written < wbuf.len() => {
+                written += w?;
+            }
+            f = rx.recv(), if open && pending.len() < WRITE_HIGH_WATER => {
+                let Some(fwd) = f else {
+                    open = false;
+                    continue;
+                };
+                enqueue(fwd, &mut next_id, &mut pending, inflight);
+                // Gather what else is already queued into the same write.
+                while pending.len() < WRITE_HIGH_WATER {
+                    match rx.try_recv() {
+                        Ok(fwd) => enqueue(fwd, &mut next_id, &mut pending, inflight),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn enqueue(
+    fwd: Forward,
+    next_id: &mut u64,
+    out: &mut Vec<u8>,
+    inflight: &mut HashMap<u64, Forward>,
+) {
+    let id = *next_id;
+    *next_id = next_id.wrapping_add(1);
+    if encode_forward(id, &fwd.body, fwd.meta, out) {
+        inflight.insert(id, fwd);
+    } else {
+        // The client loop only forwards gets, puts and deletes.
+        fwd.fail(&WireError::Undecodable("not a data operation".into()));
+    }
+}

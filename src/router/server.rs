@@ -1,0 +1,446 @@
+//! The router's port: one listener for the binary protocol and HTTP.
+//!
+//! The first byte decides: a binary frame starts with its big-endian length,
+//! whose top byte is 0 or 1 for any frame the router accepts, while HTTP
+//! starts with an ASCII method name.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::Full;
+use hyper::{Method, Request as HttpRequest, Response as HttpResponse, StatusCode};
+use hyper_util::rt::TokioIo;
+use milena_protocol::{
+    Body, FrameCodec, FrameError, Op, Response, Stat, Status, decode_request, encode_response,
+    peek_id,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::Router;
+use super::forward::{Forward, Kind, ReplyTx};
+use crate::error::{WireError, check_hello, hello_response};
+use crate::net;
+use crate::ring::key_hash;
+
+/// What the router says it is in its hello answer.
+const SERVER_NAME: &str = concat!("router milena/", env!("CARGO_PKG_VERSION"));
+/// How long a connection may take to receive its last answers once
+/// shutdown has begun.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serves clients and nodes on `listener` until `shutdown` is cancelled,
+/// then stops accepting and waits for every connection to finish.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    router: Arc<Router>,
+    shutdown: CancellationToken,
+) {
+    let tracker = TaskTracker::new();
+    tracker.spawn(sweep_loop(router.clone(), shutdown.clone()));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        net::tune(&stream);
+        let open = router.stats.connections.fetch_add(1, Ordering::Relaxed);
+        if open as usize >= router.settings.max_connections {
+            router.stats.connections.fetch_sub(1, Ordering::Relaxed);
+            let limit = router.settings.max_connections;
+            tracker.spawn(async move {
+                let mut stream = stream;
+                let mut out = Vec::new();
+                WireError::TooManyConnections(limit).respond(0, &mut out);
+                let _ = stream.write_all(&out).await;
+            });
+            continue;
+        }
+        router
+            .stats
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            if let Err(e) = serve_connection(stream, &router, &shutdown).await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+            router.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    drop(listener);
+    info!("stopped accepting; draining connections");
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn sweep_loop(router: Arc<Router>, shutdown: CancellationToken) {
+    let period = (router.settings.heartbeat_timeout / 4).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => { router.members.sweep(); }
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    router: &Arc<Router>,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
+    let mut first = [0u8; 1];
+    let sniffed = tokio::select! {
+        r = stream.peek(&mut first) => r?,
+        _ = tokio::time::sleep(router.settings.hello_timeout) => {
+            router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            return Ok(()); // said nothing at all: just close
+        }
+        _ = shutdown.cancelled() => return Ok(()),
+    };
+    if sniffed == 0 {
+        return Ok(());
+    }
+    if first[0].is_ascii_alphabetic() {
+        return serve_http(stream, router.clone()).await;
+    }
+    serve_binary(stream, router, shutdown).await
+}
+
+async fn serve_http(stream: TcpStream, router: Arc<Router>) -> std::io::Result<()> {
+    let service = hyper::service::service_fn(move |req: HttpRequest<hyper::body::Incoming>| {
+        let router = router.clone();
+        async move { Ok::<_, Infallible>(http_answer(&router, &req)) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .header_read_timeout(Some(Duration::from_secs(10)))
+        .timer(hyper_util::rt::TokioTimer::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+        .map_err(std::io::Error::other)
+}
+
+fn http_answer<B>(router: &Router, req: &HttpRequest<B>) -> HttpResponse<Full<Bytes>> {
+    let (status, text) = match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/" | "/health") => {
+            let view = router.members.view();
+            (
+                StatusCode::OK,
+                format!(
+                    "milena-router {}: ok, {} members, epoch {}\n",
+                    env!("CARGO_PKG_VERSION"),
+                    view.ring.len(),
+                    view.epoch
+                ),
+            )
+        }
+        (&Method::GET | &Method::HEAD, _) => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".to_string(),
+        ),
+    };
+    let mut resp = HttpResponse::new(Full::new(Bytes::from(text)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// The binary protocol: a reader loop here, a writer task for answers
+/// (which come back from nodes in any order).
+async fn serve_binary(
+    stream: TcpStream,
+    router: &Arc<Router>,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    let writer = tokio::spawn(write_loop(wr, rx, shutdown.clone()));
+    // Bounds what one client can have queued anywhere in the router.
+    let slots = Arc::new(Semaphore::new(router.settings.max_inflight));
+    let mut codec = FrameCodec::new(router.settings.max_frame);
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut greeted = false;
+    let hello_deadline = tokio::time::sleep(router.settings.hello_timeout);
+    tokio::pin!(hello_deadline);
+
+    'conn: loop {
+        let n = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = &mut hello_deadline, if !greeted => {
+                router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                let secs = router.settings.hello_timeout.as_secs();
+                let _ = tx.send(WireError::HelloTimeout(secs).body(0));
+                break;
+            }
+            r = rd.read_buf(&mut rbuf) => r?,
+        };
+        if n == 0 {
+            if !rbuf.is_empty() {
+                router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            break;
+        }
+        loop {
+            let frame = match codec.decode_frame(&mut rbuf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    let err = match e {
+                        FrameError::TooLarge { .. } => WireError::FrameTooLarge(e.to_string()),
+                        FrameError::Io(_) => WireError::Undecodable(e.to_string()),
+                    };
+                    protocol_error(router, &tx, err, 0);
+                    break 'conn;
+                }
+            };
+            match handle_frame(router, frame, &mut greeted, &tx, &slots).await {
+                Ok(()) => {}
+                Err((err, id)) => {
+                    protocol_error(router, &tx, err, id);
+                    break 'conn;
+                }
+            }
+        }
+    }
+    drop(tx);
+    // The writer ends once every forwarded request has been answered (each
+    // holds a sender) or the drain grace after shutdown runs out.
+    let _ = writer.await;
+    Ok(())
+}
+
+fn protocol_error(router: &Router, tx: &ReplyTx, err: WireError, id: u64) {
+    debug!(error = %err, "protocol error; closing connection");
+    router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    router.stats.errors.fetch_add(1, Ordering::Relaxed);
+    let _ = tx.send(err.body(id));
+}
+
+/// Handles one client frame. A stream-level error comes back as `Err` with
+/// the id to answer under; the connection is then closed.
+async fn handle_frame(
+    router: &Arc<Router>,
+    frame: BytesMut,
+    greeted: &mut bool,
+    tx: &ReplyTx,
+    slots: &Arc<Semaphore>,
+) -> Result<(), (WireError, u64)> {
+    let req = decode_request(&frame).map_err(|e| {
+        (
+            WireError::Undecodable(e.to_string()),
+            peek_id(&frame).unwrap_or(0),
+        )
+    })?;
+    let id = req.id;
+    if !*greeted {
+        check_hello(&req.op).map_err(|e| (e, id))?;
+        *greeted = true;
+        let mut out = Vec::new();
+        hello_response(id, SERVER_NAME, &mut out);
+        let _ = tx.send(Bytes::from(out).slice(4..));
+        return Ok(());
+    }
+    router.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let (kind, key) = match req.op {
+        Op::Get { key } => (Kind::Get, key),
+        Op::Put { key, .. } => (Kind::Put, key),
+        Op::Delete { key } => (Kind::Delete, key),
+        other => {
+            let answer = local(router, id, &other);
+            let _ = tx.send(answer);
+            return Ok(());
+        }
+    };
+    if key.is_empty() {
+        reply_error(router, tx, id, WireError::EmptyKey);
+        return Ok(());
+    }
+    if let Err(limit) = router.limiter.admit() {
+        router.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+        reply_error(router, tx, id, WireError::RateLimited(limit));
+        return Ok(());
+    }
+    let key_hash = key_hash(key);
+    // Waits when this client already has `max_inflight` requests out.
+    let Ok(permit) = slots.clone().acquire_owned().await else {
+        return Ok(());
+    };
+    router.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+    router
+        .route(Forward {
+            client_id: id,
+            body: frame.freeze(),
+            kind,
+            key_hash,
+            meta: 0,
+            reply: tx.clone(),
+            attempt: 0,
+            permit,
+        })
+        .await;
+    Ok(())
+}
+
+fn reply_error(router: &Router, tx: &ReplyTx, id: u64, err: WireError) {
+    router.stats.errors.fetch_add(1, Ordering::Relaxed);
+    let _ = tx.send(err.body(id));
+}
+
+/// Operations the router answers itself.
+fn local(router: &Router, id: u64, op: &Op<'_>) -> Bytes {
+    let mut out = Vec::new();
+    let result = match *op {
+        Op::Ping => Ok(respond(id, Body::Empty, &mut out)),
+        Op::Members => Ok(members_response(router, id, &mut out)),
+        Op::Join { address } => valid_address(address).map(|()| {
+            router.members.join(address);
+            members_response(router, id, &mut out)
+        }),
+        Op::Heartbeat { address } => valid_address(address).map(|()| {
+            router.members.heartbeat(address);
+            members_response(router, id, &mut out)
+        }),
+        Op::Leave { address } => {
+            router.members.leave(address);
+            Ok(respond(id, Body::Empty, &mut out))
+        }
+        Op::Stats => {
+            let stats = router_stats(router);
+            let body = Body::Stats(
+                stats
+                    .iter()
+                    .map(|&(name, value)| Stat { name, value })
+                    .collect(),
+            );
+            Ok(respond(id, body, &mut out))
+        }
+        Op::Hello { .. } => Err(WireError::DuplicateHello),
+        Op::RoutedGet { .. } => Err(WireError::NodeOnly("routed get")),
+        Op::RoutedPut { .. } => Err(WireError::NodeOnly("routed put")),
+        // Forwarded by the caller; never answered here.
+        Op::Get { .. } | Op::Put { .. } | Op::Delete { .. } => Err(WireError::Undecodable(
+            "data operation answered locally".into(),
+        )),
+    };
+    if let Err(e) = result {
+        router.stats.errors.fetch_add(1, Ordering::Relaxed);
+        e.respond(id, &mut out);
+    }
+    Bytes::from(out).slice(4..)
+}
+
+fn respond(id: u64, body: Body<'_>, out: &mut Vec<u8>) {
+    encode_response(
+        &Response {
+            id,
+            status: Status::Ok,
+            body,
+        },
+        out,
+    );
+}
+
+fn members_response(router: &Router, id: u64, out: &mut Vec<u8>) {
+    let view = router.members.view();
+    let body = Body::Members {
+        epoch: view.epoch,
+        addresses: view.ring.addresses().collect(),
+    };
+    respond(id, body, out);
+}
+
+fn valid_address(address: &str) -> Result<(), WireError> {
+    net::parse_url(address)
+        .map(|_| ())
+        .map_err(WireError::BadAddress)
+}
+
+fn router_stats(router: &Router) -> Vec<(&'static str, u64)> {
+    let s = &router.stats;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let view = router.members.view();
+    vec![
+        ("members", view.ring.len() as u64),
+        ("ring_epoch", view.epoch),
+        ("ejections", router.members.ejections()),
+        ("connections", load(&s.connections)),
+        ("connections_total", load(&s.connections_total)),
+        ("requests", load(&s.requests)),
+        ("forwarded", load(&s.forwarded)),
+        ("errors", load(&s.errors)),
+        ("rate_limited", load(&s.rate_limited)),
+        ("retries", load(&s.retries)),
+        ("unavailable", load(&s.unavailable)),
+        ("protocol_errors", load(&s.protocol_errors)),
+    ]
+}
+
+/// Writes answers as they come, gathering whatever is queued into one write.
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    shutdown: CancellationToken,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_GRACE).await;
+    };
+    tokio::pin!(grace);
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            _ = &mut grace => break,
+        };
+        push_framed(&mut buf, &first);
+        while buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(m) => push_framed(&mut buf, &m),
+                Err(_) => break,
+            }
+        }
+        let write = tokio::select! {
+            r = wr.write_all(&buf) => r,
+            _ = &mut grace => break,
+        };
+        if write.is_err() {
+            break;
+        }
+        buf.clear();
+        if buf.capacity() > 1024 * 1024 {
+            buf = Vec::with_capacity(16 * 1024);
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+fn push_framed(buf: &mut Vec<u8>, body: &[u8]) {
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(body);
+}
