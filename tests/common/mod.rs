@@ -146,3 +146,145 @@ pub fn hello_op() -> Op<'static> {
         token: None,
     }
 }
+
+// ---- clusters: a router in-process, nodes each in their own runtime ----
+
+use milena::node::Membership;
+use milena::router::{Router, RouterSettings};
+use std::time::Duration;
+
+/// A router serving on a loopback port.
+pub struct TestRouter {
+    pub addr: SocketAddr,
+    pub router: Arc<Router>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl TestRouter {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("router task");
+    }
+
+    /// Waits until the ring is exactly `members`.
+    pub async fn wait_members(&self, members: &[&str]) {
+        let mut want: Vec<String> = members.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        self.router
+            .members
+            .wait_for(|v| v.ring.addresses().map(str::to_string).collect::<Vec<_>>() == want)
+            .await;
+    }
+}
+
+pub fn test_router_settings() -> RouterSettings {
+    RouterSettings {
+        heartbeat_timeout: Duration::from_secs(3),
+        hold_down: Duration::from_millis(0),
+        ..RouterSettings::default()
+    }
+}
+
+pub async fn start_router(settings: RouterSettings) -> TestRouter {
+    let shutdown = CancellationToken::new();
+    start_router_with(Router::new(settings, shutdown.clone()), shutdown).await
+}
+
+pub async fn start_router_with(router: Arc<Router>, shutdown: CancellationToken) -> TestRouter {
+    let listener = milena::net::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let task = tokio::spawn(milena::router::run(
+        listener,
+        router.clone(),
+        shutdown.clone(),
+    ));
+    TestRouter {
+        addr,
+        router,
+        shutdown,
+        task,
+    }
+}
+
+/// A cache node in a runtime of its own, so a test can kill it outright:
+/// dropping the runtime closes its sockets without a leave or a drain, as
+/// `kill -9` would.
+pub struct ClusterNode {
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    shutdown: CancellationToken,
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ClusterNode {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Starts a node on `addr` (port 0 for any) that joins `routers`.
+    pub fn start(addr: &str, routers: &[String], settings: NodeSettings) -> ClusterNode {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let routers = routers.to_vec();
+        let addr: SocketAddr = addr.parse().expect("addr");
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = milena::net::bind(addr).expect("bind node");
+                let bound = listener.local_addr().expect("local addr");
+                let node = Arc::new(Node::new(settings));
+                let _ = ready_tx.send((bound, node.clone()));
+                let membership = Membership {
+                    routers,
+                    advertise: format!("http://{bound}"),
+                    interval: Duration::from_millis(100),
+                };
+                tokio::select! {
+                    _ = milena::node::run_in_cluster(listener, node, membership, token) => {}
+                    _ = kill_rx => {}
+                }
+            });
+            rt.shutdown_background();
+        });
+        let (addr, node) = ready_rx.recv().expect("node started");
+        ClusterNode {
+            addr,
+            node,
+            shutdown,
+            kill: Some(kill_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Graceful stop: leave the routers, drain, exit.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let t = self.thread.take();
+        tokio::task::spawn_blocking(move || t.map(|t| t.join()))
+            .await
+            .expect("join");
+    }
+
+    /// Abrupt stop: no leave, no drain.
+    pub async fn kill(mut self) {
+        if let Some(k) = self.kill.take() {
+            let _ = k.send(());
+        }
+        let t = self.thread.take();
+        tokio::task::spawn_blocking(move || t.map(|t| t.join()))
+            .await
+            .expect("join");
+    }
+}
