@@ -1,34 +1,57 @@
 #!/usr/bin/env bash
-# Starts a local Milena cache node on loopback and keeps it in the
-# foreground; Ctrl-C stops it cleanly. (The router and more nodes join this
-# script as they land; see README.md.)
+# Starts a local Milena cluster on loopback: a router on 127.0.0.1:50050 and
+# three cache nodes on 50051-50053 that join it. Stays in the foreground;
+# the servers run in their own sessions so that Ctrl-C reaches only this
+# script, which then stops them in order:
+# the nodes (each leaves the ring first), then the router.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --bin milena-cache --bin milena-cli
-NODE_ADDR=${NODE_ADDR:-127.0.0.1:50051}
+cargo build --release --bin milena-router --bin milena-cache --bin milena-cli
 LOG_DIR=${LOG_DIR:-target/local-cluster}
 mkdir -p "$LOG_DIR"
+ROUTER=127.0.0.1:50050
+pids=()
 
-LISTEN_ADDR=$NODE_ADDR LRU_SIZE=${LRU_SIZE:-100000} TTL_SECONDS=${TTL_SECONDS:-3600} \
-  LOG_LEVEL=${LOG_LEVEL:-info} ./target/release/milena-cache >"$LOG_DIR/node1.log" 2>&1 &
-node=$!
-trap 'kill -TERM $node 2>/dev/null; wait $node 2>/dev/null; echo "stopped"' EXIT INT TERM
+stop() {
+  trap "" INT TERM  # a second Ctrl-C must not orphan the servers
+  trap - EXIT
+  # Nodes first, so they leave the ring while the router still runs.
+  for p in "${pids[@]:1}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]:1}"; do wait "$p" 2>/dev/null || true; done
+  kill -TERM "${pids[0]}" 2>/dev/null || true
+  wait "${pids[0]}" 2>/dev/null || true
+  echo "cluster stopped"
+}
+trap stop EXIT INT TERM
 
-# Wait until the node answers (bounded: 50 tries).
-for _ in $(seq 50); do
-  ./target/release/milena-cli --addr "http://$NODE_ADDR" ping >/dev/null 2>&1 && break
-  kill -0 $node 2>/dev/null || { cat "$LOG_DIR/node1.log"; exit 1; }
+LISTEN_ADDR=$ROUTER RATE_LIMIT=${RATE_LIMIT:-0} LOG_LEVEL=${LOG_LEVEL:-info} \
+  setsid ./target/release/milena-router >"$LOG_DIR/router.log" 2>&1 &
+pids+=($!)
+
+for i in 1 2 3; do
+  LISTEN_ADDR=127.0.0.1:5005$i ROUTER_ADDR=http://$ROUTER LRU_SIZE=${LRU_SIZE:-100000} \
+    TTL_SECONDS=${TTL_SECONDS:-3600} METRICS_PORT=909$i LOG_LEVEL=${LOG_LEVEL:-info} \
+    setsid ./target/release/milena-cache >"$LOG_DIR/node$i.log" 2>&1 &
+  pids+=($!)
+done
+
+# Wait (bounded) until all three nodes are in the ring.
+for _ in $(seq 100); do
+  n=$(./target/release/milena-cli --addr "http://$ROUTER" members 2>/dev/null | wc -l || true)
+  [ "$n" = 3 ] && break
+  for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || { tail "$LOG_DIR"/*.log; exit 1; }; done
   sleep 0.1
 done
 
 cat <<MSG
-Milena node listening on $NODE_ADDR (log: $LOG_DIR/node1.log)
+Milena is running: router on $ROUTER, nodes on 127.0.0.1:50051-50053.
+Logs: $LOG_DIR/{router,node1,node2,node3}.log
 Try, in another terminal:
-  export MILENA_ADDR=http://$NODE_ADDR
+  curl http://localhost:50050
+  ./target/release/milena-cli members
   ./target/release/milena-cli put hello world
   ./target/release/milena-cli get hello
-  ./target/release/milena-cli stats
-Ctrl-C stops it.
+Ctrl-C stops the cluster.
 MSG
-wait $node
+wait "${pids[0]}"

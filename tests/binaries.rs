@@ -12,6 +12,7 @@ use tokio::process::Command;
 
 const CLI: &str = env!("CARGO_BIN_EXE_milena-cli");
 const CACHE: &str = env!("CARGO_BIN_EXE_milena-cache");
+const ROUTER: &str = env!("CARGO_BIN_EXE_milena-router");
 
 struct Out {
     code: i32,
@@ -215,4 +216,143 @@ async fn milena_cache_serves_then_stops_on_sigterm() {
     }
     assert!(rest.contains("SIGTERM received"), "{rest}");
     assert!(rest.contains("cache node stopped"), "{rest}");
+}
+
+#[tokio::test]
+async fn router_bad_configuration_exits_with_one_line_naming_the_variable() {
+    for (var, value) in [
+        ("RATE_LIMIT", "fast"),
+        ("LISTEN_ADDR", "nowhere"),
+        ("HEARTBEAT_TIMEOUT_MS", "1"),
+    ] {
+        let out = Command::new(ROUTER)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env(var, value)
+            .output()
+            .await
+            .expect("milena-router runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(var), "{stderr}");
+    }
+}
+
+/// Reads log lines until one carries `addr=`, and returns that address.
+async fn listening_addr(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    loop {
+        let line = lines
+            .next_line()
+            .await
+            .expect("read log")
+            .expect("log line before exit");
+        if let Some(rest) = line.split("addr=").nth(1) {
+            return rest.split_whitespace().next().expect("address").to_string();
+        }
+    }
+}
+
+/// The guide's quick start with the real binaries: a router, a node that
+/// joins it through ROUTER_ADDR, the CLI through the router, `members`,
+/// `leave`, and SIGTERM making the node leave before it exits.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_start_with_the_real_binaries() {
+    let mut router = Command::new(ROUTER)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("RATE_LIMIT", "0")
+        .env("LOG_LEVEL", "info")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn router");
+    let mut router_log = BufReader::new(router.stdout.take().expect("stdout")).lines();
+    let router_url = format!("http://{}", listening_addr(&mut router_log).await);
+
+    let mut node = Command::new(CACHE)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("ROUTER_ADDR", &router_url)
+        .env("HEARTBEAT_INTERVAL_MS", "100")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node");
+    let mut node_log = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let node_url = format!("http://{}", listening_addr(&mut node_log).await);
+    loop {
+        let line = router_log
+            .next_line()
+            .await
+            .expect("log")
+            .expect("router log");
+        if line.contains("Join") {
+            assert!(line.contains(&node_url), "{line}");
+            break;
+        }
+    }
+
+    let members = cli(&router_url, &["members"], None).await;
+    assert_eq!(members.stdout.trim(), node_url);
+    assert_eq!(cli(&router_url, &["put", "k", "v"], None).await.code, 0);
+    assert_eq!(cli(&router_url, &["get", "k"], None).await.stdout, "v");
+
+    let pid = node.id().expect("pid").to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("kill")
+            .success()
+    );
+    assert!(node.wait().await.expect("exit").success());
+    loop {
+        let line = router_log
+            .next_line()
+            .await
+            .expect("log")
+            .expect("router log");
+        if line.contains("Leave") {
+            assert!(line.contains("left the ring"), "{line}");
+            break;
+        }
+    }
+    let members = cli(&router_url, &["members"], None).await;
+    assert_eq!((members.code, members.stdout.as_str()), (0, ""));
+    let leave = cli(&router_url, &["leave", &node_url], None).await;
+    assert_eq!((leave.code, leave.stdout.trim()), (0, "OK"));
+    let get = cli(&router_url, &["get", "k"], None).await;
+    assert_ne!(get.code, 0);
+    assert!(get.stderr.contains("unavailable"), "{}", get.stderr);
+    router.kill().await.expect("stop router");
+}
+
+#[tokio::test]
+async fn a_node_without_a_router_logs_the_guide_phrase_and_keeps_serving() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let mut node = Command::new(CACHE)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("ROUTER_ADDR", format!("http://127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node");
+    let mut log = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let addr = listening_addr(&mut log).await;
+    loop {
+        let line = log.next_line().await.expect("log").expect("node log");
+        if line.contains("Failed to join router") {
+            break;
+        }
+    }
+    let c = Client::connect(&format!("http://{addr}"))
+        .await
+        .expect("direct client");
+    c.put(b"k", b"v", None).await.expect("still serving");
+    node.kill().await.expect("stop node");
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::Node;
 use crate::client::{Client, ClientOptions};
@@ -86,7 +86,7 @@ async fn with_router(
                         c
                     }
                     Err(e) => {
-                        warn!(%router, error = %e, retry_in = ?backoff, "Failed to join router");
+                        error!(%router, error = %e, retry_in = ?backoff, "Failed to join router");
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
                             _ = tokio::time::sleep(backoff) => {}

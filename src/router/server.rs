@@ -313,8 +313,14 @@ fn reply_error(router: &Router, tx: &ReplyTx, id: u64, err: WireError) {
 fn local(router: &Router, id: u64, op: &Op<'_>) -> Bytes {
     let mut out = Vec::new();
     let result = match *op {
-        Op::Ping => Ok(respond(id, Body::Empty, &mut out)),
-        Op::Members => Ok(members_response(router, id, &mut out)),
+        Op::Ping => {
+            respond(id, Body::Empty, &mut out);
+            Ok(())
+        }
+        Op::Members => {
+            members_response(router, id, &mut out);
+            Ok(())
+        }
         Op::Join { address } => valid_address(address).map(|()| {
             router.members.join(address);
             members_response(router, id, &mut out)
@@ -325,7 +331,8 @@ fn local(router: &Router, id: u64, op: &Op<'_>) -> Bytes {
         }),
         Op::Leave { address } => {
             router.members.leave(address);
-            Ok(respond(id, Body::Empty, &mut out))
+            respond(id, Body::Empty, &mut out);
+            Ok(())
         }
         Op::Stats => {
             let stats = router_stats(router);
@@ -335,7 +342,8 @@ fn local(router: &Router, id: u64, op: &Op<'_>) -> Bytes {
                     .map(|&(name, value)| Stat { name, value })
                     .collect(),
             );
-            Ok(respond(id, body, &mut out))
+            respond(id, body, &mut out);
+            Ok(())
         }
         Op::Hello { .. } => Err(WireError::DuplicateHello),
         Op::RoutedGet { .. } => Err(WireError::NodeOnly("routed get")),
