@@ -45,7 +45,10 @@ async fn drive(url: &str, depth: usize, secs: u64) -> Report {
         clients.push(Client::connect(url).await.expect("connect"));
     }
     for k in 0..KEYS {
-        clients[0].put(format!("key:{k}").as_bytes(), &value, Some(0)).await.expect("prefill");
+        clients[0]
+            .put(format!("key:{k}").as_bytes(), &value, Some(0))
+            .await
+            .expect("prefill");
     }
     let deadline = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
@@ -58,7 +61,9 @@ async fn drive(url: &str, depth: usize, secs: u64) -> Report {
                 let mut ops = 0u64;
                 let mut x = (ci * 7919 + d * 104_729 + 1) as u64;
                 while Instant::now() < deadline {
-                    x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                    x = x
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
                     let key = format!("key:{}", (x >> 33) % KEYS);
                     let t = Instant::now();
                     if (x >> 20) % 10 == 0 {
@@ -80,7 +85,11 @@ async fn drive(url: &str, depth: usize, secs: u64) -> Report {
         ops += n;
         hist.add(h).expect("merge");
     }
-    Report { ops, secs: start.elapsed().as_secs_f64(), hist }
+    Report {
+        ops,
+        secs: start.elapsed().as_secs_f64(),
+        hist,
+    }
 }
 
 fn main() {
@@ -132,7 +141,9 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
-    println!("closed loop, {CONNECTIONS} connections, 90% get / 10% put, 100 B values, {KEYS} keys, {secs} s per run");
+    println!(
+        "closed loop, {CONNECTIONS} connections, 90% get / 10% put, 100 B values, {KEYS} keys, {secs} s per run"
+    );
     println!("| depth | target | ops/s | p50 µs | p99 µs | p99.9 µs |");
     println!("|---|---|---|---|---|---|");
     for depth in [1usize, 16] {
