@@ -66,7 +66,7 @@ async fn drive(url: &str, depth: usize, secs: u64) -> Report {
                         .wrapping_add(1_442_695_040_888_963_407);
                     let key = format!("key:{}", (x >> 33) % KEYS);
                     let t = Instant::now();
-                    if (x >> 20) % 10 == 0 {
+                    if (x >> 20).is_multiple_of(10) {
                         c.put(key.as_bytes(), &value, Some(0)).await.expect("put");
                     } else {
                         c.get(key.as_bytes()).await.expect("get");
