@@ -75,7 +75,12 @@ async fn with_router(
                     Ok::<_, crate::client::ClientError>((c, epoch, members))
                 };
                 let attempt = tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => {
+                        // The router may have admitted us before we read
+                        // its answer: leave anyway, so it stops routing here.
+                        leave_best_effort(&router, &advertise, &opts).await;
+                        return;
+                    }
                     r = joined => r,
                 };
                 match attempt {
@@ -120,6 +125,18 @@ async fn with_router(
                 }
             }
         }
+    }
+}
+
+async fn leave_best_effort(router: &str, advertise: &str, opts: &ClientOptions) {
+    let leave = async {
+        let c = Client::connect_with(router, opts.clone()).await?;
+        c.leave(advertise).await
+    };
+    match tokio::time::timeout(LEAVE_TIMEOUT, leave).await {
+        Ok(Ok(())) => info!(%router, address = %advertise, "left router"),
+        Ok(Err(e)) => warn!(%router, error = %e, "leave failed"),
+        Err(_) => warn!(%router, "leave timed out"),
     }
 }
 

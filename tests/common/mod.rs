@@ -256,7 +256,9 @@ impl ClusterNode {
                     _ = kill_rx => {}
                 }
             });
-            rt.shutdown_background();
+            // Drops every task (and so every socket) before returning, so
+            // the node is fully dead when `kill` returns.
+            rt.shutdown_timeout(Duration::from_secs(10));
         });
         let (addr, node) = ready_rx.recv().expect("node started");
         ClusterNode {
