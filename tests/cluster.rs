@@ -181,6 +181,27 @@ async fn leave_through_the_client_removes_a_node() {
     c.leave(&nodes[0].url()).await.expect("leave");
     let (_, members) = c.members().await.expect("members");
     assert_eq!(members, vec![nodes[1].url()]);
+    // The removed node keeps heartbeating (every 100 ms) until it is shut
+    // down; its heartbeats must not bring it back. Wait for a few of them.
+    let before = nodes[0]
+        .node
+        .ring_epoch
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let removed_at = router.router.members.view().epoch;
+    while nodes[0]
+        .node
+        .ring_epoch
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < removed_at
+    {
+        tokio::task::yield_now().await;
+    }
+    assert!(before <= removed_at);
+    let (_, members) = c.members().await.expect("members");
+    assert_eq!(members, vec![nodes[1].url()], "a heartbeat undid the leave");
+    // An explicit join brings it back.
+    c.join(&nodes[0].url()).await.expect("join");
+    assert_eq!(c.members().await.expect("members").1.len(), 2);
     for n in nodes {
         n.stop().await;
     }

@@ -103,6 +103,7 @@ async fn with_router(
             }
         };
         // Heartbeat until shutdown or the router stops answering.
+        let mut in_ring = true;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -116,8 +117,13 @@ async fn with_router(
                 _ = tokio::time::sleep(interval) => {}
             }
             match c.heartbeat(&advertise).await {
-                Ok((epoch, _)) => {
+                Ok((epoch, members)) => {
                     node.ring_epoch.fetch_max(epoch, Ordering::Relaxed);
+                    let member = members.iter().any(|m| *m == advertise);
+                    if !member && in_ring {
+                        warn!(%router, address = %advertise, "this node was removed from the router's ring (leave); it gets no traffic from it until restarted");
+                    }
+                    in_ring = member;
                 }
                 Err(e) => {
                     warn!(%router, error = %e, "heartbeat failed; joining again");

@@ -73,6 +73,10 @@ struct Entry {
     last_seen: Instant,
     /// When it was ejected, for the rejoin hold-down.
     down_since: Option<Instant>,
+    /// It left (or was removed with `leave`): only an explicit join brings
+    /// it back, never a heartbeat, so an operator's `leave` sticks while the
+    /// node is being shut down.
+    left: bool,
     joined_epoch: u64,
     handle: Option<Arc<NodeHandle>>,
 }
@@ -176,7 +180,8 @@ impl Members {
     }
 
     /// Records a heartbeat. An unknown node is admitted (the router may
-    /// have restarted); an ejected one only after the hold-down.
+    /// have restarted); an ejected one only after the hold-down; one that
+    /// left, never (it must join again).
     pub fn heartbeat(&self, address: &str) -> Change {
         let mut t = self.lock();
         let now = Instant::now();
@@ -185,6 +190,7 @@ impl Members {
                 e.last_seen = now;
                 Change::Unchanged
             }
+            Some(e) if e.left => Change::Unchanged,
             Some(e) if e.down_since.is_some_and(|d| now < d + self.hold_down) => Change::Unchanged,
             _ => {
                 let epoch = self.bring_up(&mut t, address, now);
@@ -194,13 +200,17 @@ impl Members {
         }
     }
 
-    /// Removes `address` at its own request.
+    /// Removes `address` at its own (or an operator's) request.
     pub fn leave(&self, address: &str) -> Change {
         let mut t = self.lock();
-        let Some(e) = t.nodes.remove(address) else {
+        let Some(e) = t.nodes.get_mut(address) else {
             return Change::Unchanged;
         };
-        if !e.up {
+        let was_up = e.up;
+        e.up = false;
+        e.left = true;
+        e.handle = None;
+        if !was_up {
             return Change::Unchanged;
         }
         let epoch = self.remove(&mut t, &[address]);
@@ -255,6 +265,7 @@ impl Members {
                 up: true,
                 last_seen: now,
                 down_since: None,
+                left: false,
                 joined_epoch: epoch,
                 handle: Some(handle),
             },
