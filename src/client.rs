@@ -139,6 +139,53 @@ impl Reply {
     }
 }
 
+/// Opens a Milena session on a connected stream: sends the hello and reads
+/// the answer. Returns the stream, any bytes read past the answer, and what
+/// the server said it is.
+pub async fn hello(
+    mut stream: TcpStream,
+    token: Option<&str>,
+    max_frame: usize,
+) -> Result<(TcpStream, BytesMut, String), ClientError> {
+    net::tune(&stream);
+    let mut out = Vec::new();
+    encode_request(
+        &Request {
+            id: 0,
+            op: Op::Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                token,
+            },
+        },
+        &mut out,
+    );
+    stream.write_all(&out).await?;
+    let mut codec = FrameCodec::new(max_frame);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let frame = loop {
+        if let Some(f) = codec
+            .decode_frame(&mut buf)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+        {
+            break f.freeze();
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Err(ClientError::Closed);
+        }
+    };
+    let reply = Reply::new(frame)?.into_result()?;
+    let server = match reply.response().body {
+        Body::Hello { server, .. } => server.to_string(),
+        _ => {
+            return Err(ClientError::Protocol(
+                "hello answered without a hello".into(),
+            ));
+        }
+    };
+    Ok((stream, buf, server))
+}
+
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, ClientError>>>>>;
 
 struct Outgoing {
@@ -186,45 +233,9 @@ impl Client {
 
     async fn handshake(hostport: &str, opts: &ClientOptions) -> Result<Self, ClientError> {
         let stream = TcpStream::connect(hostport).await?;
-        net::tune(&stream);
-        let (mut rd, mut wr) = stream.into_split();
-        let mut codec = FrameCodec::new(opts.max_frame);
-        let mut buf = BytesMut::with_capacity(16 * 1024);
-
-        let mut hello = Vec::new();
-        encode_request(
-            &Request {
-                id: 0,
-                op: Op::Hello {
-                    magic: MAGIC,
-                    version: PROTOCOL_VERSION,
-                    token: opts.token.as_deref(),
-                },
-            },
-            &mut hello,
-        );
-        wr.write_all(&hello).await?;
-        let frame = loop {
-            if let Some(f) = codec
-                .decode_frame(&mut buf)
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-            {
-                break f.freeze();
-            }
-            if rd.read_buf(&mut buf).await? == 0 {
-                return Err(ClientError::Closed);
-            }
-        };
-        let reply = Reply::new(frame)?.into_result()?;
-        let server: Arc<str> = match reply.response().body {
-            Body::Hello { server, .. } => server.into(),
-            _ => {
-                return Err(ClientError::Protocol(
-                    "hello answered without a hello".into(),
-                ));
-            }
-        };
-
+        let (stream, buf, server) = hello(stream, opts.token.as_deref(), opts.max_frame).await?;
+        let (rd, wr) = stream.into_split();
+        let codec = FrameCodec::new(opts.max_frame);
         let waiters: Waiters = Arc::default();
         let (tx, rx) = mpsc::channel(QUEUE);
         let closed = CancellationToken::new();
@@ -234,7 +245,7 @@ impl Client {
             tx,
             next_id: Arc::new(AtomicU64::new(1)),
             request_timeout: opts.request_timeout,
-            server,
+            server: server.into(),
         })
     }
 

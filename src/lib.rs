@@ -11,6 +11,7 @@ pub mod error;
 pub mod logging;
 pub mod net;
 pub mod node;
+pub mod process;
 pub mod ring;
 pub mod router;
 pub mod shutdown;

@@ -1,10 +1,20 @@
-//! Listeners and socket options.
+//! Listeners, the shared accept loop, and socket options.
 
+use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::error::WireError;
 
 /// Pending connections the kernel queues before `accept`.
 const BACKLOG: i32 = 4096;
@@ -25,6 +35,74 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 pub fn tune(stream: &TcpStream) {
     // Best effort: a socket that refuses the option still works.
     let _ = stream.set_nodelay(true);
+}
+
+/// Connection counters an accept loop keeps.
+#[derive(Debug, Default)]
+pub struct ConnCounters {
+    /// Open now.
+    pub open: AtomicU64,
+    /// Accepted since start.
+    pub total: AtomicU64,
+    /// Refused at the connection limit.
+    pub refused: AtomicU64,
+}
+
+/// Accepts connections on `listener` until `shutdown`, running `handle` for
+/// each on `tracker`. Past `max` open connections a newcomer gets one
+/// `unavailable` error and is closed. On shutdown it stops accepting,
+/// closes the listener and waits for every tracked task.
+pub async fn accept_loop<H, Fut>(
+    listener: TcpListener,
+    max: usize,
+    counters: Arc<ConnCounters>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    handle: H,
+) where
+    H: Fn(TcpStream) -> Fut,
+    Fut: Future<Output = io::Result<()>> + Send + 'static,
+{
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept:
+                    // back off a little instead of spinning, keep serving.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        tune(&stream);
+        if counters.open.fetch_add(1, Ordering::Relaxed) as usize >= max {
+            counters.open.fetch_sub(1, Ordering::Relaxed);
+            counters.refused.fetch_add(1, Ordering::Relaxed);
+            tracker.spawn(async move {
+                let mut stream = stream;
+                let mut out = Vec::new();
+                WireError::TooManyConnections(max).respond(0, &mut out);
+                let _ = stream.write_all(&out).await;
+            });
+            continue;
+        }
+        counters.total.fetch_add(1, Ordering::Relaxed);
+        let conn = handle(stream);
+        let counters = counters.clone();
+        tracker.spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+            counters.open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    drop(listener);
+    info!("stopped accepting; draining connections");
+    tracker.close();
+    tracker.wait().await;
 }
 
 /// Resolves `host:port` (a name or a literal) to its first address.

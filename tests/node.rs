@@ -472,7 +472,7 @@ async fn connections_beyond_the_limit_are_refused_with_an_error() {
     assert!(err.to_string().contains("too many connections"), "{err}");
     a.ping().await.expect("first still works");
     b.ping().await.expect("second still works");
-    assert_eq!(n.node.stats.connections_refused.load(Ordering::Relaxed), 1);
+    assert_eq!(n.node.stats.conns.refused.load(Ordering::Relaxed), 1);
     n.stop().await;
 }
 

@@ -5,8 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
-use milena::config::{NodeConfig, one_line_error};
+use milena::config::NodeConfig;
 use std::time::Duration;
 
 use milena::node::{Membership, Node, NodeSettings};
@@ -16,35 +15,7 @@ use tracing::{info, warn};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cfg = match NodeConfig::try_parse() {
-        Ok(cfg) => cfg,
-        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
-        Err(e) => {
-            eprintln!("{}", one_line_error("milena-cache", &e));
-            return ExitCode::from(2);
-        }
-    };
-    if let Err(e) = milena::logging::init(&cfg.log_level) {
-        eprintln!("milena-cache: invalid configuration: {e}");
-        return ExitCode::from(2);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("milena-cache: error: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(cfg)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    milena::process::run_server("milena-cache", |c: &NodeConfig| &c.log_level, serve)
 }
 
 async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {

@@ -4,8 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
-use milena::config::{RouterConfig, one_line_error};
+use milena::config::RouterConfig;
 use milena::router::{Router, RouterSettings};
 use tracing::info;
 
@@ -13,35 +12,7 @@ use tracing::info;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cfg = match RouterConfig::try_parse() {
-        Ok(cfg) => cfg,
-        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
-        Err(e) => {
-            eprintln!("{}", one_line_error("milena-router", &e));
-            return ExitCode::from(2);
-        }
-    };
-    if let Err(e) = milena::logging::init(&cfg.log_level) {
-        eprintln!("milena-router: invalid configuration: {e}");
-        return ExitCode::from(2);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("milena-router: error: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(serve(cfg)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    milena::process::run_server("milena-router", |c: &RouterConfig| &c.log_level, serve)
 }
 
 async fn serve(cfg: RouterConfig) -> anyhow::Result<()> {

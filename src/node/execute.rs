@@ -150,9 +150,9 @@ fn stats(node: &Node) -> Vec<Stat<'static>> {
     let uptime = node.clock.now().0 / 1000;
     [
         ("uptime_seconds", uptime),
-        ("connections", load(&s.connections)),
-        ("connections_total", load(&s.connections_total)),
-        ("connections_refused", load(&s.connections_refused)),
+        ("connections", load(&s.conns.open)),
+        ("connections_total", load(&s.conns.total)),
+        ("connections_refused", load(&s.conns.refused)),
         ("protocol_errors", load(&s.protocol_errors)),
         ("requests", load(&s.requests)),
         ("errors", load(&s.errors)),

@@ -119,7 +119,7 @@ async fn with_router(
             match c.heartbeat(&advertise).await {
                 Ok((epoch, members)) => {
                     node.ring_epoch.fetch_max(epoch, Ordering::Relaxed);
-                    let member = members.iter().any(|m| *m == advertise);
+                    let member = members.contains(&advertise);
                     if !member && in_ring {
                         warn!(%router, address = %advertise, "this node was removed from the router's ring (leave); it gets no traffic from it until restarted");
                     }

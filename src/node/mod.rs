@@ -135,12 +135,8 @@ pub struct NodeStats {
     pub puts: AtomicU64,
     /// Delete requests.
     pub deletes: AtomicU64,
-    /// Connections open now.
-    pub connections: AtomicU64,
-    /// Connections accepted since start.
-    pub connections_total: AtomicU64,
-    /// Connections refused at `MAX_CONNECTIONS`.
-    pub connections_refused: AtomicU64,
+    /// Client connections: open, accepted, refused at `MAX_CONNECTIONS`.
+    pub conns: Arc<crate::net::ConnCounters>,
     /// Connections closed for a protocol violation (bad frame, bad hello...).
     pub protocol_errors: AtomicU64,
 }

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use super::execute::execute;
 use super::{Node, Tally};
@@ -40,51 +40,13 @@ const EXPIRE_INTERVAL: Duration = Duration::from_secs(1);
 pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     tracker.spawn(expire_loop(node.clone(), shutdown.clone()));
-    let limit = node.settings.max_connections;
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of descriptors or a connection reset before accept:
-                    // back off a little instead of spinning, keep serving.
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-        };
-        net::tune(&stream);
-        let open = node.stats.connections.fetch_add(1, Ordering::Relaxed);
-        if open as usize >= limit {
-            node.stats.connections.fetch_sub(1, Ordering::Relaxed);
-            node.stats
-                .connections_refused
-                .fetch_add(1, Ordering::Relaxed);
-            tracker.spawn(refuse(stream, limit));
-            continue;
-        }
-        node.stats.connections_total.fetch_add(1, Ordering::Relaxed);
-        let node = node.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            if let Err(e) = serve_connection(stream, &node, &shutdown).await {
-                debug!(%peer, error = %e, "connection ended with an error");
-            }
-            node.stats.connections.fetch_sub(1, Ordering::Relaxed);
-        });
-    }
-    drop(listener);
-    info!("stopped accepting; draining connections");
-    tracker.close();
-    tracker.wait().await;
-}
-
-async fn refuse(mut stream: TcpStream, limit: usize) {
-    let mut out = Vec::new();
-    WireError::TooManyConnections(limit).respond(0, &mut out);
-    let _ = stream.write_all(&out).await;
+    let (max, counters) = (node.settings.max_connections, node.stats.conns.clone());
+    let token = shutdown.clone();
+    net::accept_loop(listener, max, counters, tracker, shutdown, move |stream| {
+        let (node, shutdown) = (node.clone(), token.clone());
+        async move { serve_connection(stream, &node, &shutdown).await }
+    })
+    .await;
 }
 
 async fn expire_loop(node: Arc<Node>, shutdown: CancellationToken) {

@@ -92,10 +92,8 @@ pub struct RouterStats {
     pub retries: AtomicU64,
     /// Requests answered `unavailable`.
     pub unavailable: AtomicU64,
-    /// Client connections open now.
-    pub connections: AtomicU64,
-    /// Client connections accepted since start.
-    pub connections_total: AtomicU64,
+    /// Client connections: open, accepted, refused at `MAX_CONNECTIONS`.
+    pub conns: Arc<crate::net::ConnCounters>,
     /// Connections closed for a protocol violation.
     pub protocol_errors: AtomicU64,
 }

@@ -12,10 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use milena_protocol::{
-    FrameCodec, MAGIC, Op, PROTOCOL_VERSION, Request, Status, decode_response, encode_forward,
-    encode_request, patch_id, peek_id,
-};
+use milena_protocol::{FrameCodec, encode_forward, patch_id, peek_id};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -25,7 +22,7 @@ use tracing::debug;
 use super::Router;
 use super::forward::Forward;
 use crate::error::WireError;
-use crate::net;
+use crate::{client, net};
 
 /// Requests queued per connection before senders wait.
 const QUEUE: usize = 4096;
@@ -126,48 +123,14 @@ async fn connect(address: &str, router: &Weak<Router>) -> Result<(TcpStream, Byt
         None => (Duration::from_secs(1), milena_protocol::DEFAULT_MAX_FRAME),
     };
     let (hostport, _tls) = net::parse_url(address).map_err(ConnError::Connect)?;
-    let mut stream = tokio::time::timeout(timeout, TcpStream::connect(&hostport))
+    let session = async {
+        let stream = TcpStream::connect(&hostport).await?;
+        client::hello(stream, None, max_frame).await
+    };
+    let (stream, rbuf, _server) = tokio::time::timeout(timeout, session)
         .await
         .map_err(|_| ConnError::Connect(format!("timed out after {timeout:?}")))?
         .map_err(|e| ConnError::Connect(e.to_string()))?;
-    net::tune(&stream);
-    let mut hello = Vec::new();
-    encode_request(
-        &Request {
-            id: 0,
-            op: Op::Hello {
-                magic: MAGIC,
-                version: PROTOCOL_VERSION,
-                token: None,
-            },
-        },
-        &mut hello,
-    );
-    stream.write_all(&hello).await?;
-    let mut codec = FrameCodec::new(max_frame);
-    let mut rbuf = BytesMut::with_capacity(64 * 1024);
-    let frame = tokio::time::timeout(timeout, async {
-        loop {
-            if let Some(f) = codec
-                .decode_frame(&mut rbuf)
-                .map_err(|e| ConnError::Protocol(e.to_string()))?
-            {
-                return Ok::<_, ConnError>(f);
-            }
-            if stream.read_buf(&mut rbuf).await? == 0 {
-                return Err(ConnError::Connect("closed during hello".into()));
-            }
-        }
-    })
-    .await
-    .map_err(|_| ConnError::Connect("no hello answer".into()))??;
-    let resp = decode_response(&frame).map_err(|e| ConnError::Protocol(e.to_string()))?;
-    if resp.status != Status::Ok {
-        return Err(ConnError::Connect(format!(
-            "hello refused: {:?}",
-            resp.body
-        )));
-    }
     debug!(node = %address, "connected to node");
     Ok((stream, rbuf))
 }

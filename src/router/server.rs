@@ -23,7 +23,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
 use super::Router;
 use super::forward::{Forward, Kind, ReplyTx};
@@ -46,48 +46,13 @@ pub async fn run(
 ) {
     let tracker = TaskTracker::new();
     tracker.spawn(sweep_loop(router.clone(), shutdown.clone()));
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(conn) => conn,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-        };
-        net::tune(&stream);
-        let open = router.stats.connections.fetch_add(1, Ordering::Relaxed);
-        if open as usize >= router.settings.max_connections {
-            router.stats.connections.fetch_sub(1, Ordering::Relaxed);
-            let limit = router.settings.max_connections;
-            tracker.spawn(async move {
-                let mut stream = stream;
-                let mut out = Vec::new();
-                WireError::TooManyConnections(limit).respond(0, &mut out);
-                let _ = stream.write_all(&out).await;
-            });
-            continue;
-        }
-        router
-            .stats
-            .connections_total
-            .fetch_add(1, Ordering::Relaxed);
-        let router = router.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            if let Err(e) = serve_connection(stream, &router, &shutdown).await {
-                debug!(%peer, error = %e, "connection ended with an error");
-            }
-            router.stats.connections.fetch_sub(1, Ordering::Relaxed);
-        });
-    }
-    drop(listener);
-    info!("stopped accepting; draining connections");
-    tracker.close();
-    tracker.wait().await;
+    let (max, counters) = (router.settings.max_connections, router.stats.conns.clone());
+    let token = shutdown.clone();
+    net::accept_loop(listener, max, counters, tracker, shutdown, move |stream| {
+        let (router, shutdown) = (router.clone(), token.clone());
+        async move { serve_connection(stream, &router, &shutdown).await }
+    })
+    .await;
 }
 
 async fn sweep_loop(router: Arc<Router>, shutdown: CancellationToken) {
@@ -394,8 +359,9 @@ fn router_stats(router: &Router) -> Vec<(&'static str, u64)> {
         ("members", view.ring.len() as u64),
         ("ring_epoch", view.epoch),
         ("ejections", router.members.ejections()),
-        ("connections", load(&s.connections)),
-        ("connections_total", load(&s.connections_total)),
+        ("connections", load(&s.conns.open)),
+        ("connections_total", load(&s.conns.total)),
+        ("connections_refused", load(&s.conns.refused)),
         ("requests", load(&s.requests)),
         ("forwarded", load(&s.forwarded)),
         ("errors", load(&s.errors)),

@@ -1,0 +1,52 @@
+//! Process plumbing shared by the server binaries: configuration errors,
+//! logging, the runtime and exit codes, so each `main` stays a few lines.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::config::one_line_error;
+
+/// Runs a server binary: parses `C` from flags and environment (a bad value
+/// prints one line naming the variable and exits 2), installs logging at
+/// the level `log_level` picks, runs `serve` on a multi-threaded runtime,
+/// and exits 0, or 1 after logging the error.
+pub fn run_server<C, F, Fut, E>(name: &str, log_level: fn(&C) -> &str, serve: F) -> ExitCode
+where
+    C: Parser,
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let cfg = match C::try_parse() {
+        Ok(cfg) => cfg,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            eprintln!("{}", one_line_error(name, &e));
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = crate::logging::init(log_level(&cfg)) {
+        eprintln!("{name}: invalid configuration: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
