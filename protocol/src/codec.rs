@@ -183,3 +183,21 @@ pub fn patch_id(body: &mut [u8], id: u64) -> bool {
         None => false,
     }
 }
+
+/// The status of a response body without decoding the rest, for a router
+/// counting the answers it passes through.
+pub fn peek_status(body: &[u8]) -> Option<crate::Status> {
+    use crate::Status::*;
+    let tag: [u8; 4] = body.get(8..12)?.try_into().ok()?;
+    Some(match u32::from_le_bytes(tag) {
+        0 => Ok,
+        1 => NotFound,
+        2 => RateLimited,
+        3 => TooLarge,
+        4 => Unavailable,
+        5 => BadRequest,
+        6 => Unauthorized,
+        7 => Internal,
+        _ => return None,
+    })
+}

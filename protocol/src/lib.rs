@@ -14,7 +14,7 @@ mod message;
 
 pub use codec::{
     DecodeError, FrameCodec, FrameError, decode_request, decode_response, encode_forward,
-    encode_request, encode_response, patch_id, peek_id,
+    encode_request, encode_response, patch_id, peek_id, peek_status,
 };
 pub use message::{Body, MAGIC, Op, PROTOCOL_VERSION, Request, Response, Stat, Status};
 

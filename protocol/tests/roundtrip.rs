@@ -159,6 +159,7 @@ proptest! {
         let resp = Response { id, status, body: body.body() };
         let mut frame = Vec::new();
         encode_response(&resp, &mut frame);
+        prop_assert_eq!(peek_status(&frame[4..]), Some(status));
         prop_assert_eq!(decode_response(&frame[4..]).expect("decodes"), resp);
     }
 

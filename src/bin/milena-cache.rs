@@ -32,6 +32,17 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         );
     }
     let node = Arc::new(Node::new(settings));
+    if let Some(port) = cfg.metrics_port {
+        let addr = std::net::SocketAddr::new(cfg.listen_addr.ip(), port);
+        let metrics = milena::net::bind(addr)
+            .with_context(|| format!("cannot listen on METRICS_PORT={port} ({addr})"))?;
+        info!(addr = %metrics.local_addr()?, "metrics at /metrics");
+        tokio::spawn(milena::node::serve_metrics(
+            metrics,
+            node.clone(),
+            shutdown.clone(),
+        ));
+    }
     info!(
         addr = %listener.local_addr()?,
         lru_size = node.settings.store.max_items,

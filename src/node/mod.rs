@@ -5,6 +5,7 @@
 
 pub mod execute;
 pub mod membership;
+pub mod metrics;
 pub mod server;
 pub mod store;
 
@@ -189,6 +190,8 @@ pub struct Node {
     pub stats: NodeStats,
     /// The latest ring epoch heard from a router (0 before joining).
     pub ring_epoch: AtomicU64,
+    /// Prometheus metrics.
+    pub metrics: metrics::NodeMetrics,
 }
 
 impl Node {
@@ -205,6 +208,7 @@ impl Node {
             clock,
             stats: NodeStats::default(),
             ring_epoch: AtomicU64::new(0),
+            metrics: metrics::NodeMetrics::new(),
         }
     }
 }
@@ -223,4 +227,15 @@ pub async fn run_in_cluster(
     membership::maintain(node, membership, shutdown).await;
     serving.cancel();
     let _ = server.await;
+}
+
+/// Serves this node's Prometheus metrics at `/metrics` on `listener` until
+/// `shutdown`.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    node: Arc<Node>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let scrape: crate::metrics::Scrape = Arc::new(move || node.metrics.scrape(&node));
+    crate::metrics::serve(listener, scrape, shutdown).await;
 }

@@ -17,9 +17,11 @@ use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 use super::execute::execute;
+use super::metrics::OpKind;
 use super::{Node, Tally};
 use crate::error::{WireError, check_hello, hello_response};
 use crate::net;
+use prometheus::local::LocalHistogram;
 
 /// What a node says it is in its hello answer.
 const SERVER_NAME: &str = concat!("node milena/", env!("CARGO_PKG_VERSION"));
@@ -83,6 +85,7 @@ async fn serve_connection(
     let mut rbuf = BytesMut::with_capacity(BUF_CAPACITY);
     let mut wbuf: Vec<u8> = Vec::with_capacity(BUF_CAPACITY);
     let mut tally = Tally::default();
+    let mut latency = node.metrics.local_histograms();
     let mut greeted = false;
     let hello_timeout = node.settings.hello_timeout;
     let hello_deadline = tokio::time::sleep(hello_timeout);
@@ -94,6 +97,7 @@ async fn serve_connection(
             _ = shutdown.cancelled() => break,
             _ = &mut hello_deadline, if !greeted => {
                 node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                node.stats.errors.fetch_add(1, Ordering::Relaxed);
                 WireError::HelloTimeout(hello_timeout.as_secs()).respond(0, &mut wbuf);
                 stream.write_all(&wbuf).await?;
                 break;
@@ -103,10 +107,14 @@ async fn serve_connection(
         if n == 0 {
             if !rbuf.is_empty() {
                 node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                node.stats.errors.fetch_add(1, Ordering::Relaxed);
                 debug!(pending = rbuf.len(), "peer closed in the middle of a frame");
             }
             break;
         }
+        // Latency runs from the read that brought a request in to the write
+        // that carried its answer out: two clock reads per batch.
+        let batch_start = std::time::Instant::now();
         let mut flow = Flow::Continue;
         loop {
             match codec.decode_frame(&mut rbuf) {
@@ -130,7 +138,6 @@ async fn serve_connection(
                 }
             }
         }
-        node.stats.fold(&mut tally);
         if !wbuf.is_empty() {
             write_batch(&mut stream, &wbuf, shutdown).await?;
             wbuf.clear();
@@ -138,6 +145,8 @@ async fn serve_connection(
                 wbuf = Vec::with_capacity(BUF_CAPACITY);
             }
         }
+        record_latency(&mut latency, &tally, batch_start.elapsed().as_secs_f64());
+        node.stats.fold(&mut tally);
         if let Flow::Close = flow {
             break;
         }
@@ -149,6 +158,26 @@ async fn serve_connection(
     // Let the peer read what we wrote before the FIN (errors included).
     let _ = stream.shutdown().await;
     Ok(())
+}
+
+/// Adds one observation per request of the batch to the connection's local
+/// histograms and flushes them (one atomic add per touched series).
+fn record_latency(hists: &mut [LocalHistogram; 4], t: &Tally, secs: f64) {
+    let other = t.requests.saturating_sub(t.gets + t.puts + t.deletes);
+    for (kind, n) in [
+        (OpKind::Get, t.gets),
+        (OpKind::Put, t.puts),
+        (OpKind::Delete, t.deletes),
+        (OpKind::Other, other),
+    ] {
+        let h = &mut hists[kind as usize];
+        for _ in 0..n {
+            h.observe(secs);
+        }
+        if n > 0 {
+            h.flush();
+        }
+    }
 }
 
 /// Writes a batch of responses. A peer that stops reading holds only its own

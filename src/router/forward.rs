@@ -2,6 +2,7 @@
 //! owner when that node fails.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -53,11 +54,14 @@ pub struct Forward {
     pub attempt: u8,
     /// Holds one of the client connection's in-flight slots until answered.
     pub permit: OwnedSemaphorePermit,
+    /// When the router read the request.
+    pub started: Instant,
 }
 
 impl Forward {
     /// Answers the client with an error instead of a node's response.
-    pub fn fail(self, err: &WireError) {
+    pub fn fail(self, router: &Router, err: &WireError) {
+        router.metrics.count(self.kind, err.status());
         let _ = self.reply.send(err.body(self.client_id));
     }
 }
@@ -72,9 +76,10 @@ impl Router {
             let view = self.members.view();
             let Some(owner) = view.ring.owner_index(fwd.key_hash) else {
                 self.stats.count_unavailable();
-                fwd.fail(&WireError::Unavailable(
-                    "no cache node is in the ring".into(),
-                ));
+                fwd.fail(
+                    self,
+                    &WireError::Unavailable("no cache node is in the ring".into()),
+                );
                 return;
             };
             fwd.meta = match fwd.kind {
@@ -113,9 +118,10 @@ impl Router {
         fwd.attempt += 1;
         if fwd.attempt >= MAX_ATTEMPTS {
             self.stats.count_unavailable();
-            fwd.fail(&WireError::Unavailable(
-                "the key's node failed, and so did its next owner".into(),
-            ));
+            fwd.fail(
+                self,
+                &WireError::Unavailable("the key's node failed, and so did its next owner".into()),
+            );
             return None;
         }
         Some(fwd)

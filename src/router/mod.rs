@@ -6,6 +6,7 @@
 
 pub mod forward;
 pub mod members;
+pub mod metrics;
 pub mod pool;
 pub mod ratelimit;
 pub mod server;
@@ -118,6 +119,8 @@ pub struct Router {
     pub limiter: Limiter,
     /// Counters.
     pub stats: RouterStats,
+    /// Prometheus metrics (`/metrics` on the router's port).
+    pub metrics: metrics::RouterMetrics,
     /// Cancelled when the router shuts down (stops node connections too).
     pub shutdown: CancellationToken,
 }
@@ -152,6 +155,7 @@ impl Router {
                 settings,
                 limiter,
                 stats: RouterStats::default(),
+                metrics: metrics::RouterMetrics::new(),
                 shutdown,
             }
         })

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use milena_protocol::{FrameCodec, encode_forward, patch_id, peek_id};
+use milena_protocol::{FrameCodec, Status, encode_forward, patch_id, peek_id, peek_status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -94,7 +94,18 @@ async fn conn_task(
 ) {
     let mut inflight: HashMap<u64, Forward> = HashMap::new();
     let result = match connect(&address, &router).await {
-        Ok((stream, rbuf)) => serve(stream, rbuf, &mut rx, &mut inflight, &router, &shutdown).await,
+        Ok((stream, rbuf)) => {
+            serve(
+                &address,
+                stream,
+                rbuf,
+                &mut rx,
+                &mut inflight,
+                &router,
+                &shutdown,
+            )
+            .await
+        }
         Err(e) => Err(e),
     };
     let Some(router) = router.upgrade() else {
@@ -104,6 +115,7 @@ async fn conn_task(
         if shutdown.is_cancelled() {
             return;
         }
+        router.metrics.node_counters(&address).1.inc();
         router.members.eject(&address, &e.to_string());
         rx.close();
         // Everything sent to this node, answered or not, goes to the next
@@ -136,6 +148,7 @@ async fn connect(address: &str, router: &Weak<Router>) -> Result<(TcpStream, Byt
 }
 
 async fn serve(
+    address: &str,
     stream: TcpStream,
     mut rbuf: BytesMut,
     rx: &mut mpsc::Receiver<Forward>,
@@ -153,6 +166,15 @@ async fn serve(
     let mut written = 0usize;
     let mut next_id: u64 = 1;
     let mut open = true;
+    let (node_requests, node_errors, mut latency) = match router.upgrade() {
+        Some(r) => {
+            let (req, err) = r.metrics.node_counters(address);
+            let hists = ["get", "put", "delete"]
+                .map(|op| r.metrics.forward_duration.with_label_values(&[op]).local());
+            (req, err, hists)
+        }
+        None => return Ok(()),
+    };
 
     loop {
         if written == wbuf.len() {
@@ -170,16 +192,30 @@ async fn serve(
                 if r? == 0 {
                     return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                 }
+                let Some(r) = router.upgrade() else {
+                    return Ok(());
+                };
                 while let Some(mut frame) = codec
                     .decode_frame(&mut rbuf)
                     .map_err(|e| ConnError::Protocol(e.to_string()))?
                 {
                     let id = peek_id(&frame).ok_or_else(|| ConnError::Protocol("short frame".into()))?;
+                    let status = peek_status(&frame)
+                        .ok_or_else(|| ConnError::Protocol("answer without a status".into()))?;
                     let Some(fwd) = inflight.remove(&id) else {
                         return Err(ConnError::Protocol(format!("answer to unknown request {id}")));
                     };
+                    r.metrics.count(fwd.kind, status);
+                    node_requests.inc();
+                    if !matches!(status, Status::Ok | Status::NotFound) {
+                        node_errors.inc();
+                    }
+                    latency[fwd.kind as usize].observe(fwd.started.elapsed().as_secs_f64());
                     patch_id(&mut frame, fwd.client_id);
                     let _ = fwd.reply.send(frame.freeze());
+                }
+                for h in &mut latency {
+                    h.flush();
                 }
             }
             w = wr.write(&wbuf[written..]), if written < wbuf.len() => {
@@ -215,6 +251,8 @@ fn enqueue(
         inflight.insert(id, fwd);
     } else {
         // The client loop only forwards gets, puts and deletes.
-        fwd.fail(&WireError::Undecodable("not a data operation".into()));
+        let _ = fwd
+            .reply
+            .send(WireError::Undecodable("not a data operation".into()).body(fwd.client_id));
     }
 }

@@ -28,8 +28,8 @@ use tracing::debug;
 use super::Router;
 use super::forward::{Forward, Kind, ReplyTx};
 use crate::error::{WireError, check_hello, hello_response};
-use crate::net;
 use crate::ring::key_hash;
+use crate::{metrics, net};
 
 /// What the router says it is in its hello answer.
 const SERVER_NAME: &str = concat!("router milena/", env!("CARGO_PKG_VERSION"));
@@ -104,10 +104,10 @@ async fn serve_http(stream: TcpStream, router: Arc<Router>) -> std::io::Result<(
 }
 
 fn http_answer<B>(router: &Router, req: &HttpRequest<B>) -> HttpResponse<Full<Bytes>> {
-    let (status, text) = match (req.method(), req.uri().path()) {
+    match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/" | "/health") => {
             let view = router.members.view();
-            (
+            metrics::text(
                 StatusCode::OK,
                 format!(
                     "milena-router {}: ok, {} members, epoch {}\n",
@@ -117,19 +117,8 @@ fn http_answer<B>(router: &Router, req: &HttpRequest<B>) -> HttpResponse<Full<By
                 ),
             )
         }
-        (&Method::GET | &Method::HEAD, _) => (StatusCode::NOT_FOUND, "not found\n".to_string()),
-        _ => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed\n".to_string(),
-        ),
-    };
-    let mut resp = HttpResponse::new(Full::new(Bytes::from(text)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+        _ => metrics::http_answer(req, || router.metrics.scrape(router)),
+    }
 }
 
 /// The binary protocol: a reader loop here, a writer task for answers
@@ -229,10 +218,19 @@ async fn handle_frame(
         return Ok(());
     }
     router.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let started = std::time::Instant::now();
     let (kind, key) = match req.op {
         Op::Get { key } => (Kind::Get, key),
         Op::Put { key, .. } => (Kind::Put, key),
         Op::Delete { key } => (Kind::Delete, key),
+        Op::Stats => {
+            // Gathers from every node: off the connection's read loop.
+            let (router, tx) = (router.clone(), tx.clone());
+            tokio::spawn(async move {
+                let _ = tx.send(cluster_stats(&router, id).await);
+            });
+            return Ok(());
+        }
         other => {
             let answer = local(router, id, &other);
             let _ = tx.send(answer);
@@ -240,11 +238,13 @@ async fn handle_frame(
         }
     };
     if key.is_empty() {
+        router.metrics.count(kind, Status::BadRequest);
         reply_error(router, tx, id, WireError::EmptyKey);
         return Ok(());
     }
     if let Err(limit) = router.limiter.admit() {
         router.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+        router.metrics.count(kind, Status::RateLimited);
         reply_error(router, tx, id, WireError::RateLimited(limit));
         return Ok(());
     }
@@ -264,6 +264,7 @@ async fn handle_frame(
             reply: tx.clone(),
             attempt: 0,
             permit,
+            started,
         })
         .await;
     Ok(())
@@ -299,24 +300,13 @@ fn local(router: &Router, id: u64, op: &Op<'_>) -> Bytes {
             respond(id, Body::Empty, &mut out);
             Ok(())
         }
-        Op::Stats => {
-            let stats = router_stats(router);
-            let body = Body::Stats(
-                stats
-                    .iter()
-                    .map(|&(name, value)| Stat { name, value })
-                    .collect(),
-            );
-            respond(id, body, &mut out);
-            Ok(())
-        }
         Op::Hello { .. } => Err(WireError::DuplicateHello),
         Op::RoutedGet { .. } => Err(WireError::NodeOnly("routed get")),
         Op::RoutedPut { .. } => Err(WireError::NodeOnly("routed put")),
-        // Forwarded by the caller; never answered here.
-        Op::Get { .. } | Op::Put { .. } | Op::Delete { .. } => Err(WireError::Undecodable(
-            "data operation answered locally".into(),
-        )),
+        // Handled by the caller; never answered here.
+        Op::Get { .. } | Op::Put { .. } | Op::Delete { .. } | Op::Stats => Err(
+            WireError::Undecodable("operation answered in the wrong place".into()),
+        ),
     };
     if let Err(e) = result {
         router.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -349,6 +339,63 @@ fn valid_address(address: &str) -> Result<(), WireError> {
     net::parse_url(address)
         .map(|_| ())
         .map_err(WireError::BadAddress)
+}
+
+/// Node counters that make no sense summed across nodes.
+const NOT_SUMMED: [&str; 3] = ["uptime_seconds", "ring_epoch", "shards"];
+
+/// The router's counters followed by every member node's, summed, as
+/// `nodes_<name>`, and how many nodes answered (`nodes_reporting`).
+async fn cluster_stats(router: &Router, id: u64) -> Bytes {
+    let mut stats: Vec<(String, u64)> = router_stats(router)
+        .into_iter()
+        .map(|(n, v)| (n.to_string(), v))
+        .collect();
+    let view = router.members.view();
+    let opts = crate::client::ClientOptions {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Some(Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let asks = view.ring.addresses().map(|a| {
+        let (a, opts) = (a.to_string(), opts.clone());
+        async move {
+            let c = crate::client::Client::connect_with(&a, opts).await?;
+            c.stats().await
+        }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let mut sums: Vec<(String, u64)> = Vec::new();
+    let mut reporting = 0;
+    for node in answers.into_iter().flatten() {
+        reporting += 1;
+        for (name, value) in node {
+            if NOT_SUMMED.contains(&name.as_str()) {
+                continue;
+            }
+            match sums.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, v)) => *v += value,
+                None => sums.push((name, value)),
+            }
+        }
+    }
+    stats.push(("nodes_reporting".into(), reporting));
+    stats.extend(sums.into_iter().map(|(n, v)| (format!("nodes_{n}"), v)));
+    let mut out = Vec::new();
+    respond(
+        id,
+        Body::Stats(
+            stats
+                .iter()
+                .map(|(name, value)| Stat {
+                    name,
+                    value: *value,
+                })
+                .collect(),
+        ),
+        &mut out,
+    );
+    Bytes::from(out).slice(4..)
 }
 
 fn router_stats(router: &Router) -> Vec<(&'static str, u64)> {

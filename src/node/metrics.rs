@@ -1,0 +1,206 @@
+//! The node's Prometheus metrics, with the operations guide's names.
+//!
+//! Counters mirror the node's own tallies and the store's stripe counters,
+//! copied in at scrape time; only the latency histogram is fed from the
+//! connections (per-connection local histograms, flushed once per batch).
+
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+use prometheus::local::LocalHistogram;
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use super::Node;
+use crate::metrics::{latency_buckets, render, sync};
+
+/// Operation labels of `milena_operation_duration_seconds`, indexed by [`OpKind`].
+pub const OPERATIONS: [&str; 4] = ["get", "put", "delete", "other"];
+
+/// Which latency series a request belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    /// Get (direct or routed).
+    Get = 0,
+    /// Put (direct or routed).
+    Put = 1,
+    /// Delete.
+    Delete = 2,
+    /// Ping, stats, and refused operations.
+    Other = 3,
+}
+
+/// A node's metrics and the registry that exposes them.
+#[derive(Debug)]
+pub struct NodeMetrics {
+    registry: Registry,
+    hits: IntCounter,
+    misses: IntCounter,
+    requests: IntCounter,
+    errors: IntCounter,
+    operations: IntCounterVec,
+    /// `milena_operation_duration_seconds{operation}`.
+    pub duration: HistogramVec,
+    items: IntGauge,
+    bytes: IntGauge,
+    evictions: IntCounter,
+    expirations: IntCounter,
+    stale: IntCounter,
+    connections: IntGauge,
+    connections_total: IntCounter,
+    connections_refused: IntCounter,
+    protocol_errors: IntCounter,
+    max_items: IntGauge,
+    /// Serializes scrapes, so two at once cannot both add the same delta.
+    scrape: Mutex<()>,
+}
+
+/// Metric definitions are constants; a failure here is a programming
+/// error caught by the tests, not a runtime condition.
+fn must<T>(r: prometheus::Result<T>) -> T {
+    r.expect("static metric definition") // ok: constant names, tested
+}
+
+fn counter(reg: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = must(IntCounter::new(name, help));
+    must(reg.register(Box::new(c.clone())));
+    c
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = must(IntGauge::new(name, help));
+    must(reg.register(Box::new(g.clone())));
+    g
+}
+
+impl NodeMetrics {
+    /// All of a node's metrics, registered in a fresh registry.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let operations = must(IntCounterVec::new(
+            Opts::new("milena_operations_total", "Requests executed, by operation"),
+            &["operation"],
+        ));
+        must(r.register(Box::new(operations.clone())));
+        let duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "milena_operation_duration_seconds",
+                "Time from reading a request to writing its response, by operation",
+            )
+            .buckets(latency_buckets()),
+            &["operation"],
+        ));
+        must(r.register(Box::new(duration.clone())));
+        let build = must(IntGaugeVec::new(
+            Opts::new("milena_build_info", "Build information; always 1"),
+            &["version", "role"],
+        ));
+        must(r.register(Box::new(build.clone())));
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), "node"])
+            .set(1);
+        NodeMetrics {
+            hits: counter(&r, "milena_cache_hits_total", "Gets answered from memory"),
+            misses: counter(
+                &r,
+                "milena_cache_misses_total",
+                "Gets that found no live entry",
+            ),
+            requests: counter(
+                &r,
+                "milena_request_counter",
+                "Requests processed (after hello)",
+            ),
+            errors: counter(
+                &r,
+                "milena_error_counter",
+                "Requests answered with an error, plus protocol errors",
+            ),
+            operations,
+            duration,
+            items: gauge(&r, "milena_cache_items", "Entries held in memory"),
+            bytes: gauge(
+                &r,
+                "milena_cache_bytes",
+                "Bytes charged against MAX_MEMORY (keys + values + 64 B per entry)",
+            ),
+            evictions: counter(
+                &r,
+                "milena_cache_evictions_total",
+                "Entries evicted to make room",
+            ),
+            expirations: counter(
+                &r,
+                "milena_cache_expirations_total",
+                "Entries dropped because their TTL passed",
+            ),
+            stale: counter(
+                &r,
+                "milena_cache_stale_drops_total",
+                "Entries dropped because they predate the node's latest gain of the key",
+            ),
+            connections: gauge(&r, "milena_connections", "Client connections open"),
+            connections_total: counter(
+                &r,
+                "milena_connections_total",
+                "Client connections accepted",
+            ),
+            connections_refused: counter(
+                &r,
+                "milena_connections_refused_total",
+                "Connections refused at MAX_CONNECTIONS",
+            ),
+            protocol_errors: counter(
+                &r,
+                "milena_protocol_errors_total",
+                "Connections closed for a protocol violation",
+            ),
+            max_items: gauge(&r, "milena_cache_max_items", "LRU_SIZE"),
+            registry: r,
+            scrape: Mutex::new(()),
+        }
+    }
+
+    /// A connection's local latency histograms, one per [`OpKind`].
+    pub fn local_histograms(&self) -> [LocalHistogram; 4] {
+        OPERATIONS.map(|op| self.duration.with_label_values(&[op]).local())
+    }
+
+    /// Brings every counter up to date from `node` and renders the text
+    /// exposition.
+    pub fn scrape(&self, node: &Node) -> String {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &node.stats;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let st = node.store.stats();
+        sync(&self.hits, st.counters.hits);
+        sync(&self.misses, st.counters.misses);
+        sync(&self.evictions, st.counters.evictions);
+        sync(&self.expirations, st.counters.expirations);
+        sync(&self.stale, st.counters.stale);
+        self.items.set(st.items as i64);
+        self.bytes.set(st.bytes as i64);
+        self.max_items.set(node.settings.store.max_items as i64);
+        sync(&self.requests, load(&s.requests));
+        sync(&self.errors, load(&s.errors));
+        sync(&self.protocol_errors, load(&s.protocol_errors));
+        let gets = load(&s.gets);
+        let puts = load(&s.puts);
+        let deletes = load(&s.deletes);
+        let other = load(&s.requests).saturating_sub(gets + puts + deletes);
+        for (op, v) in OPERATIONS.iter().zip([gets, puts, deletes, other]) {
+            sync(&self.operations.with_label_values(&[op]), v);
+        }
+        self.connections.set(load(&s.conns.open) as i64);
+        sync(&self.connections_total, load(&s.conns.total));
+        sync(&self.connections_refused, load(&s.conns.refused));
+        render(&self.registry)
+    }
+}
+
+impl Default for NodeMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

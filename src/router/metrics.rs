@@ -1,0 +1,201 @@
+//! The router's Prometheus metrics, served at `/metrics` on its own port.
+//!
+//! Per-request updates are plain atomic adds on counters resolved ahead of
+//! time (no label lookups on the path); everything else is copied in from
+//! the router's counters when scraped.
+
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+use milena_protocol::Status;
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use super::Router;
+use super::forward::Kind;
+use crate::metrics::{latency_buckets, render, sync};
+
+const STATUSES: [Status; 8] = [
+    Status::Ok,
+    Status::NotFound,
+    Status::RateLimited,
+    Status::TooLarge,
+    Status::Unavailable,
+    Status::BadRequest,
+    Status::Unauthorized,
+    Status::Internal,
+];
+const KINDS: [Kind; 3] = [Kind::Get, Kind::Put, Kind::Delete];
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    r.expect("static metric definition") // ok: constant names, tested
+}
+
+/// A router's metrics and the registry that exposes them.
+#[derive(Debug)]
+pub struct RouterMetrics {
+    registry: Registry,
+    /// `[kind][status]` of `milena_router_requests_total`.
+    by_status: Vec<Vec<IntCounter>>,
+    /// `milena_router_forward_duration_seconds{operation}`.
+    pub forward_duration: HistogramVec,
+    node_requests: IntCounterVec,
+    node_errors: IntCounterVec,
+    rate_limited: IntCounter,
+    members: IntGauge,
+    epoch: IntGauge,
+    ejections: IntCounter,
+    retries: IntCounter,
+    unavailable: IntCounter,
+    connections: IntGauge,
+    connections_total: IntCounter,
+    protocol_errors: IntCounter,
+    scrape: Mutex<()>,
+}
+
+impl RouterMetrics {
+    /// All of a router's metrics, registered in a fresh registry.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let reg = |c: Box<dyn prometheus::core::Collector>| must(r.register(c));
+        let requests = must(IntCounterVec::new(
+            Opts::new(
+                "milena_router_requests_total",
+                "Data requests answered, by operation and status",
+            ),
+            &["operation", "status"],
+        ));
+        reg(Box::new(requests.clone()));
+        let by_status = KINDS
+            .iter()
+            .map(|k| {
+                STATUSES
+                    .iter()
+                    .map(|s| {
+                        requests.with_label_values(&[k.as_str(), &s.as_str().replace(' ', "_")])
+                    })
+                    .collect()
+            })
+            .collect();
+        let forward_duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "milena_router_forward_duration_seconds",
+                "Time from reading a client request to handing over the node's answer",
+            )
+            .buckets(latency_buckets()),
+            &["operation"],
+        ));
+        reg(Box::new(forward_duration.clone()));
+        let node_requests = must(IntCounterVec::new(
+            Opts::new(
+                "milena_router_node_requests_total",
+                "Requests answered by each node",
+            ),
+            &["node"],
+        ));
+        reg(Box::new(node_requests.clone()));
+        let node_errors = must(IntCounterVec::new(
+            Opts::new(
+                "milena_router_node_errors_total",
+                "Error answers and failed connections, by node",
+            ),
+            &["node"],
+        ));
+        reg(Box::new(node_errors.clone()));
+        let build = must(IntGaugeVec::new(
+            Opts::new("milena_build_info", "Build information; always 1"),
+            &["version", "role"],
+        ));
+        reg(Box::new(build.clone()));
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), "router"])
+            .set(1);
+        let counter = |name: &str, help: &str| {
+            let c = must(IntCounter::new(name, help));
+            reg(Box::new(c.clone()));
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = must(IntGauge::new(name, help));
+            reg(Box::new(g.clone()));
+            g
+        };
+        RouterMetrics {
+            by_status,
+            forward_duration,
+            node_requests,
+            node_errors,
+            rate_limited: counter(
+                "milena_router_rate_limited_total",
+                "Requests refused by RATE_LIMIT",
+            ),
+            members: gauge("milena_router_members", "Nodes in the ring"),
+            epoch: gauge("milena_router_ring_epoch", "Epoch of the current ring"),
+            ejections: counter(
+                "milena_router_ejections_total",
+                "Nodes ejected from the ring",
+            ),
+            retries: counter(
+                "milena_router_retries_total",
+                "Requests re-sent to the next owner after a node failed",
+            ),
+            unavailable: counter(
+                "milena_router_unavailable_total",
+                "Requests answered unavailable",
+            ),
+            connections: gauge("milena_router_connections", "Client connections open"),
+            connections_total: counter(
+                "milena_router_connections_total",
+                "Client connections accepted",
+            ),
+            protocol_errors: counter(
+                "milena_router_protocol_errors_total",
+                "Connections closed for a protocol violation",
+            ),
+            registry: r,
+            scrape: Mutex::new(()),
+        }
+    }
+
+    /// Counts one answered data request.
+    #[inline]
+    pub fn count(&self, kind: Kind, status: Status) {
+        let k = KINDS.iter().position(|x| *x == kind).unwrap_or(0);
+        let s = STATUSES.iter().position(|x| *x == status).unwrap_or(7);
+        self.by_status[k][s].inc();
+    }
+
+    /// The request and error counters of node `address`.
+    pub fn node_counters(&self, address: &str) -> (IntCounter, IntCounter) {
+        (
+            self.node_requests.with_label_values(&[address]),
+            self.node_errors.with_label_values(&[address]),
+        )
+    }
+
+    /// Brings every counter up to date from `router` and renders the text
+    /// exposition.
+    pub fn scrape(&self, router: &Router) -> String {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        let s = &router.stats;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let view = router.members.view();
+        self.members.set(view.ring.len() as i64);
+        self.epoch.set(view.epoch as i64);
+        sync(&self.ejections, router.members.ejections());
+        sync(&self.rate_limited, load(&s.rate_limited));
+        sync(&self.retries, load(&s.retries));
+        sync(&self.unavailable, load(&s.unavailable));
+        self.connections.set(load(&s.conns.open) as i64);
+        sync(&self.connections_total, load(&s.conns.total));
+        sync(&self.protocol_errors, load(&s.protocol_errors));
+        render(&self.registry)
+    }
+}
+
+impl Default for RouterMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
