@@ -53,6 +53,10 @@ pub struct NodeConfig {
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
+    /// Log format: text (human-readable) or json (one object per line).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
     /// Lock stripes in the store (power of two; default 16 per core).
     #[arg(long, env = "SHARDS", value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub shards: Option<u64>,
@@ -97,6 +101,10 @@ pub struct RouterConfig {
     /// Log level or filter: error, warn, info, debug, trace, or e.g. "milena=debug,info".
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Log format: text (human-readable) or json (one object per line).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 
     /// A node whose last heartbeat is older than this (milliseconds) is ejected.
     #[arg(long, env = "HEARTBEAT_TIMEOUT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(10..))]

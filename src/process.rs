@@ -11,9 +11,10 @@ use crate::config::one_line_error;
 
 /// Runs a server binary: parses `C` from flags and environment (a bad value
 /// prints one line naming the variable and exits 2), installs logging at
-/// the level `log_level` picks, runs `serve` on a multi-threaded runtime,
-/// and exits 0, or 1 after logging the error.
-pub fn run_server<C, F, Fut, E>(name: &str, log_level: fn(&C) -> &str, serve: F) -> ExitCode
+/// the level and format `log` picks, runs `serve` on a multi-threaded runtime,
+/// and exits 0, or 1 after logging the error. `log` picks the level and the
+/// format from the configuration.
+pub fn run_server<C, F, Fut, E>(name: &str, log: fn(&C) -> (&str, &str), serve: F) -> ExitCode
 where
     C: Parser,
     F: FnOnce(C) -> Fut,
@@ -28,7 +29,8 @@ where
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = crate::logging::init(log_level(&cfg)) {
+    let (level, format) = log(&cfg);
+    if let Err(e) = crate::logging::init(level, format) {
         eprintln!("{name}: invalid configuration: {e}");
         return ExitCode::from(2);
     }

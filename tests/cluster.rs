@@ -459,14 +459,6 @@ async fn malformed_input_to_the_router_gets_errors_and_it_keeps_serving() {
     router.stop().await;
 }
 
-async fn http(addr: std::net::SocketAddr, request: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request.as_bytes()).await.expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_gets_a_health_line_on_the_same_port() {
     let (router, nodes) = cluster(3).await;

@@ -15,7 +15,11 @@ use tracing::{info, warn};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    milena::process::run_server("milena-cache", |c: &NodeConfig| &c.log_level, serve)
+    milena::process::run_server(
+        "milena-cache",
+        |c: &NodeConfig| (&c.log_level, &c.log_format),
+        serve,
+    )
 }
 
 async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {

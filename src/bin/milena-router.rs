@@ -12,7 +12,11 @@ use tracing::info;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    milena::process::run_server("milena-router", |c: &RouterConfig| &c.log_level, serve)
+    milena::process::run_server(
+        "milena-router",
+        |c: &RouterConfig| (&c.log_level, &c.log_format),
+        serve,
+    )
 }
 
 async fn serve(cfg: RouterConfig) -> anyhow::Result<()> {

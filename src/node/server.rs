@@ -138,6 +138,9 @@ async fn serve_connection(
                 }
             }
         }
+        // Counters first, so a client that has its answer sees them counted.
+        let batch = tally;
+        node.stats.fold(&mut tally);
         if !wbuf.is_empty() {
             write_batch(&mut stream, &wbuf, shutdown).await?;
             wbuf.clear();
@@ -145,8 +148,7 @@ async fn serve_connection(
                 wbuf = Vec::with_capacity(BUF_CAPACITY);
             }
         }
-        record_latency(&mut latency, &tally, batch_start.elapsed().as_secs_f64());
-        node.stats.fold(&mut tally);
+        record_latency(&mut latency, &batch, batch_start.elapsed().as_secs_f64());
         if let Flow::Close = flow {
             break;
         }

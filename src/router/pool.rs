@@ -166,6 +166,7 @@ async fn serve(
     let mut written = 0usize;
     let mut next_id: u64 = 1;
     let mut open = true;
+    let mut answered: Vec<(Forward, bytes::Bytes)> = Vec::new();
     let (node_requests, node_errors, mut latency) = match router.upgrade() {
         Some(r) => {
             let (req, err) = r.metrics.node_counters(address);
@@ -212,10 +213,14 @@ async fn serve(
                     }
                     latency[fwd.kind as usize].observe(fwd.started.elapsed().as_secs_f64());
                     patch_id(&mut frame, fwd.client_id);
-                    let _ = fwd.reply.send(frame.freeze());
+                    answered.push((fwd, frame.freeze()));
                 }
+                // Metrics first, so a client holding its answer sees it counted.
                 for h in &mut latency {
                     h.flush();
+                }
+                for (fwd, frame) in answered.drain(..) {
+                    let _ = fwd.reply.send(frame);
                 }
             }
             w = wr.write(&wbuf[written..]), if written < wbuf.len() => {
