@@ -15,14 +15,20 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const BATCH: u64 = 16;
 
 fn bench_metrics(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
     let _guard = rt.enter();
     let node = Node::new(NodeSettings::default());
     let now = node.clock.now();
     for i in 0..1000u32 {
-        node.store.put(format!("key:{i}").as_bytes(), &[7u8; 100], 0, now, 0);
+        node.store
+            .put(format!("key:{i}").as_bytes(), &[7u8; 100], 0, now, 0);
     }
-    let keys: Vec<Vec<u8>> = (0..BATCH).map(|i| format!("key:{}", i * 37).into_bytes()).collect();
+    let keys: Vec<Vec<u8>> = (0..BATCH)
+        .map(|i| format!("key:{}", i * 37).into_bytes())
+        .collect();
     let mut g = c.benchmark_group("node_batch_of_16_gets");
     g.throughput(Throughput::Elements(BATCH));
     let mut out = Vec::with_capacity(8192);
