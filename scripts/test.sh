@@ -1,20 +1,46 @@
 #!/usr/bin/env bash
 # The test command from the README: every unit, property, golden-vector and
 # integration test in the workspace (real sockets, real binaries, real
-# HTTP). The metrics tests need promtool (Debian package `prometheus`);
-# installed here when missing and we are root, as on CI.
+# HTTP). Some tests need outside programs from Debian's packages: promtool
+# (package prometheus) for the metrics tests, memcached and redis-server for
+# the load tester's protocol clients. They are installed here when missing
+# (as root, as on CI), and memcached and Redis are started on loopback for
+# the duration of the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v promtool >/dev/null 2>&1; then
+need=()
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v memcached >/dev/null 2>&1 || need+=(memcached)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "installing promtool (Debian package prometheus)"
+    echo "installing ${need[*]} (Debian packages)"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   else
-    echo "promtool is needed by the metrics tests: apt-get install prometheus" >&2
+    echo "the tests need: ${need[*]} (apt-get install ${need[*]})" >&2
     exit 1
   fi
 fi
 
-exec cargo test --workspace "$@"
+# Free loopback ports for memcached and Redis.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+mc_port=$(free_port)
+redis_port=$(free_port)
+memcached -u "$(id -un)" -l 127.0.0.1 -p "$mc_port" -U 0 -t 1 &
+mc_pid=$!
+redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no --daemonize no >/dev/null &
+redis_pid=$!
+trap 'kill $mc_pid $redis_pid 2>/dev/null || true' EXIT
+# Wait (bounded) until both accept connections.
+for _ in $(seq 100); do
+  if (exec 3<>/dev/tcp/127.0.0.1/"$mc_port") 2>/dev/null && (exec 3<>/dev/tcp/127.0.0.1/"$redis_port") 2>/dev/null; then
+    break
+  fi
+  sleep 0.05
+done
+export MILENA_TEST_MEMCACHED=127.0.0.1:$mc_port
+export MILENA_TEST_REDIS=127.0.0.1:$redis_port
+
+cargo test --workspace "$@"
