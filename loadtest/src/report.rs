@@ -205,3 +205,62 @@ pub fn plot(path: &std::path::Path, runs: &[Report]) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(target: &str, scale: f64) -> Report {
+        Report {
+            target: target.into(),
+            connections: 1,
+            pipeline: 1,
+            rate: None,
+            duration_s: 1.0,
+            requests: 10,
+            throughput: 10.0,
+            p50_us: 1.0,
+            p90_us: 2.0,
+            p99_us: 3.0,
+            p999_us: 4.0,
+            max_us: 5.0,
+            hit_ratio: 1.0,
+            gets: 10,
+            hits: 10,
+            misses: 0,
+            sets: 0,
+            errors: 0,
+            errors_by_kind: BTreeMap::new(),
+            spectrum: vec![
+                (50.0, 10.0 * scale),
+                (99.0, 30.0 * scale),
+                (99.9, 90.0 * scale),
+            ],
+        }
+    }
+
+    #[test]
+    fn plots_compare_runs_in_one_svg() {
+        let path = std::env::temp_dir().join(format!("milena-plot-{}.svg", std::process::id()));
+        plot(
+            &path,
+            &[report("milena://a:1", 1.0), report("memcache://b:2", 2.0)],
+        )
+        .expect("plot");
+        let svg = std::fs::read_to_string(&path).expect("svg written");
+        assert!(svg.contains("<svg"));
+        assert!(
+            svg.contains("milena://a:1") && svg.contains("memcache://b:2"),
+            "both runs labelled"
+        );
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let r = report("redis://c:3", 1.0);
+        let back: Report =
+            serde_json::from_str(&serde_json::to_string(&r).expect("json")).expect("parse");
+        assert_eq!(back, r);
+    }
+}

@@ -136,3 +136,69 @@ async fn duration_and_warmup() {
     assert_eq!(r.errors, 0);
     stop.cancel();
 }
+
+/// The binary as scripts use it: flags, one JSON object on stdout, a plot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_prints_json_and_writes_a_plot() {
+    let (url, stop) = start_node().await;
+    let svg = std::env::temp_dir().join(format!("milena-lt-{}.svg", std::process::id()));
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_milena-loadtest"))
+        .args([
+            "--target",
+            &url,
+            "--requests",
+            "500",
+            "--prefill",
+            "--keys",
+            "100",
+        ])
+        .args([
+            "--ratio",
+            "1:0",
+            "--connections",
+            "2",
+            "--pipeline",
+            "4",
+            "--json",
+            "--plot",
+        ])
+        .arg(&svg)
+        .output()
+        .await
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Report = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!((r.requests, r.gets, r.hits, r.errors), (500, 500, 500, 0));
+    for key in [
+        "throughput",
+        "p50_us",
+        "p99_us",
+        "p999_us",
+        "max_us",
+        "hit_ratio",
+        "errors",
+    ] {
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(&format!("\"{key}\"")),
+            "{key}"
+        );
+    }
+    assert!(
+        std::fs::read_to_string(&svg)
+            .expect("plot written")
+            .contains("<svg")
+    );
+    let _ = std::fs::remove_file(svg);
+    let bad = tokio::process::Command::new(env!("CARGO_BIN_EXE_milena-loadtest"))
+        .args(["--target", "gopher://x:1"])
+        .output()
+        .await
+        .expect("runs");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown scheme"));
+    stop.cancel();
+}
