@@ -125,6 +125,7 @@ fn main() {
                 routers: vec![router_url.clone()],
                 advertise: url.clone(),
                 interval: Duration::from_secs(1),
+                token: None,
             };
             tokio::spawn(milena::node::run_in_cluster(listener, node, m, shutdown));
             (url, router_url)

@@ -64,7 +64,7 @@ impl ClientError {
 }
 
 /// Connection options.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientOptions {
     /// Token sent in the hello (`CLUSTER_TOKEN`).
     pub token: Option<String>,
@@ -74,6 +74,17 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Limit on each call; `None` waits as long as the connection lives.
     pub request_timeout: Option<Duration>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("max_frame", &self.max_frame)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {

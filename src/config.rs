@@ -77,6 +77,10 @@ pub struct NodeConfig {
     #[arg(long, env = "HELLO_TIMEOUT_SECONDS", default_value_t = 10)]
     pub hello_timeout_secs: u64,
 
+    /// Shared secret presented to routers when joining, leaving and heartbeating.
+    #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub cluster_token: Option<crate::error::Secret>,
+
     /// Milliseconds between heartbeats to each router.
     #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     pub heartbeat_interval_ms: u64,
@@ -125,6 +129,10 @@ pub struct RouterConfig {
     /// Seconds a new connection has to send its hello.
     #[arg(long, env = "HELLO_TIMEOUT_SECONDS", default_value_t = 10)]
     pub hello_timeout_secs: u64,
+
+    /// Shared secret nodes must present to join, leave or heartbeat.
+    #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub cluster_token: Option<crate::error::Secret>,
 }
 
 impl RouterConfig {
@@ -132,6 +140,14 @@ impl RouterConfig {
     pub fn node_connections(&self) -> usize {
         self.node_connections_raw as usize
     }
+}
+
+/// Wraps a token so that it never shows in debug output.
+fn parse_secret(s: &str) -> Result<crate::error::Secret, String> {
+    if s.is_empty() {
+        return Err("the token must not be empty".into());
+    }
+    Ok(crate::error::Secret::new(s))
 }
 
 /// Parses `host:port` for a listener, resolving names such as `localhost`.

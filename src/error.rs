@@ -70,6 +70,12 @@ pub enum WireError {
     /// A membership call with a bad address.
     #[error("invalid node address: {0}")]
     BadAddress(String),
+    /// A cluster operation without the right `CLUSTER_TOKEN`.
+    #[error("unauthorized: {0} needs the cluster token (CLUSTER_TOKEN)")]
+    Unauthorized(&'static str),
+    /// A hello with a token that does not match.
+    #[error("unauthorized: wrong cluster token")]
+    WrongToken,
 }
 
 impl WireError {
@@ -82,6 +88,7 @@ impl WireError {
             | WireError::FrameTooLarge(_) => Status::TooLarge,
             WireError::TooManyConnections(_) | WireError::Unavailable(_) => Status::Unavailable,
             WireError::RateLimited(_) => Status::RateLimited,
+            WireError::Unauthorized(_) | WireError::WrongToken => Status::Unauthorized,
             WireError::EmptyKey
             | WireError::Undecodable(_)
             | WireError::HelloRequired
@@ -143,4 +150,33 @@ pub fn hello_response(id: u64, server: &str, out: &mut Vec<u8>) {
         },
         out,
     );
+}
+
+/// A shared secret (`CLUSTER_TOKEN`): compared in constant time, never
+/// printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a token.
+    pub fn new(token: impl Into<String>) -> Self {
+        Secret(token.into())
+    }
+
+    /// Whether `offered` is this secret, in time independent of where they differ.
+    pub fn matches(&self, offered: Option<&str>) -> bool {
+        use subtle::ConstantTimeEq;
+        offered.is_some_and(|o| bool::from(o.as_bytes().ct_eq(self.0.as_bytes())))
+    }
+
+    /// The token itself, for sending in a hello.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }

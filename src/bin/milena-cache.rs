@@ -80,6 +80,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
             routers,
             advertise,
             interval: Duration::from_millis(cfg.heartbeat_interval_ms),
+            token: cfg.cluster_token.clone(),
         };
         milena::node::run_in_cluster(listener, node, membership, shutdown).await;
     }

@@ -20,6 +20,8 @@ pub struct Membership {
     pub advertise: String,
     /// Time between heartbeats.
     pub interval: Duration,
+    /// `CLUSTER_TOKEN`, presented in the hello to each router.
+    pub token: Option<crate::error::Secret>,
 }
 
 /// First retry delay after a failed join; doubles up to [`MAX_BACKOFF`].
@@ -41,6 +43,7 @@ pub async fn maintain(node: Arc<Node>, m: Membership, shutdown: CancellationToke
                 router.clone(),
                 m.advertise.clone(),
                 m.interval,
+                m.token.clone(),
                 shutdown.clone(),
             ))
         })
@@ -55,9 +58,11 @@ async fn with_router(
     router: String,
     advertise: String,
     interval: Duration,
+    token: Option<crate::error::Secret>,
     shutdown: CancellationToken,
 ) {
     let opts = ClientOptions {
+        token: token.map(|t| t.expose().to_string()),
         connect_timeout: Duration::from_secs(2),
         request_timeout: Some(Duration::from_secs(2)),
         ..ClientOptions::default()

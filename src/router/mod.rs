@@ -45,6 +45,8 @@ pub struct RouterSettings {
     pub hello_timeout: Duration,
     /// Limit on connecting to a node.
     pub connect_timeout: Duration,
+    /// `CLUSTER_TOKEN`: when set, join, leave and heartbeat need it.
+    pub cluster_token: Option<crate::error::Secret>,
 }
 
 impl Default for RouterSettings {
@@ -59,6 +61,7 @@ impl Default for RouterSettings {
             max_frame: milena_protocol::DEFAULT_MAX_FRAME,
             hello_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(1),
+            cluster_token: None,
         }
     }
 }
@@ -73,6 +76,7 @@ impl From<&RouterConfig> for RouterSettings {
             max_inflight: c.max_inflight,
             max_connections: c.max_connections,
             hello_timeout: Duration::from_secs(c.hello_timeout_secs),
+            cluster_token: c.cluster_token.clone(),
             ..RouterSettings::default()
         }
     }

@@ -130,14 +130,22 @@ async fn conn_task(
 }
 
 async fn connect(address: &str, router: &Weak<Router>) -> Result<(TcpStream, BytesMut), ConnError> {
-    let (timeout, max_frame) = match router.upgrade() {
-        Some(r) => (r.settings.connect_timeout, r.settings.max_frame),
-        None => (Duration::from_secs(1), milena_protocol::DEFAULT_MAX_FRAME),
+    let (timeout, max_frame, token) = match router.upgrade() {
+        Some(r) => (
+            r.settings.connect_timeout,
+            r.settings.max_frame,
+            r.settings.cluster_token.clone(),
+        ),
+        None => (
+            Duration::from_secs(1),
+            milena_protocol::DEFAULT_MAX_FRAME,
+            None,
+        ),
     };
     let (hostport, _tls) = net::parse_url(address).map_err(ConnError::Connect)?;
     let session = async {
         let stream = TcpStream::connect(&hostport).await?;
-        client::hello(stream, None, max_frame).await
+        client::hello(stream, token.as_ref().map(|t| t.expose()), max_frame).await
     };
     let (stream, rbuf, _server) = tokio::time::timeout(timeout, session)
         .await

@@ -135,7 +135,7 @@ async fn serve_binary(
     let slots = Arc::new(Semaphore::new(router.settings.max_inflight));
     let mut codec = FrameCodec::new(router.settings.max_frame);
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
-    let mut greeted = false;
+    let mut session = Session::default();
     let hello_deadline = tokio::time::sleep(router.settings.hello_timeout);
     tokio::pin!(hello_deadline);
 
@@ -143,7 +143,7 @@ async fn serve_binary(
         let n = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            _ = &mut hello_deadline, if !greeted => {
+            _ = &mut hello_deadline, if !session.greeted => {
                 router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                 let secs = router.settings.hello_timeout.as_secs();
                 let _ = tx.send(WireError::HelloTimeout(secs).body(0));
@@ -170,7 +170,7 @@ async fn serve_binary(
                     break 'conn;
                 }
             };
-            match handle_frame(router, frame, &mut greeted, &tx, &slots).await {
+            match handle_frame(router, frame, &mut session, &tx, &slots).await {
                 Ok(()) => {}
                 Err((err, id)) => {
                     protocol_error(router, &tx, err, id);
@@ -193,12 +193,20 @@ fn protocol_error(router: &Router, tx: &ReplyTx, err: WireError, id: u64) {
     let _ = tx.send(err.body(id));
 }
 
+/// What a client connection has established.
+#[derive(Debug, Default)]
+struct Session {
+    greeted: bool,
+    /// Presented the cluster token (or none is configured).
+    cluster: bool,
+}
+
 /// Handles one client frame. A stream-level error comes back as `Err` with
 /// the id to answer under; the connection is then closed.
 async fn handle_frame(
     router: &Arc<Router>,
     frame: BytesMut,
-    greeted: &mut bool,
+    session: &mut Session,
     tx: &ReplyTx,
     slots: &Arc<Semaphore>,
 ) -> Result<(), (WireError, u64)> {
@@ -209,9 +217,17 @@ async fn handle_frame(
         )
     })?;
     let id = req.id;
-    if !*greeted {
-        check_hello(&req.op).map_err(|e| (e, id))?;
-        *greeted = true;
+    if !session.greeted {
+        let token = check_hello(&req.op).map_err(|e| (e, id))?;
+        session.cluster = match &router.settings.cluster_token {
+            None => true,
+            Some(secret) if secret.matches(token) => true,
+            // A wrong token is refused outright; no token at all still
+            // allows data operations.
+            Some(_) if token.is_some() => return Err((WireError::WrongToken, id)),
+            Some(_) => false,
+        };
+        session.greeted = true;
         let mut out = Vec::new();
         hello_response(id, SERVER_NAME, &mut out);
         let _ = tx.send(Bytes::from(out).slice(4..));
@@ -229,6 +245,15 @@ async fn handle_frame(
             tokio::spawn(async move {
                 let _ = tx.send(cluster_stats(&router, id).await);
             });
+            return Ok(());
+        }
+        Op::Join { .. } | Op::Leave { .. } | Op::Heartbeat { .. } if !session.cluster => {
+            let what = match req.op {
+                Op::Join { .. } => "join",
+                Op::Leave { .. } => "leave",
+                _ => "heartbeat",
+            };
+            reply_error(router, tx, id, WireError::Unauthorized(what));
             return Ok(());
         }
         other => {

@@ -229,6 +229,17 @@ impl ClusterNode {
 
     /// Starts a node on `addr` (port 0 for any) that joins `routers`.
     pub fn start(addr: &str, routers: &[String], settings: NodeSettings) -> ClusterNode {
+        Self::start_with_token(addr, routers, settings, None)
+    }
+
+    /// As [`ClusterNode::start`], presenting `token` to the routers.
+    pub fn start_with_token(
+        addr: &str,
+        routers: &[String],
+        settings: NodeSettings,
+        token: Option<&str>,
+    ) -> ClusterNode {
+        let cluster_token = token.map(milena::error::Secret::new);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
         let shutdown = CancellationToken::new();
@@ -250,6 +261,7 @@ impl ClusterNode {
                     routers,
                     advertise: format!("http://{bound}"),
                     interval: Duration::from_millis(100),
+                    token: cluster_token,
                 };
                 tokio::select! {
                     _ = milena::node::run_in_cluster(listener, node, membership, token) => {}
