@@ -8,6 +8,8 @@
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod gateway;
+pub mod grpc;
 pub mod logging;
 pub mod metrics;
 pub mod net;

@@ -1,10 +1,10 @@
 //! The router's port: one listener for the binary protocol and HTTP.
 //!
 //! The first byte decides: a binary frame starts with its big-endian length,
-//! whose top byte is 0 or 1 for any frame the router accepts, while HTTP
-//! starts with an ASCII method name.
+//! whose top byte is 0 or 1 for any frame the router accepts, while HTTP/1
+//! starts with an ASCII method name and HTTP/2 (gRPC) with its `PRI`
+//! preface.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -12,7 +12,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::{Method, Request as HttpRequest, Response as HttpResponse, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use milena_protocol::{
     Body, FrameCodec, FrameError, Op, Response, Stat, Status, decode_request, encode_response,
     peek_id,
@@ -23,11 +24,14 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_service::Service;
 use tracing::debug;
 
 use super::Router;
 use super::forward::{Forward, Kind, ReplyTx};
 use crate::error::{WireError, check_hello, hello_response};
+use crate::gateway::Gateway;
+use crate::grpc::RouterServer;
 use crate::ring::key_hash;
 use crate::{metrics, net};
 
@@ -85,22 +89,52 @@ async fn serve_connection(
         return Ok(());
     }
     if first[0].is_ascii_alphabetic() {
-        return serve_http(stream, router.clone()).await;
+        return serve_http(stream, router.clone(), shutdown).await;
     }
     serve_binary(stream, router, shutdown).await
 }
 
-async fn serve_http(stream: TcpStream, router: Arc<Router>) -> std::io::Result<()> {
+/// HTTP/1.1 and HTTP/2 on the router's port: gRPC requests go to the
+/// gateway, everything else gets the health line or `/metrics`.
+async fn serve_http(
+    stream: TcpStream,
+    router: Arc<Router>,
+    shutdown: &CancellationToken,
+) -> std::io::Result<()> {
+    let grpc = RouterServer::new(Gateway::new(router.clone()));
     let service = hyper::service::service_fn(move |req: HttpRequest<hyper::body::Incoming>| {
-        let router = router.clone();
-        async move { Ok::<_, Infallible>(http_answer(&router, &req)) }
+        let (router, mut grpc) = (router.clone(), grpc.clone());
+        async move {
+            let is_grpc = req
+                .headers()
+                .get(hyper::header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+            if is_grpc {
+                grpc.call(req).await
+            } else {
+                Ok(http_answer(&router, &req).map(tonic::body::Body::new))
+            }
+        }
     });
-    hyper::server::conn::http1::Builder::new()
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
         .header_read_timeout(Some(Duration::from_secs(10)))
-        .timer(hyper_util::rt::TokioTimer::new())
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-        .map_err(std::io::Error::other)
+        .timer(hyper_util::rt::TokioTimer::new());
+    builder
+        .http2()
+        .max_concurrent_streams(Some(1024))
+        .timer(hyper_util::rt::TokioTimer::new());
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r.map_err(std::io::Error::other),
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN_GRACE, conn).await;
+            Ok(())
+        }
+    }
 }
 
 fn http_answer<B>(router: &Router, req: &HttpRequest<B>) -> HttpResponse<Full<Bytes>> {

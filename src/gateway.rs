@@ -1,0 +1,196 @@
+//! The gRPC gateway: the `milena.Router` service over the router's own
+//! member table and forwarding path, served on the router's port.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use milena_protocol::{
+    Body, Op, Request as WireRequest, Status as WireStatus, decode_response, encode_request,
+};
+use tokio::sync::{Semaphore, mpsc};
+use tonic::{Request, Response, Status};
+
+use crate::grpc::{
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, JoinRequest, JoinResponse,
+    LeaveRequest, LeaveResponse, MembersRequest, MembersResponse, PutRequest, PutResponse,
+    router_server,
+};
+use crate::net;
+use crate::ring::key_hash;
+use crate::router::Router;
+use crate::router::forward::{Forward, Kind};
+
+/// Metadata entry that carries `CLUSTER_TOKEN` on Join and Leave.
+pub const TOKEN_METADATA: &str = "x-cluster-token";
+
+/// gRPC requests in flight at once across all gateway connections.
+const MAX_INFLIGHT: usize = 4096;
+
+/// The `milena.Router` service.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    router: Arc<Router>,
+    slots: Arc<Semaphore>,
+}
+
+impl Gateway {
+    /// A gateway over `router`.
+    pub fn new(router: Arc<Router>) -> Self {
+        Gateway {
+            router,
+            slots: Arc::new(Semaphore::new(MAX_INFLIGHT)),
+        }
+    }
+
+    fn authorize<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+        let Some(secret) = &self.router.settings.cluster_token else {
+            return Ok(());
+        };
+        let offered = req
+            .metadata()
+            .get(TOKEN_METADATA)
+            .and_then(|v| v.to_str().ok());
+        if secret.matches(offered) {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(format!(
+                "{what} needs the cluster token (CLUSTER_TOKEN) in `{TOKEN_METADATA}` metadata"
+            )))
+        }
+    }
+
+    /// Sends a data operation down the router's forwarding path and waits
+    /// for the node's answer (as a response body).
+    async fn forward(&self, kind: Kind, key: &[u8], op: Op<'_>) -> Result<Bytes, Status> {
+        let router = &self.router;
+        router.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if key.is_empty() {
+            router.metrics.count(kind, WireStatus::BadRequest);
+            return Err(Status::invalid_argument("key must not be empty"));
+        }
+        if let Err(limit) = router.limiter.admit() {
+            router.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            router.metrics.count(kind, WireStatus::RateLimited);
+            return Err(Status::resource_exhausted(format!(
+                "rate limited (RATE_LIMIT={limit} requests per second)"
+            )));
+        }
+        let mut frame = Vec::new();
+        encode_request(&WireRequest { id: 0, op }, &mut frame);
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Status::unavailable("the router is shutting down"))?;
+        let (reply, mut answer) = mpsc::unbounded_channel();
+        router.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        router
+            .route(Forward {
+                client_id: 0,
+                body: Bytes::from(frame).slice(4..),
+                kind,
+                key_hash: key_hash(key),
+                meta: 0,
+                reply,
+                attempt: 0,
+                permit,
+                started: Instant::now(),
+            })
+            .await;
+        answer
+            .recv()
+            .await
+            .ok_or_else(|| Status::unavailable("the request was dropped"))
+    }
+}
+
+/// The gRPC status for a wire error status.
+fn to_status(status: WireStatus, message: &str) -> Status {
+    match status {
+        WireStatus::RateLimited => Status::resource_exhausted(message),
+        WireStatus::TooLarge | WireStatus::BadRequest => Status::invalid_argument(message),
+        WireStatus::Unavailable => Status::unavailable(message),
+        WireStatus::Unauthorized => Status::unauthenticated(message),
+        WireStatus::Ok | WireStatus::NotFound | WireStatus::Internal => Status::internal(message),
+    }
+}
+
+/// Decodes a node's (or the router's) answer; errors become gRPC statuses.
+fn answer(body: &[u8]) -> Result<(WireStatus, Option<Vec<u8>>), Status> {
+    let r = decode_response(body).map_err(|e| Status::internal(e.to_string()))?;
+    match (r.status, r.body) {
+        (WireStatus::Ok, Body::Value(v)) => Ok((WireStatus::Ok, Some(v.to_vec()))),
+        (s @ (WireStatus::Ok | WireStatus::NotFound), _) => Ok((s, None)),
+        (s, Body::Message(m)) => Err(to_status(s, m)),
+        (s, _) => Err(to_status(s, s.as_str())),
+    }
+}
+
+#[tonic::async_trait]
+impl router_server::Router for Gateway {
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        self.authorize(&req, "join")?;
+        let address = &req.get_ref().address;
+        net::parse_url(address)
+            .map_err(|e| Status::invalid_argument(format!("invalid node address: {e}")))?;
+        self.router.members.join(address);
+        Ok(Response::new(JoinResponse {}))
+    }
+
+    async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
+        self.authorize(&req, "leave")?;
+        self.router.members.leave(&req.get_ref().address);
+        Ok(Response::new(LeaveResponse {}))
+    }
+
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let key = req.into_inner().key;
+        let body = self.forward(Kind::Get, &key, Op::Get { key: &key }).await?;
+        let (_, value) = answer(&body)?;
+        Ok(Response::new(GetResponse {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+        }))
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let p = req.into_inner();
+        // proto3 has no "unset": 0 means the node's default TTL.
+        let ttl = (p.ttl_seconds != 0).then_some(p.ttl_seconds);
+        let op = Op::Put {
+            key: &p.key,
+            value: &p.value,
+            ttl,
+        };
+        let body = self.forward(Kind::Put, &p.key, op).await?;
+        answer(&body)?;
+        Ok(Response::new(PutResponse {}))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<DeleteRequest>,
+    ) -> Result<Response<DeleteResponse>, Status> {
+        let key = req.into_inner().key;
+        let body = self
+            .forward(Kind::Delete, &key, Op::Delete { key: &key })
+            .await?;
+        let (status, _) = answer(&body)?;
+        Ok(Response::new(DeleteResponse {
+            deleted: status == WireStatus::Ok,
+        }))
+    }
+
+    async fn members(
+        &self,
+        _: Request<MembersRequest>,
+    ) -> Result<Response<MembersResponse>, Status> {
+        let view = self.router.members.view();
+        Ok(Response::new(MembersResponse {
+            addresses: view.ring.addresses().map(str::to_string).collect(),
+        }))
+    }
+}
