@@ -209,6 +209,7 @@ struct Outgoing {
 #[derive(Clone)]
 pub struct Client {
     tx: mpsc::Sender<Outgoing>,
+    waiters: Waiters,
     next_id: Arc<AtomicU64>,
     request_timeout: Option<Duration>,
     server: Arc<str>,
@@ -251,9 +252,10 @@ impl Client {
         let (tx, rx) = mpsc::channel(QUEUE);
         let closed = CancellationToken::new();
         tokio::spawn(write_loop(wr, rx, waiters.clone(), closed.clone()));
-        tokio::spawn(read_loop(rd, buf, codec, waiters, closed));
+        tokio::spawn(read_loop(rd, buf, codec, waiters.clone(), closed));
         Ok(Client {
             tx,
+            waiters,
             next_id: Arc::new(AtomicU64::new(1)),
             request_timeout: opts.request_timeout,
             server: server.into(),
@@ -271,16 +273,23 @@ impl Client {
         let mut frame = Vec::new();
         encode_request(&Request { id, op }, &mut frame);
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Outgoing { frame, id, reply })
-            .await
-            .map_err(|_| ClientError::Closed)?;
-        let answer = async { rx.await.map_err(|_| ClientError::Closed)? };
-        let frame = match self.request_timeout {
-            Some(t) => tokio::time::timeout(t, answer)
+        let exchange = async {
+            self.tx
+                .send(Outgoing { frame, id, reply })
                 .await
-                .map_err(|_| ClientError::Timeout(t))??,
-            None => answer.await?,
+                .map_err(|_| ClientError::Closed)?;
+            rx.await.map_err(|_| ClientError::Closed)?
+        };
+        let frame = match self.request_timeout {
+            Some(t) => match tokio::time::timeout(t, exchange).await {
+                Ok(r) => r?,
+                Err(_) => {
+                    // Nobody will wait for this answer any more.
+                    lock(&self.waiters).remove(&id);
+                    return Err(ClientError::Timeout(t));
+                }
+            },
+            None => exchange.await?,
         };
         Reply::new(frame)
     }

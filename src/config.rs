@@ -66,15 +66,15 @@ pub struct NodeConfig {
     pub max_key_size: u64,
 
     /// Longest value accepted; accepts 1MiB, 16MiB, 1000000.
-    #[arg(long, env = "MAX_VALUE_SIZE", default_value = "16MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "MAX_VALUE_SIZE", default_value = "16MiB", value_parser = parse_value_size)]
     pub max_value_size: u64,
 
     /// Most simultaneous client connections; more are refused with an error.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
-    pub max_connections: usize,
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
 
     /// Seconds a new connection has to send its hello.
-    #[arg(long, env = "HELLO_TIMEOUT_SECONDS", default_value_t = 10)]
+    #[arg(long, env = "HELLO_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub hello_timeout_secs: u64,
 
     /// Shared secret presented to routers when joining, leaving and heartbeating.
@@ -119,16 +119,24 @@ pub struct RouterConfig {
     node_connections_raw: u64,
 
     /// Requests one client connection may have in flight before the router stops reading from it.
-    #[arg(long, env = "MAX_INFLIGHT_PER_CONNECTION", default_value_t = 1024)]
-    pub max_inflight: usize,
+    #[arg(long, env = "MAX_INFLIGHT_PER_CONNECTION", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_inflight: u64,
 
     /// Most simultaneous client connections; more are refused with an error.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
-    pub max_connections: usize,
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
 
     /// Seconds a new connection has to send its hello.
-    #[arg(long, env = "HELLO_TIMEOUT_SECONDS", default_value_t = 10)]
+    #[arg(long, env = "HELLO_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub hello_timeout_secs: u64,
+
+    /// Longest key forwarded, in bytes (keep equal to the nodes').
+    #[arg(long, env = "MAX_KEY_SIZE", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_key_size: u64,
+
+    /// Longest value forwarded (keep equal to the nodes'); accepts 1MiB, 16MiB.
+    #[arg(long, env = "MAX_VALUE_SIZE", default_value = "16MiB", value_parser = parse_value_size)]
+    pub max_value_size: u64,
 
     /// Shared secret nodes must present to join, leave or heartbeat.
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true, value_parser = parse_secret)]
@@ -140,6 +148,18 @@ impl RouterConfig {
     pub fn node_connections(&self) -> usize {
         self.node_connections_raw as usize
     }
+}
+
+/// Largest `MAX_VALUE_SIZE`: frames carry a 32-bit length.
+pub const VALUE_SIZE_LIMIT: u64 = 1 << 30;
+
+/// Parses `MAX_VALUE_SIZE` (at most 1 GiB).
+fn parse_value_size(s: &str) -> Result<u64, String> {
+    let n = parse_bytes(s)?;
+    if n > VALUE_SIZE_LIMIT {
+        return Err(format!("'{s}' is more than 1GiB"));
+    }
+    Ok(n)
 }
 
 /// Wraps a token so that it never shows in debug output.

@@ -63,12 +63,18 @@ impl Gateway {
 
     /// Sends a data operation down the router's forwarding path and waits
     /// for the node's answer (as a response body).
-    async fn forward(&self, kind: Kind, key: &[u8], op: Op<'_>) -> Result<Bytes, Status> {
+    async fn forward(
+        &self,
+        kind: Kind,
+        key: &[u8],
+        value: Option<&[u8]>,
+        op: Op<'_>,
+    ) -> Result<Bytes, Status> {
         let router = &self.router;
         router.stats.requests.fetch_add(1, Ordering::Relaxed);
-        if key.is_empty() {
-            router.metrics.count(kind, WireStatus::BadRequest);
-            return Err(Status::invalid_argument("key must not be empty"));
+        if let Err(e) = router.settings.check_sizes(key, value) {
+            router.metrics.count(kind, e.status());
+            return Err(Status::invalid_argument(e.to_string()));
         }
         if let Err(limit) = router.limiter.admit() {
             router.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -148,7 +154,9 @@ impl router_server::Router for Gateway {
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let key = req.into_inner().key;
-        let body = self.forward(Kind::Get, &key, Op::Get { key: &key }).await?;
+        let body = self
+            .forward(Kind::Get, &key, None, Op::Get { key: &key })
+            .await?;
         let (_, value) = answer(&body)?;
         Ok(Response::new(GetResponse {
             found: value.is_some(),
@@ -165,7 +173,7 @@ impl router_server::Router for Gateway {
             value: &p.value,
             ttl,
         };
-        let body = self.forward(Kind::Put, &p.key, op).await?;
+        let body = self.forward(Kind::Put, &p.key, Some(&p.value), op).await?;
         answer(&body)?;
         Ok(Response::new(PutResponse {}))
     }
@@ -176,7 +184,7 @@ impl router_server::Router for Gateway {
     ) -> Result<Response<DeleteResponse>, Status> {
         let key = req.into_inner().key;
         let body = self
-            .forward(Kind::Delete, &key, Op::Delete { key: &key })
+            .forward(Kind::Delete, &key, None, Op::Delete { key: &key })
             .await?;
         let (status, _) = answer(&body)?;
         Ok(Response::new(DeleteResponse {

@@ -498,3 +498,57 @@ async fn curl_gets_a_health_line_on_the_same_port() {
     }
     router.stop().await;
 }
+
+/// Pipelined requests for one key keep their order through the router,
+/// whichever of its node connections they travel on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_one_key_keep_their_order_through_the_router() {
+    let (router, nodes) = cluster(1).await;
+    let mut raw = Raw::greeted(router.addr).await;
+    let mut bytes = Vec::new();
+    for round in 0..200u64 {
+        let v1 = format!("a{round}");
+        let v2 = format!("b{round}");
+        for (id, op) in [
+            (
+                round * 3 + 1,
+                Op::Put {
+                    key: b"k",
+                    value: v1.as_bytes(),
+                    ttl: None,
+                },
+            ),
+            (
+                round * 3 + 2,
+                Op::Put {
+                    key: b"k",
+                    value: v2.as_bytes(),
+                    ttl: None,
+                },
+            ),
+            (round * 3 + 3, Op::Get { key: b"k" }),
+        ] {
+            milena::protocol::encode_request(&milena::protocol::Request { id, op }, &mut bytes);
+        }
+    }
+    raw.send_bytes(&bytes).await;
+    let mut gets = std::collections::HashMap::new();
+    for _ in 0..600 {
+        let r = raw.recv().await.expect("answer");
+        assert_eq!(r.status, Status::Ok, "{r:?}");
+        if r.id % 3 == 0 {
+            gets.insert(r.id, r.value.expect("value"));
+        }
+    }
+    for round in 0..200u64 {
+        assert_eq!(
+            gets[&(round * 3 + 3)],
+            format!("b{round}").into_bytes(),
+            "round {round}"
+        );
+    }
+    for n in nodes {
+        n.stop().await;
+    }
+    router.stop().await;
+}

@@ -492,3 +492,30 @@ async fn shutdown_drains_and_closes_client_connections() {
         "{err}"
     );
 }
+
+/// A pipelined batch whose answers are far larger than the write buffer's
+/// flush point is answered in several writes, completely and in order.
+#[tokio::test]
+async fn large_pipelined_answers_are_flushed_in_bounded_chunks() {
+    let n = start_node(small_settings()).await;
+    let c = Client::connect(&n.url()).await.expect("connect");
+    c.put(b"big", &[9u8; 4096], None).await.expect("put");
+    let mut raw = Raw::greeted(n.addr).await;
+    let mut bytes = Vec::new();
+    for id in 1..=1000u64 {
+        milena::protocol::encode_request(
+            &milena::protocol::Request {
+                id,
+                op: Op::Get { key: b"big" },
+            },
+            &mut bytes,
+        );
+    }
+    raw.send_bytes(&bytes).await;
+    for id in 1..=1000u64 {
+        let r = raw.recv().await.expect("answer");
+        assert_eq!((r.id, r.status), (id, Status::Ok));
+        assert_eq!(r.value.as_deref().map(<[u8]>::len), Some(4096));
+    }
+    n.stop().await;
+}

@@ -76,7 +76,7 @@ impl From<&NodeConfig> for NodeSettings {
             default_ttl: c.ttl_seconds,
             max_key: c.max_key_size as usize,
             max_value: c.max_value_size as usize,
-            max_connections: c.max_connections,
+            max_connections: c.max_connections as usize,
             hello_timeout: Duration::from_secs(c.hello_timeout_secs),
         }
     }

@@ -27,6 +27,8 @@ use prometheus::local::LocalHistogram;
 const SERVER_NAME: &str = concat!("node milena/", env!("CARGO_PKG_VERSION"));
 /// Initial read and write buffer capacity per connection.
 const BUF_CAPACITY: usize = 16 * 1024;
+/// Answers gathered before a batch is written out early.
+const WBUF_FLUSH: usize = 1024 * 1024;
 /// Buffers that grew past this for a large value are given back once empty,
 /// so idle connections do not pin megabytes each.
 const BUF_KEEP: usize = 256 * 1024;
@@ -91,8 +93,17 @@ async fn serve_connection(
     let hello_deadline = tokio::time::sleep(hello_timeout);
     tokio::pin!(hello_deadline);
 
+    // Set when a batch stopped early to flush a large answer: frames may
+    // still wait in `rbuf`, so process them before reading again.
+    let mut backlog = false;
     loop {
-        let n = tokio::select! {
+        if backlog && shutdown.is_cancelled() {
+            break;
+        }
+        let n = if backlog {
+            1
+        } else {
+            tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             _ = &mut hello_deadline, if !greeted => {
@@ -103,7 +114,9 @@ async fn serve_connection(
                 break;
             }
             r = stream.read_buf(&mut rbuf) => r?,
+            }
         };
+        backlog = false;
         if n == 0 {
             if !rbuf.is_empty() {
                 node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
@@ -117,6 +130,12 @@ async fn serve_connection(
         let batch_start = std::time::Instant::now();
         let mut flow = Flow::Continue;
         loop {
+            // Bound the answer buffer: a batch of small gets for large
+            // values would otherwise grow it to gigabytes before one write.
+            if wbuf.len() >= WBUF_FLUSH {
+                backlog = true;
+                break;
+            }
             match codec.decode_frame(&mut rbuf) {
                 Ok(Some(frame)) => {
                     flow = handle_frame(node, &frame, &mut greeted, &mut wbuf, &mut tally);

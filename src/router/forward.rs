@@ -84,7 +84,11 @@ impl Router {
             };
             fwd.meta = match fwd.kind {
                 Kind::Get => view.gained_since(owner, fwd.key_hash),
-                Kind::Put => view.epoch,
+                // The write's own time (never before the ring's epoch): with
+                // several routers numbering the same change a little apart,
+                // only writes inside that sliver are taken for stale, not
+                // every write until the next change.
+                Kind::Put => view.epoch.max(super::members::wall_micros()),
                 Kind::Delete => 0,
             };
             let node = &view.nodes[owner];

@@ -322,8 +322,12 @@ fn live(t: &Table) -> usize {
 /// The next epoch: wall-clock microseconds, so that routers seeing the same
 /// change number it alike, but always greater than the previous one.
 fn next_epoch(prev: u64) -> u64 {
-    let now = SystemTime::now()
+    wall_micros().max(prev + 1)
+}
+
+/// Wall-clock microseconds since the Unix epoch.
+pub fn wall_micros() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
-    now.max(prev + 1)
+        .map_or(0, |d| d.as_micros() as u64)
 }

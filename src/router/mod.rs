@@ -47,6 +47,38 @@ pub struct RouterSettings {
     pub connect_timeout: Duration,
     /// `CLUSTER_TOKEN`: when set, join, leave and heartbeat need it.
     pub cluster_token: Option<crate::error::Secret>,
+    /// Longest key forwarded (keep equal to the nodes' `MAX_KEY_SIZE`).
+    pub max_key: usize,
+    /// Longest value forwarded (keep equal to the nodes' `MAX_VALUE_SIZE`).
+    pub max_value: usize,
+}
+
+impl RouterSettings {
+    /// Refuses keys and values the nodes would refuse, before forwarding:
+    /// a frame over a node's limit would make it drop the whole connection.
+    pub fn check_sizes(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), crate::error::WireError> {
+        use crate::error::WireError;
+        if key.is_empty() {
+            return Err(WireError::EmptyKey);
+        }
+        if key.len() > self.max_key {
+            return Err(WireError::KeyTooLarge {
+                len: key.len(),
+                max: self.max_key,
+            });
+        }
+        match value {
+            Some(v) if v.len() > self.max_value => Err(WireError::ValueTooLarge {
+                len: v.len(),
+                max: self.max_value,
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Default for RouterSettings {
@@ -58,10 +90,12 @@ impl Default for RouterSettings {
             node_connections: 2,
             max_inflight: 1024,
             max_connections: 10_000,
-            max_frame: milena_protocol::DEFAULT_MAX_FRAME,
+            max_frame: 250 + 16 * 1024 * 1024 + 1024,
             hello_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(1),
             cluster_token: None,
+            max_key: 250,
+            max_value: 16 * 1024 * 1024,
         }
     }
 }
@@ -73,10 +107,14 @@ impl From<&RouterConfig> for RouterSettings {
             heartbeat_timeout: Duration::from_millis(c.heartbeat_timeout_ms),
             hold_down: Duration::from_millis(c.heartbeat_timeout_ms),
             node_connections: c.node_connections(),
-            max_inflight: c.max_inflight,
-            max_connections: c.max_connections,
+            max_inflight: c.max_inflight as usize,
+            max_connections: c.max_connections as usize,
             hello_timeout: Duration::from_secs(c.hello_timeout_secs),
             cluster_token: c.cluster_token.clone(),
+            max_key: c.max_key_size as usize,
+            max_value: c.max_value_size as usize,
+            // Room for the largest put, as on the nodes.
+            max_frame: c.max_key_size as usize + c.max_value_size as usize + 1024,
             ..RouterSettings::default()
         }
     }

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::sync::Weak;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -37,7 +36,6 @@ pub struct NodeHandle {
     /// The node's advertised address.
     pub address: String,
     conns: Vec<mpsc::Sender<Forward>>,
-    next: AtomicUsize,
 }
 
 impl NodeHandle {
@@ -63,14 +61,15 @@ impl NodeHandle {
         NodeHandle {
             address: address.to_string(),
             conns,
-            next: AtomicUsize::new(0),
         }
     }
 
-    /// Queues `fwd` on the next connection; gives it back if that
-    /// connection has died.
+    /// Queues `fwd` on the connection its key maps to, so that requests
+    /// for one key keep their order (a put then a get, a put then a delete);
+    /// gives it back if that connection has died.
     pub async fn send(&self, fwd: Forward) -> Result<(), Forward> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        // Bits 40.. of the key hash: independent of the ring's placement.
+        let i = ((fwd.key_hash >> 40) as usize) % self.conns.len();
         self.conns[i].send(fwd).await.map_err(|e| e.0)
     }
 }
@@ -204,32 +203,16 @@ async fn serve(
                 let Some(r) = router.upgrade() else {
                     return Ok(());
                 };
-                while let Some(mut frame) = codec
-                    .decode_frame(&mut rbuf)
-                    .map_err(|e| ConnError::Protocol(e.to_string()))?
-                {
-                    let id = peek_id(&frame).ok_or_else(|| ConnError::Protocol("short frame".into()))?;
-                    let status = peek_status(&frame)
-                        .ok_or_else(|| ConnError::Protocol("answer without a status".into()))?;
-                    let Some(fwd) = inflight.remove(&id) else {
-                        return Err(ConnError::Protocol(format!("answer to unknown request {id}")));
-                    };
-                    r.metrics.count(fwd.kind, status);
-                    node_requests.inc();
-                    if !matches!(status, Status::Ok | Status::NotFound) {
-                        node_errors.inc();
-                    }
-                    latency[fwd.kind as usize].observe(fwd.started.elapsed().as_secs_f64());
-                    patch_id(&mut frame, fwd.client_id);
-                    answered.push((fwd, frame.freeze()));
-                }
+                let result = decode_answers(&mut codec, &mut rbuf, inflight, &r, &node_requests, &node_errors, &mut latency, &mut answered);
                 // Metrics first, so a client holding its answer sees it counted.
                 for h in &mut latency {
                     h.flush();
                 }
+                // Deliver what did arrive even if a later frame was bad.
                 for (fwd, frame) in answered.drain(..) {
                     let _ = fwd.reply.send(frame);
                 }
+                result?;
             }
             w = wr.write(&wbuf[written..]), if written < wbuf.len() => {
                 written += w?;
@@ -268,4 +251,39 @@ fn enqueue(
             .reply
             .send(WireError::Undecodable("not a data operation".into()).body(fwd.client_id));
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decode_answers(
+    codec: &mut FrameCodec,
+    rbuf: &mut BytesMut,
+    inflight: &mut HashMap<u64, Forward>,
+    r: &Router,
+    node_requests: &prometheus::IntCounter,
+    node_errors: &prometheus::IntCounter,
+    latency: &mut [prometheus::local::LocalHistogram; 3],
+    answered: &mut Vec<(Forward, bytes::Bytes)>,
+) -> Result<(), ConnError> {
+    while let Some(mut frame) = codec
+        .decode_frame(rbuf)
+        .map_err(|e| ConnError::Protocol(e.to_string()))?
+    {
+        let id = peek_id(&frame).ok_or_else(|| ConnError::Protocol("short frame".into()))?;
+        let status = peek_status(&frame)
+            .ok_or_else(|| ConnError::Protocol("answer without a status".into()))?;
+        let Some(fwd) = inflight.remove(&id) else {
+            return Err(ConnError::Protocol(format!(
+                "answer to unknown request {id}"
+            )));
+        };
+        r.metrics.count(fwd.kind, status);
+        node_requests.inc();
+        if !matches!(status, Status::Ok | Status::NotFound) {
+            node_errors.inc();
+        }
+        latency[fwd.kind as usize].observe(fwd.started.elapsed().as_secs_f64());
+        patch_id(&mut frame, fwd.client_id);
+        answered.push((fwd, frame.freeze()));
+    }
+    Ok(())
 }

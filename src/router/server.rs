@@ -269,10 +269,10 @@ async fn handle_frame(
     }
     router.stats.requests.fetch_add(1, Ordering::Relaxed);
     let started = std::time::Instant::now();
-    let (kind, key) = match req.op {
-        Op::Get { key } => (Kind::Get, key),
-        Op::Put { key, .. } => (Kind::Put, key),
-        Op::Delete { key } => (Kind::Delete, key),
+    let (kind, key, value) = match req.op {
+        Op::Get { key } => (Kind::Get, key, None),
+        Op::Put { key, value, .. } => (Kind::Put, key, Some(value)),
+        Op::Delete { key } => (Kind::Delete, key, None),
         Op::Stats => {
             // Gathers from every node: off the connection's read loop.
             let (router, tx) = (router.clone(), tx.clone());
@@ -296,9 +296,9 @@ async fn handle_frame(
             return Ok(());
         }
     };
-    if key.is_empty() {
-        router.metrics.count(kind, Status::BadRequest);
-        reply_error(router, tx, id, WireError::EmptyKey);
+    if let Err(e) = router.settings.check_sizes(key, value) {
+        router.metrics.count(kind, e.status());
+        reply_error(router, tx, id, e);
         return Ok(());
     }
     if let Err(limit) = router.limiter.admit() {

@@ -205,7 +205,10 @@ impl Shard {
             return None;
         }
         self.counters.hits += 1;
-        if self.pushes.wrapping_sub(self.slots[idx as usize].stamp) >= self.promote_window {
+        // With a byte budget the list can be far shorter than the window;
+        // a quarter of what it holds now keeps the skip safe.
+        let window = self.promote_window.min(self.len as u32 / 4);
+        if self.pushes.wrapping_sub(self.slots[idx as usize].stamp) >= window {
             self.move_to_front(idx);
         }
         Some(self.slots[idx as usize].value())
