@@ -130,6 +130,10 @@ pub struct RouterConfig {
     #[arg(long, env = "HELLO_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub hello_timeout_secs: u64,
 
+    /// A node that leaves a request unanswered this long (milliseconds) is ejected.
+    #[arg(long, env = "NODE_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub node_timeout_ms: u64,
+
     /// Longest key forwarded, in bytes (keep equal to the nodes').
     #[arg(long, env = "MAX_KEY_SIZE", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub max_key_size: u64,

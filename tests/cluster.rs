@@ -552,3 +552,63 @@ async fn requests_for_one_key_keep_their_order_through_the_router() {
     }
     router.stop().await;
 }
+
+/// A node that accepts requests but never answers (hung, paused, or behind
+/// a black hole): after NODE_TIMEOUT its requests go to the next owner and
+/// it leaves the ring, instead of clients waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_node_times_out_and_its_requests_move_on() {
+    let router = start_router(milena::router::RouterSettings {
+        node_timeout: Duration::from_millis(200),
+        ..test_router_settings()
+    })
+    .await;
+    let good = start_node(small_settings()).await;
+    // The hung node: says hello, then reads and never answers.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let hung_url = format!("http://{}", hung.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = hung.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let _ = s.read(&mut buf).await; // the hello
+                let mut out = Vec::new();
+                milena::protocol::encode_response(
+                    &milena::protocol::Response {
+                        id: 0,
+                        status: Status::Ok,
+                        body: milena::protocol::Body::Hello {
+                            version: 1,
+                            server: "hung",
+                        },
+                    },
+                    &mut out,
+                );
+                let _ = s.write_all(&out).await;
+                while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            });
+        }
+    });
+    let c = Client::connect(&router.url()).await.expect("connect");
+    c.join(&good.url()).await.expect("join good");
+    c.join(&hung_url).await.expect("join hung");
+    let both = Ring::new([good.url(), hung_url.clone()]);
+    let key = (0..)
+        .map(|i| format!("key{i}"))
+        .find(|k| both.owner(key_hash(k.as_bytes())) == Some(hung_url.as_str()))
+        .expect("a key the hung node owns");
+    // Answered by the next owner after the timeout, not left hanging.
+    c.put(key.as_bytes(), b"v", None)
+        .await
+        .expect("put moves on");
+    assert_eq!(
+        c.get(key.as_bytes()).await.expect("get").as_deref(),
+        Some(&b"v"[..])
+    );
+    router.wait_members(&[&good.url()]).await;
+    assert_eq!(router.router.members.ejections(), 1);
+    good.stop().await;
+    router.stop().await;
+}

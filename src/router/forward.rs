@@ -97,8 +97,11 @@ impl Router {
                 Err(back) => {
                     // The node's connection is gone before the request left:
                     // the node is down; take it out and try the next owner.
-                    self.members
-                        .eject(&node.address, "connection to the node is closed");
+                    self.members.eject_handle(
+                        &node.address,
+                        node.id,
+                        "connection to the node is closed",
+                    );
                     match self.next_attempt(back) {
                         Some(f) => fwd = f,
                         None => return,

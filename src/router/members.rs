@@ -238,6 +238,21 @@ impl Members {
         Change::Changed(epoch)
     }
 
+    /// Ejects `address` only if its current connection pool is the one
+    /// with `handle_id`: failures of an older incarnation's connections
+    /// must not eject a node that has since rejoined.
+    pub fn eject_handle(&self, address: &str, handle_id: u64, reason: &str) -> Change {
+        let current = self
+            .lock()
+            .nodes
+            .get(address)
+            .and_then(|e| e.handle.as_ref().map(|h| h.id));
+        if current != Some(handle_id) {
+            return Change::Unchanged;
+        }
+        self.eject(address, reason)
+    }
+
     /// Ejects every node whose last heartbeat is older than the timeout.
     pub fn sweep(&self) -> Vec<String> {
         let now = Instant::now();

@@ -45,6 +45,9 @@ pub struct RouterSettings {
     pub hello_timeout: Duration,
     /// Limit on connecting to a node.
     pub connect_timeout: Duration,
+    /// A node that leaves a request unanswered this long is ejected and
+    /// its requests go to the next owner.
+    pub node_timeout: Duration,
     /// `CLUSTER_TOKEN`: when set, join, leave and heartbeat need it.
     pub cluster_token: Option<crate::error::Secret>,
     /// Longest key forwarded (keep equal to the nodes' `MAX_KEY_SIZE`).
@@ -93,6 +96,7 @@ impl Default for RouterSettings {
             max_frame: 250 + 16 * 1024 * 1024 + 1024,
             hello_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(1),
+            node_timeout: Duration::from_secs(5),
             cluster_token: None,
             max_key: 250,
             max_value: 16 * 1024 * 1024,
@@ -111,6 +115,7 @@ impl From<&RouterConfig> for RouterSettings {
             max_connections: c.max_connections as usize,
             hello_timeout: Duration::from_secs(c.hello_timeout_secs),
             cluster_token: c.cluster_token.clone(),
+            node_timeout: Duration::from_millis(c.node_timeout_ms),
             max_key: c.max_key_size as usize,
             max_value: c.max_value_size as usize,
             // Room for the largest put, as on the nodes.

@@ -8,7 +8,8 @@
 
 use std::collections::HashMap;
 use std::sync::Weak;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use milena_protocol::{FrameCodec, Status, encode_forward, patch_id, peek_id, peek_status};
@@ -35,8 +36,15 @@ const WRITE_HIGH_WATER: usize = 256 * 1024;
 pub struct NodeHandle {
     /// The node's advertised address.
     pub address: String,
+    /// Tells this handle from a later one for the same address (after the
+    /// node was ejected and rejoined), so a dying old connection cannot
+    /// eject the new incarnation.
+    pub id: u64,
     conns: Vec<mpsc::Sender<Forward>>,
 }
+
+/// Source of [`NodeHandle::id`]s.
+static NEXT_HANDLE: AtomicU64 = AtomicU64::new(1);
 
 impl NodeHandle {
     /// Starts `connections` connection tasks to `address`.
@@ -46,11 +54,13 @@ impl NodeHandle {
         router: Weak<Router>,
         shutdown: CancellationToken,
     ) -> Self {
+        let id = NEXT_HANDLE.fetch_add(1, Ordering::Relaxed);
         let conns = (0..connections.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE);
                 tokio::spawn(conn_task(
                     address.to_string(),
+                    id,
                     rx,
                     router.clone(),
                     shutdown.clone(),
@@ -60,6 +70,7 @@ impl NodeHandle {
             .collect();
         NodeHandle {
             address: address.to_string(),
+            id,
             conns,
         }
     }
@@ -83,15 +94,18 @@ enum ConnError {
     Io(#[from] std::io::Error),
     #[error("node broke the protocol: {0}")]
     Protocol(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 async fn conn_task(
     address: String,
+    handle_id: u64,
     mut rx: mpsc::Receiver<Forward>,
     router: Weak<Router>,
     shutdown: CancellationToken,
 ) {
-    let mut inflight: HashMap<u64, Forward> = HashMap::new();
+    let mut inflight: HashMap<u64, (Forward, Instant)> = HashMap::new();
     let result = match connect(&address, &router).await {
         Ok((stream, rbuf)) => {
             serve(
@@ -115,11 +129,13 @@ async fn conn_task(
             return;
         }
         router.metrics.node_counters(&address).1.inc();
-        router.members.eject(&address, &e.to_string());
+        router
+            .members
+            .eject_handle(&address, handle_id, &e.to_string());
         rx.close();
         // Everything sent to this node, answered or not, goes to the next
         // owner once; get, put and delete are idempotent.
-        for (_, fwd) in inflight.drain() {
+        for (_, (fwd, _)) in inflight.drain() {
             router.retry(fwd);
         }
         while let Ok(fwd) = rx.try_recv() {
@@ -159,7 +175,7 @@ async fn serve(
     stream: TcpStream,
     mut rbuf: BytesMut,
     rx: &mut mpsc::Receiver<Forward>,
-    inflight: &mut HashMap<u64, Forward>,
+    inflight: &mut HashMap<u64, (Forward, Instant)>,
     router: &Weak<Router>,
     shutdown: &CancellationToken,
 ) -> Result<(), ConnError> {
@@ -174,6 +190,11 @@ async fn serve(
     let mut next_id: u64 = 1;
     let mut open = true;
     let mut answered: Vec<(Forward, bytes::Bytes)> = Vec::new();
+    let node_timeout = router
+        .upgrade()
+        .map_or(Duration::from_secs(5), |r| r.settings.node_timeout);
+    let mut tick = tokio::time::interval((node_timeout / 4).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (node_requests, node_errors, mut latency) = match router.upgrade() {
         Some(r) => {
             let (req, err) = r.metrics.node_counters(address);
@@ -214,6 +235,14 @@ async fn serve(
                 }
                 result?;
             }
+            _ = tick.tick(), if !inflight.is_empty() => {
+                // A node that holds requests this long is down for our
+                // purposes: fail the connection so they go to the next owner.
+                let oldest = inflight.values().map(|(_, sent)| *sent).min();
+                if oldest.is_some_and(|t| t.elapsed() > node_timeout) {
+                    return Err(ConnError::Timeout(node_timeout));
+                }
+            }
             w = wr.write(&wbuf[written..]), if written < wbuf.len() => {
                 written += w?;
             }
@@ -239,12 +268,12 @@ fn enqueue(
     fwd: Forward,
     next_id: &mut u64,
     out: &mut Vec<u8>,
-    inflight: &mut HashMap<u64, Forward>,
+    inflight: &mut HashMap<u64, (Forward, Instant)>,
 ) {
     let id = *next_id;
     *next_id = next_id.wrapping_add(1);
     if encode_forward(id, &fwd.body, fwd.meta, out) {
-        inflight.insert(id, fwd);
+        inflight.insert(id, (fwd, Instant::now()));
     } else {
         // The client loop only forwards gets, puts and deletes.
         let _ = fwd
@@ -257,7 +286,7 @@ fn enqueue(
 fn decode_answers(
     codec: &mut FrameCodec,
     rbuf: &mut BytesMut,
-    inflight: &mut HashMap<u64, Forward>,
+    inflight: &mut HashMap<u64, (Forward, Instant)>,
     r: &Router,
     node_requests: &prometheus::IntCounter,
     node_errors: &prometheus::IntCounter,
@@ -271,7 +300,7 @@ fn decode_answers(
         let id = peek_id(&frame).ok_or_else(|| ConnError::Protocol("short frame".into()))?;
         let status = peek_status(&frame)
             .ok_or_else(|| ConnError::Protocol("answer without a status".into()))?;
-        let Some(fwd) = inflight.remove(&id) else {
+        let Some((fwd, _)) = inflight.remove(&id) else {
             return Err(ConnError::Protocol(format!(
                 "answer to unknown request {id}"
             )));
