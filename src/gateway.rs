@@ -109,6 +109,7 @@ impl Gateway {
         answer
             .recv()
             .await
+            .map(|(body, _slot)| body)
             .ok_or_else(|| Status::unavailable("the request was dropped"))
     }
 }

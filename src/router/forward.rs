@@ -10,8 +10,13 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use super::Router;
 use crate::error::WireError;
 
-/// Where a client connection's responses go: frame bodies for its writer.
-pub type ReplyTx = mpsc::UnboundedSender<Bytes>;
+/// An answer for a client connection's writer: the frame body, and the
+/// in-flight slot it frees once written (so a client that never reads
+/// cannot make the router queue more than its slots' worth of answers).
+pub type Answer = (Bytes, Option<OwnedSemaphorePermit>);
+
+/// Where a client connection's responses go.
+pub type ReplyTx = mpsc::UnboundedSender<Answer>;
 
 /// Which data operation a forward carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +67,9 @@ impl Forward {
     /// Answers the client with an error instead of a node's response.
     pub fn fail(self, router: &Router, err: &WireError) {
         router.metrics.count(self.kind, err.status());
-        let _ = self.reply.send(err.body(self.client_id));
+        let _ = self
+            .reply
+            .send((err.body(self.client_id), Some(self.permit)));
     }
 }
 

@@ -18,6 +18,11 @@ use tracing::{info, warn};
 use super::pool::NodeHandle;
 use crate::ring::{Ring, score};
 
+/// Departed members (ejected or left) remembered for hold-down and
+/// leave-sticks; beyond this many the longest-gone are forgotten, so a
+/// stream of bogus joins cannot grow the table without bound.
+const MAX_DEPARTED: usize = 1024;
+
 /// Removal transitions kept for [`View::gained_since`]. Older ones are
 /// summarized by a horizon epoch that treats everything before it as stale.
 const MAX_REMOVALS: usize = 1024;
@@ -209,6 +214,7 @@ impl Members {
         let was_up = e.up;
         e.up = false;
         e.left = true;
+        e.down_since = Some(Instant::now());
         e.handle = None;
         if !was_up {
             return Change::Unchanged;
@@ -286,6 +292,7 @@ impl Members {
             },
         );
         self.publish(t);
+        forget_departed(t);
         epoch
     }
 
@@ -327,6 +334,23 @@ impl Members {
             horizon: t.horizon,
         }));
         self.changes.send_replace(t.epoch);
+    }
+}
+
+fn forget_departed(t: &mut Table) {
+    let departed = t.nodes.values().filter(|e| !e.up).count();
+    if departed <= MAX_DEPARTED {
+        return;
+    }
+    let mut gone: Vec<(Instant, String)> = t
+        .nodes
+        .iter()
+        .filter(|(_, e)| !e.up)
+        .map(|(a, e)| (e.down_since.unwrap_or(e.last_seen), a.clone()))
+        .collect();
+    gone.sort();
+    for (_, a) in gone.into_iter().take(departed - MAX_DEPARTED) {
+        t.nodes.remove(&a);
     }
 }
 

@@ -231,7 +231,7 @@ async fn serve(
                 }
                 // Deliver what did arrive even if a later frame was bad.
                 for (fwd, frame) in answered.drain(..) {
-                    let _ = fwd.reply.send(frame);
+                    let _ = fwd.reply.send((frame, Some(fwd.permit)));
                 }
                 result?;
             }
@@ -276,9 +276,10 @@ fn enqueue(
         inflight.insert(id, (fwd, Instant::now()));
     } else {
         // The client loop only forwards gets, puts and deletes.
-        let _ = fwd
-            .reply
-            .send(WireError::Undecodable("not a data operation".into()).body(fwd.client_id));
+        let _ = fwd.reply.send((
+            WireError::Undecodable("not a data operation".into()).body(fwd.client_id),
+            Some(fwd.permit),
+        ));
     }
 }
 

@@ -21,14 +21,14 @@ use milena_protocol::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 use tracing::debug;
 
 use super::Router;
-use super::forward::{Forward, Kind, ReplyTx};
+use super::forward::{Answer, Forward, Kind, ReplyTx};
 use crate::error::{WireError, check_hello, hello_response};
 use crate::gateway::Gateway;
 use crate::grpc::RouterServer;
@@ -163,7 +163,7 @@ async fn serve_binary(
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
     let (mut rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    let (tx, rx) = mpsc::unbounded_channel::<Answer>();
     let writer = tokio::spawn(write_loop(wr, rx, shutdown.clone()));
     // Bounds what one client can have queued anywhere in the router.
     let slots = Arc::new(Semaphore::new(router.settings.max_inflight));
@@ -180,7 +180,7 @@ async fn serve_binary(
             _ = &mut hello_deadline, if !session.greeted => {
                 router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                 let secs = router.settings.hello_timeout.as_secs();
-                let _ = tx.send(WireError::HelloTimeout(secs).body(0));
+                let _ = tx.send((WireError::HelloTimeout(secs).body(0), None));
                 break;
             }
             r = rd.read_buf(&mut rbuf) => r?,
@@ -224,7 +224,7 @@ fn protocol_error(router: &Router, tx: &ReplyTx, err: WireError, id: u64) {
     debug!(error = %err, "protocol error; closing connection");
     router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
     router.stats.errors.fetch_add(1, Ordering::Relaxed);
-    let _ = tx.send(err.body(id));
+    let _ = tx.send((err.body(id), None));
 }
 
 /// What a client connection has established.
@@ -264,11 +264,16 @@ async fn handle_frame(
         session.greeted = true;
         let mut out = Vec::new();
         hello_response(id, SERVER_NAME, &mut out);
-        let _ = tx.send(Bytes::from(out).slice(4..));
+        let _ = tx.send((Bytes::from(out).slice(4..), None));
         return Ok(());
     }
     router.stats.requests.fetch_add(1, Ordering::Relaxed);
     let started = std::time::Instant::now();
+    // Every request holds one of the connection's slots until its answer is
+    // written; when all are taken, this connection's reading waits.
+    let Ok(permit) = slots.clone().acquire_owned().await else {
+        return Ok(());
+    };
     let (kind, key, value) = match req.op {
         Op::Get { key } => (Kind::Get, key, None),
         Op::Put { key, value, .. } => (Kind::Put, key, Some(value)),
@@ -277,7 +282,7 @@ async fn handle_frame(
             // Gathers from every node: off the connection's read loop.
             let (router, tx) = (router.clone(), tx.clone());
             tokio::spawn(async move {
-                let _ = tx.send(cluster_stats(&router, id).await);
+                let _ = tx.send((cluster_stats(&router, id).await, Some(permit)));
             });
             return Ok(());
         }
@@ -287,31 +292,27 @@ async fn handle_frame(
                 Op::Leave { .. } => "leave",
                 _ => "heartbeat",
             };
-            reply_error(router, tx, id, WireError::Unauthorized(what));
+            reply_error(router, tx, id, WireError::Unauthorized(what), permit);
             return Ok(());
         }
         other => {
             let answer = local(router, id, &other);
-            let _ = tx.send(answer);
+            let _ = tx.send((answer, Some(permit)));
             return Ok(());
         }
     };
     if let Err(e) = router.settings.check_sizes(key, value) {
         router.metrics.count(kind, e.status());
-        reply_error(router, tx, id, e);
+        reply_error(router, tx, id, e, permit);
         return Ok(());
     }
     if let Err(limit) = router.limiter.admit() {
         router.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
         router.metrics.count(kind, Status::RateLimited);
-        reply_error(router, tx, id, WireError::RateLimited(limit));
+        reply_error(router, tx, id, WireError::RateLimited(limit), permit);
         return Ok(());
     }
     let key_hash = key_hash(key);
-    // Waits when this client already has `max_inflight` requests out.
-    let Ok(permit) = slots.clone().acquire_owned().await else {
-        return Ok(());
-    };
     router.stats.forwarded.fetch_add(1, Ordering::Relaxed);
     router
         .route(Forward {
@@ -329,9 +330,9 @@ async fn handle_frame(
     Ok(())
 }
 
-fn reply_error(router: &Router, tx: &ReplyTx, id: u64, err: WireError) {
+fn reply_error(router: &Router, tx: &ReplyTx, id: u64, err: WireError, slot: OwnedSemaphorePermit) {
     router.stats.errors.fetch_add(1, Ordering::Relaxed);
-    let _ = tx.send(err.body(id));
+    let _ = tx.send((err.body(id), Some(slot)));
 }
 
 /// Operations the router answers itself.
@@ -481,10 +482,12 @@ fn router_stats(router: &Router) -> Vec<(&'static str, u64)> {
 /// Writes answers as they come, gathering whatever is queued into one write.
 async fn write_loop(
     mut wr: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    mut rx: mpsc::UnboundedReceiver<Answer>,
     shutdown: CancellationToken,
 ) {
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    // Slots of the answers in `buf`, freed once they are written.
+    let mut slots: Vec<OwnedSemaphorePermit> = Vec::new();
     let grace = async {
         shutdown.cancelled().await;
         tokio::time::sleep(DRAIN_GRACE).await;
@@ -498,10 +501,10 @@ async fn write_loop(
             },
             _ = &mut grace => break,
         };
-        push_framed(&mut buf, &first);
+        take(&mut buf, &mut slots, first);
         while buf.len() < 256 * 1024 {
             match rx.try_recv() {
-                Ok(m) => push_framed(&mut buf, &m),
+                Ok(m) => take(&mut buf, &mut slots, m),
                 Err(_) => break,
             }
         }
@@ -512,12 +515,18 @@ async fn write_loop(
         if write.is_err() {
             break;
         }
+        slots.clear();
         buf.clear();
         if buf.capacity() > 1024 * 1024 {
             buf = Vec::with_capacity(16 * 1024);
         }
     }
     let _ = wr.shutdown().await;
+}
+
+fn take(buf: &mut Vec<u8>, slots: &mut Vec<OwnedSemaphorePermit>, (body, slot): Answer) {
+    push_framed(buf, &body);
+    slots.extend(slot);
 }
 
 fn push_framed(buf: &mut Vec<u8>, body: &[u8]) {
