@@ -126,6 +126,7 @@ fn main() {
                 advertise: url.clone(),
                 interval: Duration::from_secs(1),
                 token: None,
+                tls: None,
             };
             tokio::spawn(milena::node::run_in_cluster(listener, node, m, shutdown));
             (url, router_url)

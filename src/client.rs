@@ -15,12 +15,13 @@ use milena_protocol::{
     decode_response, encode_request, peek_id,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::net;
+use crate::tls::Stream;
 
 /// Requests queued for the writer before callers wait for room.
 const QUEUE: usize = 1024;
@@ -74,6 +75,8 @@ pub struct ClientOptions {
     pub connect_timeout: Duration,
     /// Limit on each call; `None` waits as long as the connection lives.
     pub request_timeout: Option<Duration>,
+    /// TLS client configuration, used for `https://` addresses.
+    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -83,6 +86,7 @@ impl std::fmt::Debug for ClientOptions {
             .field("max_frame", &self.max_frame)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -94,6 +98,7 @@ impl Default for ClientOptions {
             max_frame: DEFAULT_MAX_FRAME,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Some(Duration::from_secs(30)),
+            tls: None,
         }
     }
 }
@@ -154,11 +159,10 @@ impl Reply {
 /// the answer. Returns the stream, any bytes read past the answer, and what
 /// the server said it is.
 pub async fn hello(
-    mut stream: TcpStream,
+    mut stream: Stream,
     token: Option<&str>,
     max_frame: usize,
-) -> Result<(TcpStream, BytesMut, String), ClientError> {
-    net::tune(&stream);
+) -> Result<(Stream, BytesMut, String), ClientError> {
     let mut out = Vec::new();
     encode_request(
         &Request {
@@ -197,6 +201,27 @@ pub async fn hello(
     Ok((stream, buf, server))
 }
 
+/// Connects to `host:port`, over TLS when `tls` is given (the host name
+/// is what the server's certificate must name).
+pub async fn connect_stream(
+    hostport: &str,
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+) -> Result<Stream, ClientError> {
+    let tcp = TcpStream::connect(hostport).await?;
+    net::tune(&tcp);
+    match tls {
+        None => Ok(Stream::Plain(tcp)),
+        Some(config) => {
+            let host = hostport
+                .rsplit_once(':')
+                .map_or(hostport, |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            Ok(crate::tls::connect(config, host, tcp).await?)
+        }
+    }
+}
+
 type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, ClientError>>>>>;
 
 struct Outgoing {
@@ -232,21 +257,29 @@ impl Client {
     /// Connects to `addr` and exchanges the hello.
     pub async fn connect_with(addr: &str, opts: ClientOptions) -> Result<Self, ClientError> {
         let (hostport, tls) = net::parse_url(addr).map_err(ClientError::Address)?;
-        if tls {
-            return Err(ClientError::Address(format!(
-                "'{addr}': TLS (https://) is not supported by this build yet"
-            )));
-        }
+        let tls = match (tls, &opts.tls) {
+            (false, _) => None,
+            (true, Some(config)) => Some(config.clone()),
+            (true, None) => {
+                return Err(ClientError::Address(format!(
+                    "'{addr}' asks for TLS: give the CA that signed the server's certificate (TLS_CA)"
+                )));
+            }
+        };
         let limit = opts.connect_timeout;
-        tokio::time::timeout(limit, Self::handshake(&hostport, &opts))
+        tokio::time::timeout(limit, Self::handshake(&hostport, tls, &opts))
             .await
             .map_err(|_| ClientError::Timeout(limit))?
     }
 
-    async fn handshake(hostport: &str, opts: &ClientOptions) -> Result<Self, ClientError> {
-        let stream = TcpStream::connect(hostport).await?;
+    async fn handshake(
+        hostport: &str,
+        tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+        opts: &ClientOptions,
+    ) -> Result<Self, ClientError> {
+        let stream = connect_stream(hostport, tls).await?;
         let (stream, buf, server) = hello(stream, opts.token.as_deref(), opts.max_frame).await?;
-        let (rd, wr) = stream.into_split();
+        let (rd, wr) = tokio::io::split(stream);
         let codec = FrameCodec::new(opts.max_frame);
         let waiters: Waiters = Arc::default();
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -372,7 +405,7 @@ fn ring_of(reply: &Reply) -> Result<(u64, Vec<String>), ClientError> {
 }
 
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf<Stream>,
     mut rx: mpsc::Receiver<Outgoing>,
     waiters: Waiters,
     closed: CancellationToken,
@@ -409,7 +442,7 @@ async fn write_loop(
 }
 
 async fn read_loop(
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf<Stream>,
     mut buf: BytesMut,
     mut codec: FrameCodec,
     waiters: Waiters,

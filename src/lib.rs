@@ -18,5 +18,6 @@ pub mod process;
 pub mod ring;
 pub mod router;
 pub mod shutdown;
+pub mod tls;
 
 pub use milena_protocol as protocol;

@@ -22,6 +22,18 @@ struct Cli {
     )]
     addr: String,
 
+    /// CA certificate (PEM) to trust for https:// addresses.
+    #[arg(long, env = "TLS_CA", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) for servers that require mutual TLS.
+    #[arg(long, env = "TLS_CERT", global = true, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// Key (PEM) of --tls-cert.
+    #[arg(long, env = "TLS_KEY", global = true, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+
     /// Token for cluster operations (join/leave).
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
@@ -87,8 +99,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
+    let tls = if cli.addr.starts_with("https://") {
+        let config = milena::tls::client_config_from_files(
+            cli.tls_ca.as_deref(),
+            cli.tls_cert.as_deref(),
+            cli.tls_key.as_deref(),
+        )
+        .map_err(|e| ClientError::Address(e.to_string()))?;
+        Some(config)
+    } else {
+        None
+    };
     let opts = milena::client::ClientOptions {
         token: cli.token.clone(),
+        tls,
         ..Default::default()
     };
     let client = Client::connect_with(&cli.addr, opts).await?;

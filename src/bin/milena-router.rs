@@ -23,7 +23,14 @@ async fn serve(cfg: RouterConfig) -> anyhow::Result<()> {
     let listener = milena::net::bind(cfg.listen_addr)
         .with_context(|| format!("cannot listen on LISTEN_ADDR={}", cfg.listen_addr))?;
     let shutdown = milena::shutdown::on_signals().context("cannot install signal handlers")?;
-    let router = Router::new(RouterSettings::from(&cfg), shutdown.clone());
+    let mut settings = RouterSettings::from(&cfg);
+    settings.tls = milena::config::tls_settings(
+        cfg.tls_cert.as_deref(),
+        cfg.tls_key.as_deref(),
+        cfg.tls_ca.as_deref(),
+        cfg.tls_client_auth,
+    )?;
+    let router = Router::new(settings, shutdown.clone());
     info!(
         addr = %listener.local_addr()?,
         rate_limit = cfg.rate_limit,

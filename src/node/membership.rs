@@ -22,6 +22,8 @@ pub struct Membership {
     pub interval: Duration,
     /// `CLUSTER_TOKEN`, presented in the hello to each router.
     pub token: Option<crate::error::Secret>,
+    /// TLS client configuration for `https://` routers.
+    pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
 }
 
 /// First retry delay after a failed join; doubles up to [`MAX_BACKOFF`].
@@ -44,6 +46,7 @@ pub async fn maintain(node: Arc<Node>, m: Membership, shutdown: CancellationToke
                 m.advertise.clone(),
                 m.interval,
                 m.token.clone(),
+                m.tls.clone(),
                 shutdown.clone(),
             ))
         })
@@ -59,10 +62,12 @@ async fn with_router(
     advertise: String,
     interval: Duration,
     token: Option<crate::error::Secret>,
+    tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
     shutdown: CancellationToken,
 ) {
     let opts = ClientOptions {
         token: token.map(|t| t.expose().to_string()),
+        tls,
         connect_timeout: Duration::from_secs(2),
         request_timeout: Some(Duration::from_secs(2)),
         ..ClientOptions::default()

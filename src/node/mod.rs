@@ -32,8 +32,11 @@ pub struct NodeSettings {
     pub max_value: usize,
     /// Most simultaneous client connections.
     pub max_connections: usize,
-    /// How long a new connection may take to send its hello.
+    /// How long a new connection may take to send its hello (and finish
+    /// its TLS handshake).
     pub hello_timeout: Duration,
+    /// TLS for the listener and for connections to routers.
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl NodeSettings {
@@ -58,6 +61,7 @@ impl Default for NodeSettings {
             max_value: 16 * 1024 * 1024,
             max_connections: 10_000,
             hello_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -78,6 +82,7 @@ impl From<&NodeConfig> for NodeSettings {
             max_value: c.max_value_size as usize,
             max_connections: c.max_connections as usize,
             hello_timeout: Duration::from_secs(c.hello_timeout_secs),
+            tls: None,
         }
     }
 }

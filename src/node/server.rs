@@ -21,6 +21,7 @@ use super::metrics::OpKind;
 use super::{Node, Tally};
 use crate::error::{WireError, check_hello, hello_response};
 use crate::net;
+use crate::tls::Stream;
 use prometheus::local::LocalHistogram;
 
 /// What a node says it is in its hello answer.
@@ -79,10 +80,28 @@ enum Flow {
 /// Runs one connection: hello, then pipelined requests, until the peer
 /// closes, misbehaves, or the node shuts down.
 async fn serve_connection(
-    mut stream: TcpStream,
+    tcp: TcpStream,
     node: &Node,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
+    let mut stream = match &node.settings.tls {
+        Some(tls) => {
+            match tokio::time::timeout(node.settings.hello_timeout, tls.acceptor.accept(tcp)).await
+            {
+                Ok(Ok(s)) => Stream::Server(Box::new(s)),
+                Ok(Err(e)) => {
+                    node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    debug!(error = %e, "TLS handshake failed");
+                    return Ok(());
+                }
+                Err(_) => {
+                    node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
+        }
+        None => Stream::Plain(tcp),
+    };
     let mut codec = FrameCodec::new(node.settings.max_frame());
     let mut rbuf = BytesMut::with_capacity(BUF_CAPACITY);
     let mut wbuf: Vec<u8> = Vec::with_capacity(BUF_CAPACITY);
@@ -204,7 +223,7 @@ fn record_latency(hists: &mut [LocalHistogram; 4], t: &Tally, secs: f64) {
 /// Writes a batch of responses. A peer that stops reading holds only its own
 /// connection; at shutdown it gets [`DRAIN_GRACE`] to take its answers.
 async fn write_batch(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &[u8],
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {

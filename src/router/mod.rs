@@ -50,6 +50,8 @@ pub struct RouterSettings {
     pub node_timeout: Duration,
     /// `CLUSTER_TOKEN`: when set, join, leave and heartbeat need it.
     pub cluster_token: Option<crate::error::Secret>,
+    /// TLS for the router's port and for `https://` nodes.
+    pub tls: Option<crate::tls::Tls>,
     /// Longest key forwarded (keep equal to the nodes' `MAX_KEY_SIZE`).
     pub max_key: usize,
     /// Longest value forwarded (keep equal to the nodes' `MAX_VALUE_SIZE`).
@@ -98,6 +100,7 @@ impl Default for RouterSettings {
             connect_timeout: Duration::from_secs(1),
             node_timeout: Duration::from_secs(5),
             cluster_token: None,
+            tls: None,
             max_key: 250,
             max_value: 16 * 1024 * 1024,
         }

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use milena_protocol::{FrameCodec, Status, encode_forward, patch_id, peek_id, peek_status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -22,6 +21,7 @@ use tracing::debug;
 use super::Router;
 use super::forward::Forward;
 use crate::error::WireError;
+use crate::tls::Stream;
 use crate::{client, net};
 
 /// Requests queued per connection before senders wait.
@@ -144,22 +144,33 @@ async fn conn_task(
     }
 }
 
-async fn connect(address: &str, router: &Weak<Router>) -> Result<(TcpStream, BytesMut), ConnError> {
-    let (timeout, max_frame, token) = match router.upgrade() {
+async fn connect(address: &str, router: &Weak<Router>) -> Result<(Stream, BytesMut), ConnError> {
+    let (timeout, max_frame, token, tls_config) = match router.upgrade() {
         Some(r) => (
             r.settings.connect_timeout,
             r.settings.max_frame,
             r.settings.cluster_token.clone(),
+            r.settings.tls.as_ref().map(|t| t.connector.clone()),
         ),
         None => (
             Duration::from_secs(1),
             milena_protocol::DEFAULT_MAX_FRAME,
             None,
+            None,
         ),
     };
-    let (hostport, _tls) = net::parse_url(address).map_err(ConnError::Connect)?;
+    let (hostport, tls) = net::parse_url(address).map_err(ConnError::Connect)?;
+    let tls_config = match (tls, tls_config) {
+        (false, _) => None,
+        (true, Some(c)) => Some(c),
+        (true, None) => {
+            return Err(ConnError::Connect(
+                "the node's address is https:// but the router has no TLS_CERT/TLS_CA".into(),
+            ));
+        }
+    };
     let session = async {
-        let stream = TcpStream::connect(&hostport).await?;
+        let stream = client::connect_stream(&hostport, tls_config).await?;
         client::hello(stream, token.as_ref().map(|t| t.expose()), max_frame).await
     };
     let (stream, rbuf, _server) = tokio::time::timeout(timeout, session)
@@ -172,7 +183,7 @@ async fn connect(address: &str, router: &Weak<Router>) -> Result<(TcpStream, Byt
 
 async fn serve(
     address: &str,
-    stream: TcpStream,
+    stream: Stream,
     mut rbuf: BytesMut,
     rx: &mut mpsc::Receiver<Forward>,
     inflight: &mut HashMap<u64, (Forward, Instant)>,
@@ -183,7 +194,7 @@ async fn serve(
         .upgrade()
         .map_or(milena_protocol::DEFAULT_MAX_FRAME, |r| r.settings.max_frame);
     let mut codec = FrameCodec::new(max_frame);
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut wbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut pending: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut written = 0usize;

@@ -18,9 +18,9 @@ use milena_protocol::{
     Body, FrameCodec, FrameError, Op, Response, Stat, Status, decode_request, encode_response,
     peek_id,
 };
+use tokio::io::WriteHalf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,6 +33,7 @@ use crate::error::{WireError, check_hello, hello_response};
 use crate::gateway::Gateway;
 use crate::grpc::RouterServer;
 use crate::ring::key_hash;
+use crate::tls::Stream;
 use crate::{metrics, net};
 
 /// What the router says it is in its hello answer.
@@ -76,6 +77,29 @@ async fn serve_connection(
     router: &Arc<Router>,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
+    if let Some(tls) = &router.settings.tls {
+        // Under TLS the handshake's ALPN says which protocol follows.
+        let accepted = tokio::select! {
+            r = tokio::time::timeout(router.settings.hello_timeout, tls.acceptor.accept(stream)) => r,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        let stream = match accepted {
+            Ok(Ok(s)) => Stream::Server(Box::new(s)),
+            Ok(Err(e)) => {
+                router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                debug!(error = %e, "TLS handshake failed");
+                return Ok(());
+            }
+            Err(_) => {
+                router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+        };
+        return match stream.alpn() {
+            Some(b"h2") | Some(b"http/1.1") => serve_http(stream, router.clone(), shutdown).await,
+            _ => serve_binary(stream, router, shutdown).await,
+        };
+    }
     let mut first = [0u8; 1];
     let sniffed = tokio::select! {
         r = stream.peek(&mut first) => r?,
@@ -89,15 +113,15 @@ async fn serve_connection(
         return Ok(());
     }
     if first[0].is_ascii_alphabetic() {
-        return serve_http(stream, router.clone(), shutdown).await;
+        return serve_http(Stream::Plain(stream), router.clone(), shutdown).await;
     }
-    serve_binary(stream, router, shutdown).await
+    serve_binary(Stream::Plain(stream), router, shutdown).await
 }
 
 /// HTTP/1.1 and HTTP/2 on the router's port: gRPC requests go to the
 /// gateway, everything else gets the health line or `/metrics`.
 async fn serve_http(
-    stream: TcpStream,
+    stream: Stream,
     router: Arc<Router>,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
@@ -158,11 +182,11 @@ fn http_answer<B>(router: &Router, req: &HttpRequest<B>) -> HttpResponse<Full<By
 /// The binary protocol: a reader loop here, a writer task for answers
 /// (which come back from nodes in any order).
 async fn serve_binary(
-    stream: TcpStream,
+    stream: Stream,
     router: &Arc<Router>,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
-    let (mut rd, wr) = stream.into_split();
+    let (mut rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::unbounded_channel::<Answer>();
     let writer = tokio::spawn(write_loop(wr, rx, shutdown.clone()));
     // Bounds what one client can have queued anywhere in the router.
@@ -481,7 +505,7 @@ fn router_stats(router: &Router) -> Vec<(&'static str, u64)> {
 
 /// Writes answers as they come, gathering whatever is queued into one write.
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf<Stream>,
     mut rx: mpsc::UnboundedReceiver<Answer>,
     shutdown: CancellationToken,
 ) {

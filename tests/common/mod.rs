@@ -216,6 +216,8 @@ pub async fn start_router_with(router: Arc<Router>, shutdown: CancellationToken)
 /// `kill -9` would.
 pub struct ClusterNode {
     pub addr: SocketAddr,
+    /// The URL it joined with.
+    pub advertised: String,
     pub node: Arc<Node>,
     shutdown: CancellationToken,
     kill: Option<tokio::sync::oneshot::Sender<()>>,
@@ -224,7 +226,7 @@ pub struct ClusterNode {
 
 impl ClusterNode {
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.advertised.clone()
     }
 
     /// Starts a node on `addr` (port 0 for any) that joins `routers`.
@@ -255,11 +257,18 @@ impl ClusterNode {
             rt.block_on(async move {
                 let listener = milena::net::bind(addr).expect("bind node");
                 let bound = listener.local_addr().expect("local addr");
+                let tls = settings.tls.as_ref().map(|t| t.connector.clone());
+                // Certificates in the tests name "localhost".
+                let advertise = match tls {
+                    Some(_) => format!("https://localhost:{}", bound.port()),
+                    None => format!("http://{bound}"),
+                };
                 let node = Arc::new(Node::new(settings));
-                let _ = ready_tx.send((bound, node.clone()));
+                let _ = ready_tx.send((bound, advertise.clone(), node.clone()));
                 let membership = Membership {
                     routers,
-                    advertise: format!("http://{bound}"),
+                    tls,
+                    advertise,
                     interval: Duration::from_millis(100),
                     token: cluster_token,
                 };
@@ -272,9 +281,10 @@ impl ClusterNode {
             // the node is fully dead when `kill` returns.
             rt.shutdown_timeout(Duration::from_secs(10));
         });
-        let (addr, node) = ready_rx.recv().expect("node started");
+        let (addr, advertised, node) = ready_rx.recv().expect("node started");
         ClusterNode {
             addr,
+            advertised,
             node,
             shutdown,
             kill: Some(kill_tx),
