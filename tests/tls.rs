@@ -1,0 +1,178 @@
+//! TLS on the binary protocol, with certificates made in the test: client →
+//! router → node and node → router all over TLS, an untrusted certificate
+//! refused, mutual TLS without a client certificate refused, and a plain
+//! client on a TLS port refused without harming the router.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use milena::client::{Client, ClientOptions};
+use milena::router::RouterSettings;
+use milena::tls::{Tls, client_config};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+
+struct Pki {
+    dir: PathBuf,
+    ca: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("milena-tls-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().expect("key");
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, params.self_signed(&key).expect("ca").pem()).expect("write");
+        Pki {
+            dir,
+            ca,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// Cert and key files for `localhost`, signed by this CA.
+    fn issue(&self, who: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .expect("params")
+            .signed_by(&key, &self.issuer)
+            .expect("sign");
+        let (c, k) = (
+            self.dir.join(format!("{who}.pem")),
+            self.dir.join(format!("{who}.key")),
+        );
+        std::fs::write(&c, cert.pem()).expect("write");
+        std::fs::write(&k, key.serialize_pem()).expect("write");
+        (c, k)
+    }
+
+    fn tls(&self, who: &str, client_auth: bool) -> Tls {
+        let (c, k) = self.issue(who);
+        Tls::from_files(&c, &k, Some(&self.ca), client_auth).expect("tls config")
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn https(addr: std::net::SocketAddr) -> String {
+    format!("https://localhost:{}", addr.port())
+}
+
+async fn tls_cluster(pki: &Pki, client_auth: bool) -> (TestRouter, ClusterNode) {
+    let router = start_router(RouterSettings {
+        tls: Some(pki.tls("router", client_auth)),
+        ..test_router_settings()
+    })
+    .await;
+    let node_settings = milena::node::NodeSettings {
+        tls: Some(pki.tls("node", client_auth)),
+        ..small_settings()
+    };
+    let node = ClusterNode::start("127.0.0.1:0", &[https(router.addr)], node_settings);
+    assert!(node.url().starts_with("https://"));
+    router.wait_members(&[&node.url()]).await;
+    (router, node)
+}
+
+fn options(ca: &std::path::Path, identity: Option<(PathBuf, PathBuf)>) -> ClientOptions {
+    let tls = milena::tls::client_config_from_files(
+        Some(ca),
+        identity.as_ref().map(|i| i.0.as_path()),
+        identity.as_ref().map(|i| i.1.as_path()),
+    )
+    .expect("client tls");
+    ClientOptions {
+        tls: Some(tls),
+        ..ClientOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_and_get_through_router_and_node_over_tls() {
+    let pki = Pki::new("full");
+    let (router, node) = tls_cluster(&pki, false).await;
+    let c = Client::connect_with(&https(router.addr), options(&pki.ca, None))
+        .await
+        .expect("TLS client");
+    for i in 0..100 {
+        c.put(format!("k{i}").as_bytes(), b"over tls", None)
+            .await
+            .expect("put");
+    }
+    for i in 0..100 {
+        assert_eq!(
+            c.get(format!("k{i}").as_bytes())
+                .await
+                .expect("get")
+                .as_deref(),
+            Some(&b"over tls"[..])
+        );
+    }
+    assert_eq!(
+        node.node.store.stats().items,
+        100,
+        "the node got them over its TLS listener"
+    );
+    // A plain client on the TLS port is refused; the router keeps serving.
+    let plain = Client::connect(&router.url()).await;
+    assert!(plain.is_err(), "plain text accepted on a TLS port");
+    c.ping().await.expect("still serving");
+    // https:// without a CA to trust is a clear error, not a plain connection.
+    let err = Client::connect(&https(router.addr))
+        .await
+        .expect_err("no CA given");
+    assert!(err.to_string().contains("TLS_CA"), "{err}");
+    node.stop().await;
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_certificate_is_refused() {
+    let pki = Pki::new("trusted");
+    let router = start_router(RouterSettings {
+        tls: Some(pki.tls("router", false)),
+        ..test_router_settings()
+    })
+    .await;
+    let other = Pki::new("stranger");
+    let err = Client::connect_with(&https(router.addr), options(&other.ca, None))
+        .await
+        .expect_err("certificate from an unknown CA");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_refuses_clients_without_a_certificate() {
+    let pki = Pki::new("mtls");
+    let (router, node) = tls_cluster(&pki, true).await; // nodes present their certificates
+    let anonymous = Client::connect_with(&https(router.addr), options(&pki.ca, None)).await;
+    let refused = match anonymous {
+        Err(_) => true,
+        Ok(c) => c.ping().await.is_err(),
+    };
+    assert!(refused, "a client without a certificate got through");
+    let c = Client::connect_with(
+        &https(router.addr),
+        options(&pki.ca, Some(pki.issue("client"))),
+    )
+    .await
+    .expect("client with a certificate");
+    c.put(b"k", b"v", None).await.expect("put");
+    assert_eq!(c.get(b"k").await.expect("get").as_deref(), Some(&b"v"[..]));
+    let _ = client_config(Some(&pki.ca), None).expect("plain client config builds");
+    node.stop().await;
+    router.stop().await;
+}
