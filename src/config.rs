@@ -248,6 +248,21 @@ pub fn one_line_error(binary: &str, err: &clap::Error) -> String {
     format!("{binary}: invalid configuration: {first}")
 }
 
+/// The TLS settings of a server process, if `TLS_CERT` is set.
+pub fn tls_settings(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+    ca: Option<&std::path::Path>,
+    client_auth: bool,
+) -> Result<Option<crate::tls::Tls>, crate::tls::TlsError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            crate::tls::Tls::from_files(cert, key, ca, client_auth).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,20 +284,5 @@ mod tests {
         let line = one_line_error("milena-cache", &err);
         assert!(line.contains("LRU_SIZE"), "{line}");
         assert!(!line.contains('\n'));
-    }
-}
-
-/// The TLS settings of a server process, if `TLS_CERT` is set.
-pub fn tls_settings(
-    cert: Option<&std::path::Path>,
-    key: Option<&std::path::Path>,
-    ca: Option<&std::path::Path>,
-    client_auth: bool,
-) -> Result<Option<crate::tls::Tls>, crate::tls::TlsError> {
-    match (cert, key) {
-        (Some(cert), Some(key)) => {
-            crate::tls::Tls::from_files(cert, key, ca, client_auth).map(Some)
-        }
-        _ => Ok(None),
     }
 }
