@@ -2,7 +2,8 @@
 //! gRPC gateway served by tonic with TLS, and a client that trusts it.
 //!
 //! ```text
-//! cargo run --example tls -- serve CERT.pem KEY.pem 127.0.0.1:50443   # gateway over TLS (embedded router on 127.0.0.1:50050)
+//! cargo run --example tls -- serve CERT.pem KEY.pem 127.0.0.1:50443 127.0.0.1:50050
+//!     # the gateway over TLS on :50443; nodes join the embedded router on :50050
 //! cargo run --example tls -- put https://localhost:50443 CA.pem KEY VALUE
 //! ```
 
@@ -16,13 +17,13 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("serve") if args.len() == 4 => {
+        Some("serve") if args.len() == 5 => {
             let identity = Identity::from_pem(std::fs::read(&args[1])?, std::fs::read(&args[2])?);
             let addr = args[3].parse()?;
             // An embedded router that nodes join on its binary-protocol port.
             let shutdown = tokio_util::sync::CancellationToken::new();
             let router = milena::router::Router::new(Default::default(), shutdown.clone());
-            let nodes = milena::net::bind("127.0.0.1:50050".parse()?)?;
+            let nodes = milena::net::bind(args[4].parse()?)?;
             tokio::spawn(milena::router::run(nodes, router.clone(), shutdown));
             let router_service = Gateway::new(Arc::clone(&router));
             let tls_config = ServerTlsConfig::new().identity(identity);
@@ -57,7 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let got = client.get(GetRequest { key }).await?.into_inner();
             println!("{}", String::from_utf8_lossy(&got.value));
         }
-        _ => eprintln!("usage: tls serve CERT KEY ADDR | tls put URL CA KEY VALUE"),
+        _ => eprintln!("usage: tls serve CERT KEY ADDR ROUTER_ADDR | tls put URL CA KEY VALUE"),
     }
     Ok(())
 }

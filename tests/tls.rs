@@ -176,3 +176,87 @@ async fn mutual_tls_refuses_clients_without_a_certificate() {
     node.stop().await;
     router.stop().await;
 }
+
+/// gRPC over the router's own TLS port: ALPN `h2` selects the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_the_routers_tls_port() {
+    use milena::grpc::{Channel, MembersRequest, RouterClient};
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let pki = Pki::new("grpc");
+    let (router, node) = tls_cluster(&pki, false).await;
+    let ca = std::fs::read(&pki.ca).expect("ca");
+    let channel = Channel::from_shared(https(router.addr))
+        .expect("uri")
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))
+        .expect("tls")
+        .connect()
+        .await
+        .expect("connect");
+    let members = RouterClient::new(channel)
+        .members(MembersRequest {})
+        .await
+        .expect("members");
+    assert_eq!(members.into_inner().addresses, vec![node.url()]);
+    node.stop().await;
+    router.stop().await;
+}
+
+/// The guide's TLS snippet (examples/tls.rs) run as written: a gateway
+/// behind tonic's TLS, a node joining its router, a client that trusts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guides_tls_snippet_runs() {
+    let pki = Pki::new("example");
+    let (cert, key) = pki.issue("gateway");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+    };
+    let (grpc_addr, router_addr) = (free(), free());
+    let example = std::env::current_exe()
+        .expect("test binary")
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("examples").join("tls"))
+        .expect("examples dir");
+    let mut server = tokio::process::Command::new(&example)
+        .args(["serve"])
+        .arg(&cert)
+        .arg(&key)
+        .arg(grpc_addr.to_string())
+        .arg(router_addr.to_string())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (cargo test builds examples)", example.display()));
+    let node = ClusterNode::start(
+        "127.0.0.1:0",
+        &[format!("http://{router_addr}")],
+        small_settings(),
+    );
+    // The node joins once the example's router listens; the client retries
+    // until the gateway answers (bounded).
+    let mut last = String::new();
+    for _ in 0..200 {
+        let out = tokio::process::Command::new(&example)
+            .args(["put", &format!("https://localhost:{}", grpc_addr.port())])
+            .arg(&pki.ca)
+            .args(["greeting", "hello over tls"])
+            .output()
+            .await
+            .expect("run client");
+        if out.status.success() {
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "hello over tls"
+            );
+            assert_eq!(node.node.store.stats().items, 1);
+            let _ = server.kill().await;
+            node.stop().await;
+            return;
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the TLS example never answered: {last}");
+}
