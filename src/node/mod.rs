@@ -8,6 +8,7 @@ pub mod membership;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod tier;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

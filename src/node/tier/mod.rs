@@ -1,0 +1,100 @@
+//! The durable tier behind a node's memory: S3, a local directory, or
+//! nothing. Tiers sit behind one small trait and answer with explicit
+//! outcomes; the node's write-behind queue and read-through path (issue 4)
+//! are their only callers.
+//!
+//! Every object carries its write version and absolute expiry, so an
+//! expired object is never served and an older write never replaces a
+//! newer one.
+
+pub mod dir;
+pub mod layout;
+
+use bytes::Bytes;
+
+/// What a tier stores for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    /// The value.
+    pub value: Bytes,
+    /// Unix seconds after which the object is dead; `None` never expires.
+    pub expires_at: Option<u64>,
+    /// Write version (ring-epoch microseconds of the write): higher wins.
+    pub version: u64,
+}
+
+impl Object {
+    /// Whether the object is dead at `now` (Unix seconds).
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.expires_at.is_some_and(|t| now >= t)
+    }
+}
+
+/// What a read found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// A live object.
+    Found(Object),
+    /// Nothing stored under the key.
+    Absent,
+    /// An object whose TTL has passed (and which the tier removed).
+    Expired,
+}
+
+/// What a write or delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Applied.
+    Stored,
+    /// Not applied: the tier holds a newer version.
+    Superseded,
+}
+
+/// Why a tier operation failed (the caller retries with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum TierError {
+    /// Reading or writing failed.
+    #[error("tier I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// What the tier holds is not a Milena object.
+    #[error("corrupt object {name}: {reason}")]
+    Corrupt {
+        /// Object name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// A durable tier.
+#[async_trait::async_trait]
+pub trait Tier: Send + Sync + std::fmt::Debug {
+    /// Short name for logs and metrics (`s3`, `dir`, `none`).
+    fn name(&self) -> &'static str;
+    /// Reads `key`, at `now` (Unix seconds).
+    async fn get(&self, key: &[u8], now: u64) -> Result<ReadOutcome, TierError>;
+    /// Writes `obj` under `key` unless a newer version is there.
+    async fn put(&self, key: &[u8], obj: &Object) -> Result<WriteOutcome, TierError>;
+    /// Removes `key` unless a version newer than `version` is there.
+    async fn delete(&self, key: &[u8], version: u64) -> Result<WriteOutcome, TierError>;
+}
+
+/// No tier: memory only. Reads find nothing; writes are dropped.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoTier;
+
+#[async_trait::async_trait]
+impl Tier for NoTier {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    async fn get(&self, _: &[u8], _: u64) -> Result<ReadOutcome, TierError> {
+        Ok(ReadOutcome::Absent)
+    }
+    async fn put(&self, _: &[u8], _: &Object) -> Result<WriteOutcome, TierError> {
+        Ok(WriteOutcome::Stored)
+    }
+    async fn delete(&self, _: &[u8], _: u64) -> Result<WriteOutcome, TierError> {
+        Ok(WriteOutcome::Stored)
+    }
+}
