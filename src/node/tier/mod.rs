@@ -9,6 +9,7 @@
 
 pub mod dir;
 pub mod layout;
+pub mod writeback;
 
 use bytes::Bytes;
 

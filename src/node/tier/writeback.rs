@@ -1,0 +1,390 @@
+//! The write-behind queue: puts and deletes are acknowledged from memory and
+//! written to the tier in the background.
+//!
+//! Bounded (a full queue makes writers wait: backpressure, never a drop),
+//! coalescing (a key written again before its upload starts is uploaded
+//! once, with the latest value), concurrent (several uploads at once, never
+//! two for the same key, so they cannot finish out of order), retried with
+//! capped exponential backoff while the tier is down, and flushed on close.
+//! A writer may also wait until its write is durable (`WRITE_MODE=sync`).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+use super::{Object, Tier, TierError, WriteOutcome};
+
+/// A write waiting for the tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pending {
+    /// Store this object.
+    Put(Object),
+    /// Remove the key (as of this version).
+    Delete(u64),
+}
+
+/// First retry delay after a tier error; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// Longest wait between retries of one upload.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+type Waiter = oneshot::Sender<()>;
+
+#[derive(Default)]
+struct State {
+    /// Latest write per key not yet taken by an uploader.
+    pending: HashMap<Vec<u8>, (Pending, Vec<Waiter>)>,
+    /// Keys in arrival order (a key appears once while pending).
+    order: VecDeque<Vec<u8>>,
+    /// Keys being uploaded now.
+    inflight: HashSet<Vec<u8>>,
+}
+
+/// Counters of the queue.
+#[derive(Debug, Default)]
+pub struct WriteBackStats {
+    /// Writes that reached the tier (or found a newer version there).
+    pub written: AtomicU64,
+    /// Writes replaced by a later write of the same key before upload.
+    pub coalesced: AtomicU64,
+    /// Failed tier calls (each retried).
+    pub errors: AtomicU64,
+    /// Writes the tier refused because it held a newer version.
+    pub superseded: AtomicU64,
+}
+
+struct Inner {
+    tier: Arc<dyn Tier>,
+    state: Mutex<State>,
+    capacity: usize,
+    /// Wakes uploaders when work arrives.
+    work: Notify,
+    /// Wakes writers and flushers when the queue shrinks.
+    progress: Notify,
+    stats: WriteBackStats,
+    stop: CancellationToken,
+}
+
+/// The write-behind queue of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct WriteBack {
+    inner: Arc<Inner>,
+    tracker: TaskTracker,
+}
+
+impl std::fmt::Debug for WriteBack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteBack")
+            .field("tier", &self.inner.tier.name())
+            .field("depth", &self.depth())
+            .finish()
+    }
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl WriteBack {
+    /// A queue of at most `capacity` keys, uploading with `uploaders` tasks.
+    pub fn new(tier: Arc<dyn Tier>, capacity: usize, uploaders: usize) -> Self {
+        let inner = Arc::new(Inner {
+            tier,
+            state: Mutex::new(State::default()),
+            capacity: capacity.max(1),
+            work: Notify::new(),
+            progress: Notify::new(),
+            stats: WriteBackStats::default(),
+            stop: CancellationToken::new(),
+        });
+        let tracker = TaskTracker::new();
+        for _ in 0..uploaders.max(1) {
+            tracker.spawn(uploader(inner.clone()));
+        }
+        WriteBack { inner, tracker }
+    }
+
+    /// Keys waiting or being uploaded.
+    pub fn depth(&self) -> usize {
+        let s = lock(&self.inner.state);
+        s.pending.len() + s.inflight.len()
+    }
+
+    /// The queue's counters.
+    pub fn stats(&self) -> &WriteBackStats {
+        &self.inner.stats
+    }
+
+    /// The write of `key` not yet uploaded, if any: a read-through must see
+    /// it before the tier's older copy.
+    pub fn peek(&self, key: &[u8]) -> Option<Pending> {
+        lock(&self.inner.state)
+            .pending
+            .get(key)
+            .map(|(p, _)| p.clone())
+    }
+
+    /// Queues `write` for `key`, waiting while the queue is full. Returns a
+    /// receiver that completes once the write (or a later one of the same
+    /// key) is durable.
+    pub async fn enqueue(&self, key: &[u8], write: Pending) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut tx = Some(tx);
+        loop {
+            let wait = self.inner.progress.notified();
+            {
+                let mut s = lock(&self.inner.state);
+                if let Some((p, waiters)) = s.pending.get_mut(key) {
+                    *p = write.clone();
+                    waiters.extend(tx.take());
+                    self.inner.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                if s.pending.len() + s.inflight.len() < self.inner.capacity {
+                    s.pending.insert(
+                        key.to_vec(),
+                        (write.clone(), tx.take().into_iter().collect()),
+                    );
+                    s.order.push_back(key.to_vec());
+                    break;
+                }
+            }
+            // Full: wait for an upload to finish (backpressure).
+            wait.await;
+        }
+        self.inner.work.notify_one();
+        rx
+    }
+
+    /// Waits until everything queued so far is durable.
+    pub async fn flush(&self) {
+        loop {
+            let wait = self.inner.progress.notified();
+            if self.depth() == 0 {
+                return;
+            }
+            wait.await;
+        }
+    }
+
+    /// Flushes, then stops the uploaders.
+    pub async fn close(&self) {
+        self.flush().await;
+        self.inner.stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// Takes the oldest pending key that is not being uploaded.
+fn take(s: &mut State) -> Option<(Vec<u8>, Pending, Vec<Waiter>)> {
+    let n = s.order.len();
+    for _ in 0..n {
+        let key = s.order.pop_front()?;
+        if s.inflight.contains(&key) {
+            // Its previous upload is still running: keep order, look further.
+            s.order.push_back(key);
+            continue;
+        }
+        if let Some((p, w)) = s.pending.remove(&key) {
+            s.inflight.insert(key.clone());
+            return Some((key, p, w));
+        }
+    }
+    None
+}
+
+async fn uploader(inner: Arc<Inner>) {
+    loop {
+        let job = {
+            let wait = inner.work.notified();
+            let job = take(&mut lock(&inner.state));
+            match job {
+                Some(job) => job,
+                None => {
+                    tokio::select! {
+                        _ = wait => continue,
+                        _ = inner.stop.cancelled() => return,
+                    }
+                }
+            }
+        };
+        let (key, write, waiters) = job;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let result: Result<WriteOutcome, TierError> = match &write {
+                Pending::Put(obj) => inner.tier.put(&key, obj).await,
+                Pending::Delete(v) => inner.tier.delete(&key, *v).await,
+            };
+            match result {
+                Ok(outcome) => {
+                    if outcome == WriteOutcome::Superseded {
+                        inner.stats.superseded.fetch_add(1, Ordering::Relaxed);
+                    }
+                    inner.stats.written.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => {
+                    inner.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(tier = inner.tier.name(), error = %e, retry_in = ?backoff, "tier write failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        lock(&inner.state).inflight.remove(&key);
+        for w in waiters {
+            let _ = w.send(());
+        }
+        inner.progress.notify_waiters();
+        // The key may have been written again meanwhile; let someone take it.
+        inner.work.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::tier::dir::DirTier;
+    use crate::node::tier::{ReadOutcome, Tier};
+    use bytes::Bytes;
+    use std::sync::atomic::AtomicU32;
+
+    /// A real directory tier whose first `fail` writes fail and whose writes
+    /// wait for `gate` to open: injected faults and latency, as a proxy would.
+    #[derive(Debug)]
+    struct Faulty {
+        dir: DirTier,
+        fail: AtomicU32,
+        puts: AtomicU32,
+        gate: tokio::sync::Semaphore,
+    }
+
+    #[async_trait::async_trait]
+    impl Tier for Faulty {
+        fn name(&self) -> &'static str {
+            "faulty-dir"
+        }
+        async fn get(&self, key: &[u8], now: u64) -> Result<ReadOutcome, TierError> {
+            self.dir.get(key, now).await
+        }
+        async fn put(&self, key: &[u8], obj: &Object) -> Result<WriteOutcome, TierError> {
+            let _pass = self
+                .gate
+                .acquire()
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            self.puts.fetch_add(1, Ordering::Relaxed);
+            if self.fail.load(Ordering::Relaxed) > 0 {
+                self.fail.fetch_sub(1, Ordering::Relaxed);
+                return Err(std::io::Error::other("injected failure").into());
+            }
+            self.dir.put(key, obj).await
+        }
+        async fn delete(&self, key: &[u8], version: u64) -> Result<WriteOutcome, TierError> {
+            self.dir.delete(key, version).await
+        }
+    }
+
+    async fn faulty(name: &str, fail: u32, open: usize) -> Arc<Faulty> {
+        let root = std::env::temp_dir().join(format!("milena-wb-{}-{name}", std::process::id()));
+        let _ = tokio::fs::remove_dir_all(&root).await;
+        Arc::new(Faulty {
+            dir: DirTier::open(root).await.expect("dir"),
+            fail: AtomicU32::new(fail),
+            puts: AtomicU32::new(0),
+            gate: tokio::sync::Semaphore::new(open),
+        })
+    }
+
+    fn put(v: &'static [u8], version: u64) -> Pending {
+        Pending::Put(Object {
+            value: Bytes::from_static(v),
+            expires_at: None,
+            version,
+        })
+    }
+
+    #[tokio::test]
+    async fn writes_reach_the_tier_and_close_flushes() {
+        let tier = faulty("flush", 0, 1000).await;
+        let wb = WriteBack::new(tier.clone(), 100, 4);
+        for i in 0..50u64 {
+            drop(wb.enqueue(format!("k{i}").as_bytes(), put(b"v", i)).await);
+        }
+        wb.close().await;
+        assert_eq!(wb.depth(), 0);
+        for i in 0..50u64 {
+            assert!(matches!(
+                tier.get(format!("k{i}").as_bytes(), 0).await.expect("get"),
+                ReadOutcome::Found(_)
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn repeated_writes_of_a_key_are_coalesced_and_the_latest_wins() {
+        let tier = faulty("coalesce", 0, 0).await; // uploads blocked for now
+        let wb = WriteBack::new(tier.clone(), 100, 1);
+        drop(wb.enqueue(b"other", put(b"x", 1)).await); // occupies the uploader
+        tokio::task::yield_now().await;
+        for v in 1..=100u64 {
+            drop(
+                wb.enqueue(b"k", put(if v == 100 { b"last" } else { b"old" }, v))
+                    .await,
+            );
+        }
+        assert_eq!(
+            wb.peek(b"k"),
+            Some(put(b"last", 100)),
+            "a read-through sees the queued value"
+        );
+        tier.gate.add_permits(1000);
+        wb.close().await;
+        assert_eq!(tier.puts.load(Ordering::Relaxed), 2, "one upload per key");
+        match tier.get(b"k", 0).await.expect("get") {
+            ReadOutcome::Found(o) => assert_eq!(o.value, Bytes::from_static(b"last")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(wb.stats().coalesced.load(Ordering::Relaxed), 99);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_tier_is_retried_until_the_write_lands() {
+        let tier = faulty("retry", 5, 1000).await;
+        let wb = WriteBack::new(tier.clone(), 10, 1);
+        let durable = wb.enqueue(b"k", put(b"v", 1)).await;
+        durable.await.expect("durable after retries");
+        assert_eq!(wb.stats().errors.load(Ordering::Relaxed), 5);
+        assert!(matches!(
+            tier.get(b"k", 0).await.expect("get"),
+            ReadOutcome::Found(_)
+        ));
+        wb.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_makes_writers_wait_instead_of_dropping() {
+        let tier = faulty("full", 0, 0).await;
+        let wb = WriteBack::new(tier.clone(), 2, 1);
+        drop(wb.enqueue(b"a", put(b"1", 1)).await);
+        drop(wb.enqueue(b"b", put(b"2", 1)).await);
+        let wb2 = wb.clone();
+        let third = tokio::spawn(async move {
+            drop(wb2.enqueue(b"c", put(b"3", 1)).await);
+        });
+        tokio::task::yield_now().await;
+        assert!(!third.is_finished(), "the third write must wait for room");
+        assert_eq!(wb.depth(), 2);
+        tier.gate.add_permits(1000);
+        third.await.expect("queued once room was made");
+        wb.close().await;
+        assert_eq!(tier.puts.load(Ordering::Relaxed), 3, "nothing dropped");
+    }
+}
