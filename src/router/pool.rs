@@ -24,6 +24,17 @@ use crate::error::WireError;
 use crate::tls::Stream;
 use crate::{client, net};
 
+/// How long requests in flight may take to be answered once the router
+/// shuts down.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Requests queued per connection before senders wait.
 const QUEUE: usize = 4096;
 /// Bytes gathered into one write before the task stops taking requests
@@ -201,6 +212,7 @@ async fn serve(
     let mut next_id: u64 = 1;
     let mut open = true;
     let mut answered: Vec<(Forward, bytes::Bytes)> = Vec::new();
+    let mut drain_until: Option<tokio::time::Instant> = None;
     let node_timeout = router
         .upgrade()
         .map_or(Duration::from_secs(5), |r| r.settings.node_timeout);
@@ -227,7 +239,13 @@ async fn serve(
         }
         tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return Ok(()),
+            // Shutting down: take no more requests, but give the ones in
+            // flight a grace period to be answered.
+            _ = shutdown.cancelled(), if drain_until.is_none() => {
+                open = false;
+                drain_until = Some(tokio::time::Instant::now() + DRAIN_GRACE);
+            }
+            _ = sleep_until_opt(drain_until) => return Ok(()),
             r = rd.read_buf(&mut rbuf) => {
                 if r? == 0 {
                     return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
