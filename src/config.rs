@@ -81,21 +81,9 @@ pub struct NodeConfig {
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true, value_parser = parse_secret)]
     pub cluster_token: Option<crate::error::Secret>,
 
-    /// PEM certificate chain for this process's TLS listener (and its client certificate).
-    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<std::path::PathBuf>,
-
-    /// PEM private key for TLS_CERT.
-    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<std::path::PathBuf>,
-
-    /// PEM CA certificate(s) that peers' certificates must chain to.
-    #[arg(long, env = "TLS_CA")]
-    pub tls_ca: Option<std::path::PathBuf>,
-
-    /// Require client certificates signed by TLS_CA (mutual TLS).
-    #[arg(long, env = "TLS_CLIENT_AUTH", default_value_t = false)]
-    pub tls_client_auth: bool,
+    /// TLS settings.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     /// Milliseconds between heartbeats to each router.
     #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
@@ -158,21 +146,9 @@ pub struct RouterConfig {
     #[arg(long, env = "MAX_VALUE_SIZE", default_value = "16MiB", value_parser = parse_value_size)]
     pub max_value_size: u64,
 
-    /// PEM certificate chain for this process's TLS listener (and its client certificate).
-    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<std::path::PathBuf>,
-
-    /// PEM private key for TLS_CERT.
-    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<std::path::PathBuf>,
-
-    /// PEM CA certificate(s) that peers' certificates must chain to.
-    #[arg(long, env = "TLS_CA")]
-    pub tls_ca: Option<std::path::PathBuf>,
-
-    /// Require client certificates signed by TLS_CA (mutual TLS).
-    #[arg(long, env = "TLS_CLIENT_AUTH", default_value_t = false)]
-    pub tls_client_auth: bool,
+    /// TLS settings.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 
     /// Shared secret nodes must present to join, leave or heartbeat.
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true, value_parser = parse_secret)]
@@ -248,18 +224,36 @@ pub fn one_line_error(binary: &str, err: &clap::Error) -> String {
     format!("{binary}: invalid configuration: {first}")
 }
 
-/// The TLS settings of a server process, if `TLS_CERT` is set.
-pub fn tls_settings(
-    cert: Option<&std::path::Path>,
-    key: Option<&std::path::Path>,
-    ca: Option<&std::path::Path>,
-    client_auth: bool,
-) -> Result<Option<crate::tls::Tls>, crate::tls::TlsError> {
-    match (cert, key) {
-        (Some(cert), Some(key)) => {
-            crate::tls::Tls::from_files(cert, key, ca, client_auth).map(Some)
+/// TLS settings shared by the router and the node.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// PEM certificate chain for this process's TLS listener (and its client certificate).
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key for TLS_CERT.
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// PEM CA certificate(s) that peers' certificates must chain to.
+    #[arg(long, env = "TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
+    /// Require client certificates signed by TLS_CA (mutual TLS).
+    #[arg(long, env = "TLS_CLIENT_AUTH", default_value_t = false)]
+    pub tls_client_auth: bool,
+}
+
+impl TlsArgs {
+    /// The process's TLS configuration, if `TLS_CERT` is set.
+    pub fn load(&self) -> Result<Option<crate::tls::Tls>, crate::tls::TlsError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                crate::tls::Tls::from_files(cert, key, self.tls_ca.as_deref(), self.tls_client_auth)
+                    .map(Some)
+            }
+            _ => Ok(None),
         }
-        _ => Ok(None),
     }
 }
 

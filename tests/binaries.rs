@@ -356,3 +356,20 @@ async fn a_node_without_a_router_logs_the_guide_phrase_and_keeps_serving() {
     c.put(b"k", b"v", None).await.expect("still serving");
     node.kill().await.expect("stop node");
 }
+
+#[tokio::test]
+async fn unreadable_tls_files_are_a_clear_error() {
+    let out = Command::new(ROUTER)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("TLS_CERT", "/nonexistent/cert.pem")
+        .env("TLS_KEY", "/nonexistent/key.pem")
+        .output()
+        .await
+        .expect("milena-router runs");
+    assert_eq!(out.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        log.contains("cannot read TLS_CERT from /nonexistent/cert.pem"),
+        "{log}"
+    );
+}

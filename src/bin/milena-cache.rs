@@ -27,12 +27,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on LISTEN_ADDR={}", cfg.listen_addr))?;
     let shutdown = milena::shutdown::on_signals().context("cannot install signal handlers")?;
     let mut settings = NodeSettings::from(&cfg);
-    settings.tls = milena::config::tls_settings(
-        cfg.tls_cert.as_deref(),
-        cfg.tls_key.as_deref(),
-        cfg.tls_ca.as_deref(),
-        cfg.tls_client_auth,
-    )?;
+    settings.tls = cfg.tls.load()?;
     let tls_client = settings.tls.as_ref().map(|t| t.connector.clone());
     if cfg.s3_bucket.is_some() {
         warn!("S3_BUCKET is set, but this build has no S3 tier yet; entries live in memory only");

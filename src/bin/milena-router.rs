@@ -24,12 +24,7 @@ async fn serve(cfg: RouterConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on LISTEN_ADDR={}", cfg.listen_addr))?;
     let shutdown = milena::shutdown::on_signals().context("cannot install signal handlers")?;
     let mut settings = RouterSettings::from(&cfg);
-    settings.tls = milena::config::tls_settings(
-        cfg.tls_cert.as_deref(),
-        cfg.tls_key.as_deref(),
-        cfg.tls_ca.as_deref(),
-        cfg.tls_client_auth,
-    )?;
+    settings.tls = cfg.tls.load()?;
     let router = Router::new(settings, shutdown.clone());
     info!(
         addr = %listener.local_addr()?,
