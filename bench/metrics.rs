@@ -20,7 +20,7 @@ fn bench_metrics(c: &mut Criterion) {
         .build()
         .expect("rt");
     let _guard = rt.enter();
-    let node = Node::new(NodeSettings::default());
+    let node = std::sync::Arc::new(Node::new(NodeSettings::default()));
     let now = node.clock.now();
     for i in 0..1000u32 {
         node.store

@@ -85,6 +85,18 @@ pub struct NodeConfig {
     #[command(flatten)]
     pub tls: TlsArgs,
 
+    /// Local directory holding every entry durably (the tier when no S3 bucket is set).
+    #[arg(long, env = "DATA_DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+
+    /// async: acknowledge puts at once and write to the tier behind; sync: once the tier has them.
+    #[arg(long, env = "WRITE_MODE", default_value = "async", value_parser = ["async", "sync"])]
+    pub write_mode: String,
+
+    /// Keys the write-behind queue may hold; beyond it puts get an error.
+    #[arg(long, env = "QUEUE_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub queue_capacity: u64,
+
     /// Milliseconds between heartbeats to each router.
     #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     pub heartbeat_interval_ms: u64,

@@ -29,15 +29,33 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let mut settings = NodeSettings::from(&cfg);
     settings.tls = cfg.tls.load()?;
     let tls_client = settings.tls.as_ref().map(|t| t.connector.clone());
-    if cfg.s3_bucket.is_some() {
-        warn!("S3_BUCKET is set, but this build has no S3 tier yet; entries live in memory only");
-    }
     if cfg.metrics_port.is_some() {
         warn!(
             "METRICS_PORT is set, but this build does not serve /metrics yet; use `milena-cli stats`"
         );
     }
-    let node = Arc::new(Node::new(settings));
+    let tier: Option<Arc<dyn milena::node::tier::Tier>> = match (&cfg.data_dir, &cfg.s3_bucket) {
+        (Some(dir), _) => {
+            let t = milena::node::tier::dir::DirTier::open(dir)
+                .await
+                .with_context(|| format!("cannot use DATA_DIR={}", dir.display()))?;
+            info!(data_dir = %dir.display(), write_mode = ?settings.write_mode, "tier: local directory");
+            Some(Arc::new(t))
+        }
+        (None, Some(_)) => {
+            warn!(
+                "S3_BUCKET is set, but this build has no S3 tier yet; entries live in memory only"
+            );
+            None
+        }
+        (None, None) => {
+            warn!(
+                "no DATA_DIR or S3_BUCKET: entries live in memory only and are lost with the node"
+            );
+            None
+        }
+    };
+    let node = Arc::new(Node::with_tier(settings, milena::node::Clock::new(), tier));
     if let Some(port) = cfg.metrics_port {
         let addr = std::net::SocketAddr::new(cfg.listen_addr.ip(), port);
         let metrics = milena::net::bind(addr)

@@ -1,20 +1,46 @@
-//! The one match that joins a decoded request to the store and encodes the
-//! answer. No sockets here, and no storage details beyond the store's API.
+//! The one match that joins a decoded request to the store (and, behind
+//! it, the tier) and encodes the answer. No sockets here.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use bytes::Bytes;
 use milena_protocol::{Body, Op, Response, Stat, Status, encode_response};
+use tokio::sync::oneshot;
 
 use super::store::PutOutcome;
-use super::{Node, Tally};
+use super::tier::writeback::Pending;
+use super::tier::{Object, ReadOutcome};
+use super::{Node, ReadThrough, Tally, WriteMode};
 use crate::error::WireError;
 
-/// Executes request `id` and appends its response to `out`.
-pub fn execute(node: &Node, id: u64, op: Op<'_>, out: &mut Vec<u8>, tally: &mut Tally) {
+/// An answer that needs the tier: the encoded response (with its length
+/// prefix), once ready. The connection writes it whenever it completes.
+pub type Deferred = Pin<Box<dyn Future<Output = Vec<u8>> + Send + 'static>>;
+
+/// How a request was answered.
+enum Answer {
+    /// Already encoded into `out` (a hit, stats).
+    Encoded,
+    /// A bare status.
+    Status(Status),
+    /// Later, by the tier.
+    Later(Deferred),
+}
+
+/// Executes request `id`: appends its response to `out`, or returns the
+/// work that will produce it (a read-through, a sync-mode write).
+pub fn execute(
+    node: &Arc<Node>,
+    id: u64,
+    op: Op<'_>,
+    out: &mut Vec<u8>,
+    tally: &mut Tally,
+) -> Option<Deferred> {
     tally.requests += 1;
-    // `Ok(None)`: the response is already in `out` (a hit, encoded straight
-    // from the store's memory, or stats).
-    let result: Result<Option<Status>, WireError> = match op {
+    let result: Result<Answer, WireError> = match op {
         Op::Get { key } => {
             tally.gets += 1;
             get(node, id, key, 0, out)
@@ -27,7 +53,7 @@ pub fn execute(node: &Node, id: u64, op: Op<'_>, out: &mut Vec<u8>, tally: &mut 
             tally.puts += 1;
             // A direct put joins the ring epoch the node last heard of.
             let epoch = node.ring_epoch.load(Ordering::Relaxed);
-            put(node, key, value, ttl, epoch).map(|()| Some(Status::Ok))
+            put(node, id, key, value, ttl, epoch)
         }
         Op::RoutedPut {
             epoch,
@@ -36,19 +62,13 @@ pub fn execute(node: &Node, id: u64, op: Op<'_>, out: &mut Vec<u8>, tally: &mut 
             ttl,
         } => {
             tally.puts += 1;
-            put(node, key, value, ttl, epoch).map(|()| Some(Status::Ok))
+            put(node, id, key, value, ttl, epoch)
         }
         Op::Delete { key } => {
             tally.deletes += 1;
-            check_key(node, key).map(|()| {
-                if node.store.delete(key, node.clock.now()) {
-                    Some(Status::Ok)
-                } else {
-                    Some(Status::NotFound)
-                }
-            })
+            delete(node, id, key)
         }
-        Op::Ping => Ok(Some(Status::Ok)),
+        Op::Ping => Ok(Answer::Status(Status::Ok)),
         Op::Stats => {
             encode_response(
                 &Response {
@@ -58,7 +78,7 @@ pub fn execute(node: &Node, id: u64, op: Op<'_>, out: &mut Vec<u8>, tally: &mut 
                 },
                 out,
             );
-            Ok(None)
+            Ok(Answer::Encoded)
         }
         Op::Hello { .. } => Err(WireError::DuplicateHello),
         Op::Join { .. } => Err(WireError::RouterOnly("join")),
@@ -67,20 +87,29 @@ pub fn execute(node: &Node, id: u64, op: Op<'_>, out: &mut Vec<u8>, tally: &mut 
         Op::Members => Err(WireError::RouterOnly("members")),
     };
     match result {
-        Ok(None) => {}
-        Ok(Some(status)) => encode_response(
-            &Response {
-                id,
-                status,
-                body: Body::Empty,
-            },
-            out,
-        ),
+        Ok(Answer::Encoded) => None,
+        Ok(Answer::Status(status)) => {
+            respond(id, status, out);
+            None
+        }
+        Ok(Answer::Later(work)) => Some(work),
         Err(e) => {
             tally.errors += 1;
             e.respond(id, out);
+            None
         }
     }
+}
+
+fn respond(id: u64, status: Status, out: &mut Vec<u8>) {
+    encode_response(
+        &Response {
+            id,
+            status,
+            body: Body::Empty,
+        },
+        out,
+    );
 }
 
 fn check_key(node: &Node, key: &[u8]) -> Result<(), WireError> {
@@ -97,12 +126,12 @@ fn check_key(node: &Node, key: &[u8]) -> Result<(), WireError> {
 }
 
 fn get(
-    node: &Node,
+    node: &Arc<Node>,
     id: u64,
     key: &[u8],
     since: u64,
     out: &mut Vec<u8>,
-) -> Result<Option<Status>, WireError> {
+) -> Result<Answer, WireError> {
     check_key(node, key)?;
     let hit = node.store.get_with(key, node.clock.now(), since, |value| {
         encode_response(
@@ -115,18 +144,163 @@ fn get(
         );
     });
     Ok(match hit {
-        Some(()) => None,
-        None => Some(Status::NotFound),
+        Some(()) => Answer::Encoded,
+        // Memory-only: a miss is final.
+        None if node.writeback.is_none() => Answer::Status(Status::NotFound),
+        None => Answer::Later(Box::pin(read_through(
+            node.clone(),
+            id,
+            key.to_vec(),
+            since,
+        ))),
     })
+}
+
+/// Seconds since the Unix epoch (tier expiry is absolute wall time).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Wall-clock microseconds: the version of a write.
+fn wall_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Answers a memory miss from the queue of unwritten writes, else from the
+/// tier, with one tier read however many requests missed the key at once.
+async fn read_through(node: Arc<Node>, id: u64, key: Vec<u8>, since: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Another read-through may have filled memory since the miss.
+    let hit = node.store.get_with(&key, node.clock.now(), since, |v| {
+        encode_value(id, v, &mut out)
+    });
+    if hit.is_some() {
+        return out;
+    }
+    if let Some(wb) = &node.writeback {
+        match wb.peek(&key) {
+            Some(Pending::Put(obj)) => {
+                encode_value(id, &obj.value, &mut out);
+                return out;
+            }
+            Some(Pending::Delete(_)) => {
+                respond(id, Status::NotFound, &mut out);
+                return out;
+            }
+            None => {}
+        }
+    }
+    let (tx, rx) = oneshot::channel();
+    let leader = {
+        let mut reads = node.reads.lock().unwrap_or_else(|e| e.into_inner());
+        match reads.get_mut(&key) {
+            Some(waiters) => {
+                waiters.push(tx);
+                false
+            }
+            None => {
+                reads.insert(key.clone(), vec![tx]);
+                true
+            }
+        }
+    };
+    if leader {
+        let now = unix_now();
+        let result = match node.tier.get(&key, now).await {
+            Ok(ReadOutcome::Found(obj)) => {
+                let ttl = obj.expires_at.map_or(0, |t| {
+                    t.saturating_sub(now).clamp(1, u64::from(u32::MAX)) as u32
+                });
+                // Fresh from the durable copy: tag it with the current time,
+                // so no ownership epoch counts it as stale.
+                node.store
+                    .put(&key, &obj.value, ttl, node.clock.now(), wall_micros());
+                ReadThrough::Found(obj.value)
+            }
+            Ok(ReadOutcome::Absent | ReadOutcome::Expired) => ReadThrough::Missing,
+            Err(e) => ReadThrough::Failed(e.to_string()),
+        };
+        let waiters = node
+            .reads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key)
+            .unwrap_or_default();
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+    match rx.await {
+        Ok(ReadThrough::Found(v)) => encode_value(id, &v, &mut out),
+        Ok(ReadThrough::Missing) => respond(id, Status::NotFound, &mut out),
+        Ok(ReadThrough::Failed(e)) => {
+            WireError::Unavailable(format!("the tier could not be read: {e}")).respond(id, &mut out)
+        }
+        Err(_) => {
+            WireError::Unavailable("the tier read was abandoned".into()).respond(id, &mut out)
+        }
+    }
+    out
+}
+
+fn encode_value(id: u64, value: &[u8], out: &mut Vec<u8>) {
+    encode_response(
+        &Response {
+            id,
+            status: Status::Ok,
+            body: Body::Value(value),
+        },
+        out,
+    );
+}
+
+/// Queues `write` for the tier; in sync mode the answer waits until the
+/// tier has it. A full queue is an error, never a silent drop.
+fn persist(
+    node: &Node,
+    id: u64,
+    key: &[u8],
+    write: Pending,
+    ok: Status,
+) -> Result<Answer, WireError> {
+    let Some(wb) = &node.writeback else {
+        return Ok(Answer::Status(ok));
+    };
+    let Some(durable) = wb.try_enqueue(key, write) else {
+        return Err(WireError::Unavailable(format!(
+            "the write-behind queue is full (QUEUE_CAPACITY={}); the tier ({}) may be down",
+            node.settings.queue_capacity,
+            node.tier.name()
+        )));
+    };
+    if node.settings.write_mode == WriteMode::Async {
+        return Ok(Answer::Status(ok));
+    }
+    Ok(Answer::Later(Box::pin(async move {
+        let mut out = Vec::new();
+        match durable.await {
+            Ok(()) => respond(id, ok, &mut out),
+            Err(_) => {
+                WireError::Unavailable("the node stopped before the write was durable".into())
+                    .respond(id, &mut out)
+            }
+        }
+        out
+    })))
 }
 
 fn put(
     node: &Node,
+    id: u64,
     key: &[u8],
     value: &[u8],
     ttl: Option<u32>,
     epoch: u64,
-) -> Result<(), WireError> {
+) -> Result<Answer, WireError> {
     check_key(node, key)?;
     if value.len() > node.settings.max_value {
         return Err(WireError::ValueTooLarge {
@@ -136,11 +310,31 @@ fn put(
     }
     let ttl = ttl.unwrap_or(node.settings.default_ttl);
     match node.store.put(key, value, ttl, node.clock.now(), epoch) {
-        PutOutcome::Stored { .. } => Ok(()),
-        PutOutcome::TooLarge => Err(WireError::EntryTooLarge {
-            len: key.len() + value.len(),
-        }),
+        PutOutcome::Stored { .. } => {}
+        PutOutcome::TooLarge => {
+            return Err(WireError::EntryTooLarge {
+                len: key.len() + value.len(),
+            });
+        }
     }
+    let obj = Object {
+        value: Bytes::copy_from_slice(value),
+        expires_at: (ttl > 0).then(|| unix_now() + u64::from(ttl)),
+        version: epoch.max(wall_micros()),
+    };
+    persist(node, id, key, Pending::Put(obj), Status::Ok)
+}
+
+fn delete(node: &Node, id: u64, key: &[u8]) -> Result<Answer, WireError> {
+    check_key(node, key)?;
+    let existed = node.store.delete(key, node.clock.now());
+    let status = if existed || node.writeback.is_some() {
+        // With a tier, the key may live there even when memory lacks it.
+        Status::Ok
+    } else {
+        Status::NotFound
+    };
+    persist(node, id, key, Pending::Delete(wall_micros()), status)
 }
 
 fn stats(node: &Node) -> Vec<Stat<'static>> {

@@ -38,6 +38,12 @@ pub struct NodeSettings {
     pub hello_timeout: Duration,
     /// TLS for the listener and for connections to routers.
     pub tls: Option<crate::tls::Tls>,
+    /// When puts are acknowledged (`WRITE_MODE`).
+    pub write_mode: WriteMode,
+    /// Keys the write-behind queue may hold before writers get an error.
+    pub queue_capacity: usize,
+    /// Concurrent tier uploads.
+    pub uploaders: usize,
 }
 
 impl NodeSettings {
@@ -63,6 +69,9 @@ impl Default for NodeSettings {
             max_connections: 10_000,
             hello_timeout: Duration::from_secs(10),
             tls: None,
+            write_mode: WriteMode::Async,
+            queue_capacity: 100_000,
+            uploaders: 16,
         }
     }
 }
@@ -84,6 +93,13 @@ impl From<&NodeConfig> for NodeSettings {
             max_connections: c.max_connections as usize,
             hello_timeout: Duration::from_secs(c.hello_timeout_secs),
             tls: None,
+            write_mode: if c.write_mode == "sync" {
+                WriteMode::Sync
+            } else {
+                WriteMode::Async
+            },
+            queue_capacity: c.queue_capacity as usize,
+            uploaders: 16,
         }
     }
 }
@@ -198,6 +214,36 @@ pub struct Node {
     pub ring_epoch: AtomicU64,
     /// Prometheus metrics.
     pub metrics: metrics::NodeMetrics,
+    /// The durable tier behind memory (`NoTier` when memory-only).
+    pub tier: Arc<dyn tier::Tier>,
+    /// Background writes to the tier; `None` when memory-only.
+    pub writeback: Option<tier::writeback::WriteBack>,
+    /// Tier reads under way, so concurrent misses of one key share one read.
+    pub reads: std::sync::Mutex<
+        std::collections::HashMap<Vec<u8>, Vec<tokio::sync::oneshot::Sender<ReadThrough>>>,
+    >,
+}
+
+/// The result of one read through to the tier, shared by every request
+/// that missed the same key meanwhile.
+#[derive(Debug, Clone)]
+pub enum ReadThrough {
+    /// The value (already inserted into memory).
+    Found(bytes::Bytes),
+    /// The tier has nothing live for the key.
+    Missing,
+    /// The tier could not be read.
+    Failed(String),
+}
+
+/// When a put is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteMode {
+    /// At once; the tier write follows in the background.
+    #[default]
+    Async,
+    /// Once the tier has it.
+    Sync,
 }
 
 impl Node {
@@ -208,7 +254,23 @@ impl Node {
 
     /// A node with an empty store on the given clock.
     pub fn with_clock(settings: NodeSettings, clock: Clock) -> Self {
+        Self::with_tier(settings, clock, None)
+    }
+
+    /// A node backed by `tier` (memory-only when `None`). Must be called
+    /// inside a tokio runtime when a tier is given (uploaders start).
+    pub fn with_tier(
+        settings: NodeSettings,
+        clock: Clock,
+        tier: Option<Arc<dyn tier::Tier>>,
+    ) -> Self {
+        let writeback = tier.as_ref().map(|t| {
+            tier::writeback::WriteBack::new(t.clone(), settings.queue_capacity, settings.uploaders)
+        });
         Node {
+            tier: tier.unwrap_or_else(|| Arc::new(tier::NoTier)),
+            writeback,
+            reads: Default::default(),
             store: Store::new(settings.store, clock.now()),
             settings,
             clock,

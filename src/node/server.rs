@@ -14,9 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::debug;
+use tracing::{debug, info};
 
-use super::execute::execute;
+use super::execute::{Deferred, execute};
 use super::metrics::OpKind;
 use super::{Node, Tally};
 use crate::error::{WireError, check_hello, hello_response};
@@ -47,11 +47,17 @@ pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: CancellationT
     tracker.spawn(expire_loop(node.clone(), shutdown.clone()));
     let (max, counters) = (node.settings.max_connections, node.stats.conns.clone());
     let token = shutdown.clone();
+    let flush = node.clone();
     net::accept_loop(listener, max, counters, tracker, shutdown, move |stream| {
         let (node, shutdown) = (node.clone(), token.clone());
         async move { serve_connection(stream, &node, &shutdown).await }
     })
     .await;
+    // Every acknowledged write reaches the tier before the node exits.
+    if let Some(wb) = &flush.writeback {
+        info!(depth = wb.depth(), "flushing the write-behind queue");
+        wb.close().await;
+    }
 }
 
 async fn expire_loop(node: Arc<Node>, shutdown: CancellationToken) {
@@ -81,7 +87,7 @@ enum Flow {
 /// closes, misbehaves, or the node shuts down.
 async fn serve_connection(
     tcp: TcpStream,
-    node: &Node,
+    node: &Arc<Node>,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
     let mut stream = match &node.settings.tls {
@@ -108,6 +114,8 @@ async fn serve_connection(
     let mut tally = Tally::default();
     let mut latency = node.metrics.local_histograms();
     let mut greeted = false;
+    // Answers that needed the tier arrive here, in whatever order they finish.
+    let (late_tx, mut late_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
     let hello_timeout = node.settings.hello_timeout;
     let hello_deadline = tokio::time::sleep(hello_timeout);
     tokio::pin!(hello_deadline);
@@ -131,6 +139,16 @@ async fn serve_connection(
                 WireError::HelloTimeout(hello_timeout.as_secs()).respond(0, &mut wbuf);
                 stream.write_all(&wbuf).await?;
                 break;
+            }
+            late = late_rx.recv() => {
+                // The channel stays open while `late_tx` lives (this loop).
+                if let Some(mut answers) = late {
+                    while let Ok(more) = late_rx.try_recv() {
+                        answers.extend_from_slice(&more);
+                    }
+                    write_batch(&mut stream, &answers, shutdown).await?;
+                }
+                continue;
             }
             r = stream.read_buf(&mut rbuf) => r?,
             }
@@ -157,7 +175,14 @@ async fn serve_connection(
             }
             match codec.decode_frame(&mut rbuf) {
                 Ok(Some(frame)) => {
-                    flow = handle_frame(node, &frame, &mut greeted, &mut wbuf, &mut tally);
+                    let later;
+                    (flow, later) = handle_frame(node, &frame, &mut greeted, &mut wbuf, &mut tally);
+                    if let Some(work) = later {
+                        let tx = late_tx.clone();
+                        tokio::spawn(async move {
+                            let _ = tx.send(work.await);
+                        });
+                    }
                     if let Flow::Close = flow {
                         break;
                     }
@@ -240,37 +265,38 @@ async fn write_batch(
 }
 
 fn handle_frame(
-    node: &Node,
+    node: &Arc<Node>,
     frame: &[u8],
     greeted: &mut bool,
     out: &mut Vec<u8>,
     tally: &mut Tally,
-) -> Flow {
+) -> (Flow, Option<Deferred>) {
     let req = match decode_request(frame) {
         Ok(req) => req,
         Err(e) => {
-            return protocol_error(
+            let flow = protocol_error(
                 node,
                 WireError::Undecodable(e.to_string()),
                 frame,
                 out,
                 tally,
             );
+            return (flow, None);
         }
     };
     if *greeted {
-        execute(node, req.id, req.op, out, tally);
-        return Flow::Continue;
+        let later = execute(node, req.id, req.op, out, tally);
+        return (Flow::Continue, later);
     }
     let err = match check_hello(&req.op) {
         Ok(_token) => {
             *greeted = true;
             hello_response(req.id, SERVER_NAME, out);
-            return Flow::Continue;
+            return (Flow::Continue, None);
         }
         Err(e) => e,
     };
-    protocol_error(node, err, frame, out, tally)
+    (protocol_error(node, err, frame, out, tally), None)
 }
 
 fn protocol_error(

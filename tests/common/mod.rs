@@ -241,6 +241,26 @@ impl ClusterNode {
         settings: NodeSettings,
         token: Option<&str>,
     ) -> ClusterNode {
+        Self::start_full(addr, routers, settings, token, None)
+    }
+
+    /// As [`ClusterNode::start`], backed by a directory tier at `dir`.
+    pub fn start_with_dir(
+        addr: &str,
+        routers: &[String],
+        settings: NodeSettings,
+        dir: &std::path::Path,
+    ) -> ClusterNode {
+        Self::start_full(addr, routers, settings, None, Some(dir.to_path_buf()))
+    }
+
+    fn start_full(
+        addr: &str,
+        routers: &[String],
+        settings: NodeSettings,
+        token: Option<&str>,
+        dir: Option<std::path::PathBuf>,
+    ) -> ClusterNode {
         let cluster_token = token.map(milena::error::Secret::new);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
@@ -263,7 +283,15 @@ impl ClusterNode {
                     Some(_) => format!("https://localhost:{}", bound.port()),
                     None => format!("http://{bound}"),
                 };
-                let node = Arc::new(Node::new(settings));
+                let tier: Option<Arc<dyn milena::node::tier::Tier>> = match dir {
+                    Some(d) => Some(Arc::new(
+                        milena::node::tier::dir::DirTier::open(d)
+                            .await
+                            .expect("data dir"),
+                    )),
+                    None => None,
+                };
+                let node = Arc::new(Node::with_tier(settings, milena::node::Clock::new(), tier));
                 let _ = ready_tx.send((bound, advertise.clone(), node.clone()));
                 let membership = Membership {
                     routers,

@@ -8,7 +8,7 @@
 //! capped exponential backoff while the tier is down, and flushed on close.
 //! A writer may also wait until its write is durable (`WRITE_MODE=sync`).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -42,8 +42,9 @@ struct State {
     pending: HashMap<Vec<u8>, (Pending, Vec<Waiter>)>,
     /// Keys in arrival order (a key appears once while pending).
     order: VecDeque<Vec<u8>>,
-    /// Keys being uploaded now.
-    inflight: HashSet<Vec<u8>>,
+    /// Keys being uploaded now, with what is being written (reads must see
+    /// it until the tier has it).
+    inflight: HashMap<Vec<u8>, Pending>,
 }
 
 /// Counters of the queue.
@@ -124,10 +125,12 @@ impl WriteBack {
     /// The write of `key` not yet uploaded, if any: a read-through must see
     /// it before the tier's older copy.
     pub fn peek(&self, key: &[u8]) -> Option<Pending> {
-        lock(&self.inner.state)
-            .pending
+        let s = lock(&self.inner.state);
+        s.pending
             .get(key)
             .map(|(p, _)| p.clone())
+            // Being uploaded: the tier may not have it yet.
+            .or_else(|| s.inflight.get(key).cloned())
     }
 
     /// Queues `write` for `key`, waiting while the queue is full. Returns a
@@ -162,6 +165,27 @@ impl WriteBack {
         rx
     }
 
+    /// Queues `write` for `key` if there is room (or the key is already
+    /// queued); `None` when the queue is full, for callers that cannot wait.
+    pub fn try_enqueue(&self, key: &[u8], write: Pending) -> Option<oneshot::Receiver<()>> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut s = lock(&self.inner.state);
+            if let Some((p, waiters)) = s.pending.get_mut(key) {
+                *p = write;
+                waiters.push(tx);
+                self.inner.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+            } else if s.pending.len() + s.inflight.len() < self.inner.capacity {
+                s.pending.insert(key.to_vec(), (write, vec![tx]));
+                s.order.push_back(key.to_vec());
+            } else {
+                return None;
+            }
+        }
+        self.inner.work.notify_one();
+        Some(rx)
+    }
+
     /// Waits until everything queued so far is durable.
     pub async fn flush(&self) {
         loop {
@@ -187,13 +211,13 @@ fn take(s: &mut State) -> Option<(Vec<u8>, Pending, Vec<Waiter>)> {
     let n = s.order.len();
     for _ in 0..n {
         let key = s.order.pop_front()?;
-        if s.inflight.contains(&key) {
+        if s.inflight.contains_key(&key) {
             // Its previous upload is still running: keep order, look further.
             s.order.push_back(key);
             continue;
         }
         if let Some((p, w)) = s.pending.remove(&key) {
-            s.inflight.insert(key.clone());
+            s.inflight.insert(key.clone(), p.clone());
             return Some((key, p, w));
         }
     }

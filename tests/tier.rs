@@ -1,0 +1,242 @@
+//! Nodes backed by a shared directory tier: a killed node loses nothing
+//! in sync mode, a graceful stop flushes async writes, concurrent misses of
+//! one key share one tier read, and a queued write is never bypassed.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use common::*;
+use milena::client::Client;
+use milena::node::tier::dir::DirTier;
+use milena::node::tier::{Object, ReadOutcome, Tier, TierError, WriteOutcome};
+use milena::node::{Clock, Node, NodeSettings, WriteMode};
+
+fn data_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("milena-tier-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn sync_settings() -> NodeSettings {
+    NodeSettings {
+        write_mode: WriteMode::Sync,
+        ..small_settings()
+    }
+}
+
+/// Sync mode: every acknowledged put is durable, so killing a node (no
+/// leave, no flush) loses nothing; its keys are read back through the tier
+/// by their new owners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_no_acknowledged_write_in_sync_mode() {
+    let dir = data_dir("kill");
+    let router = start_router(test_router_settings()).await;
+    let mut nodes: Vec<ClusterNode> = (0..3)
+        .map(|_| ClusterNode::start_with_dir("127.0.0.1:0", &[router.url()], sync_settings(), &dir))
+        .collect();
+    let urls: Vec<String> = nodes.iter().map(ClusterNode::url).collect();
+    router
+        .wait_members(&urls.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    let c = Client::connect(&router.url()).await.expect("connect");
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..250 {
+                let k = format!("key-{t}-{i}");
+                c.put(k.as_bytes(), k.as_bytes(), Some(0))
+                    .await
+                    .expect("put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let victim = nodes.remove(0);
+    let held = victim.node.store.stats().items;
+    assert!(held > 100, "the victim held its share ({held})");
+    victim.kill().await;
+    let rest: Vec<String> = nodes.iter().map(ClusterNode::url).collect();
+    router
+        .wait_members(&rest.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+
+    let (mut lost, mut wrong) = (0, 0);
+    for t in 0..4 {
+        for i in 0..250 {
+            let k = format!("key-{t}-{i}");
+            match c.get(k.as_bytes()).await.expect("answered") {
+                Some(v) if v == k.as_bytes() => {}
+                Some(_) => wrong += 1,
+                None => lost += 1,
+            }
+        }
+    }
+    assert_eq!(
+        (lost, wrong),
+        (0, 0),
+        "lost or wrong after killing a node holding {held} keys"
+    );
+    for n in nodes {
+        n.stop().await;
+    }
+    router.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Async mode: puts are acknowledged from memory, and a graceful stop
+/// flushes every one of them to the tier before the node exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_flushes_async_writes() {
+    let dir = data_dir("flush");
+    let router = start_router(test_router_settings()).await;
+    let node = ClusterNode::start_with_dir("127.0.0.1:0", &[router.url()], small_settings(), &dir);
+    router.wait_members(&[&node.url()]).await;
+    let c = Client::connect(&router.url()).await.expect("connect");
+    for i in 0..500 {
+        c.put(format!("k{i}").as_bytes(), b"v", Some(0))
+            .await
+            .expect("put");
+    }
+    node.stop().await;
+    let tier = DirTier::open(&dir).await.expect("dir");
+    for i in 0..500 {
+        assert!(
+            matches!(
+                tier.get(format!("k{i}").as_bytes(), 0).await.expect("read"),
+                ReadOutcome::Found(_)
+            ),
+            "k{i} was not flushed"
+        );
+    }
+    router.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A directory tier that counts reads and holds them until released.
+#[derive(Debug)]
+struct Counting {
+    dir: DirTier,
+    reads: AtomicU32,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl Tier for Counting {
+    fn name(&self) -> &'static str {
+        "counting-dir"
+    }
+    async fn get(&self, key: &[u8], now: u64) -> Result<ReadOutcome, TierError> {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let _pass = self
+            .gate
+            .acquire()
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.dir.get(key, now).await
+    }
+    async fn put(&self, key: &[u8], obj: &Object) -> Result<WriteOutcome, TierError> {
+        self.dir.put(key, obj).await
+    }
+    async fn delete(&self, key: &[u8], version: u64) -> Result<WriteOutcome, TierError> {
+        self.dir.delete(key, version).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_of_one_cold_key_share_one_tier_read() {
+    let dir = data_dir("coalesce");
+    let seed = DirTier::open(&dir).await.expect("dir");
+    seed.put(
+        b"cold",
+        &Object {
+            value: "warm".into(),
+            expires_at: None,
+            version: 1,
+        },
+    )
+    .await
+    .expect("seed");
+    let tier = Arc::new(Counting {
+        dir: seed,
+        reads: AtomicU32::new(0),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let n = start_node_with(Node::with_tier(
+        small_settings(),
+        Clock::new(),
+        Some(tier.clone()),
+    ))
+    .await;
+    let c = Client::connect(&n.url()).await.expect("connect");
+    let gets: Vec<_> = (0..100)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get(b"cold").await.expect("get") })
+        })
+        .collect();
+    // Let every get reach the node before the tier answers.
+    while n.node.stats.gets.load(Ordering::Relaxed) < 100 {
+        tokio::task::yield_now().await;
+    }
+    tier.gate.add_permits(1000);
+    for g in gets {
+        assert_eq!(g.await.expect("task").as_deref(), Some(&b"warm"[..]));
+    }
+    assert_eq!(
+        tier.reads.load(Ordering::Relaxed),
+        1,
+        "one tier read for 100 misses"
+    );
+    // Now in memory: no further tier reads.
+    assert_eq!(
+        c.get(b"cold").await.expect("get").as_deref(),
+        Some(&b"warm"[..])
+    );
+    assert_eq!(tier.reads.load(Ordering::Relaxed), 1);
+    n.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A value still queued for the tier is what a read sees, even after
+/// memory dropped it, never the tier's older copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_write_is_never_bypassed_by_a_read_through() {
+    let dir = data_dir("queued");
+    let tier = Arc::new(DirTier::open(&dir).await.expect("dir"));
+    tier.put(
+        b"k",
+        &Object {
+            value: "old".into(),
+            expires_at: None,
+            version: 1,
+        },
+    )
+    .await
+    .expect("seed");
+    let settings = NodeSettings {
+        store: milena::node::store::StoreConfig {
+            max_items: 1,
+            max_bytes: None,
+            shards: 1,
+            exact_lru: true,
+        },
+        ..small_settings()
+    };
+    let n = start_node_with(Node::with_tier(settings, Clock::new(), Some(tier))).await;
+    let c = Client::connect(&n.url()).await.expect("connect");
+    c.put(b"k", b"new", Some(0)).await.expect("put");
+    c.put(b"other", b"x", Some(0))
+        .await
+        .expect("evicts k from memory");
+    assert_eq!(
+        c.get(b"k").await.expect("get").as_deref(),
+        Some(&b"new"[..])
+    );
+    n.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
