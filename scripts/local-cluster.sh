@@ -29,8 +29,13 @@ LISTEN_ADDR=$ROUTER RATE_LIMIT=${RATE_LIMIT:-0} LOG_LEVEL=${LOG_LEVEL:-info} \
   setsid ./target/release/milena-router >"$LOG_DIR/router.log" 2>&1 &
 pids+=($!)
 
+# Every node writes behind to one shared directory, so a node's keys
+# survive it: its successors read them back.
+DATA_DIR=${DATA_DIR:-$LOG_DIR/data}
+mkdir -p "$DATA_DIR"
 for i in 1 2 3; do
   LISTEN_ADDR=127.0.0.1:5005$i ROUTER_ADDR=http://$ROUTER LRU_SIZE=${LRU_SIZE:-100000} \
+    DATA_DIR=$DATA_DIR WRITE_MODE=${WRITE_MODE:-async} \
     TTL_SECONDS=${TTL_SECONDS:-3600} METRICS_PORT=909$i LOG_LEVEL=${LOG_LEVEL:-info} \
     setsid ./target/release/milena-cache >"$LOG_DIR/node$i.log" 2>&1 &
   pids+=($!)
@@ -46,7 +51,7 @@ done
 
 cat <<MSG
 Milena is running: router on $ROUTER, nodes on 127.0.0.1:50051-50053.
-Logs: $LOG_DIR/{router,node1,node2,node3}.log
+Logs: $LOG_DIR/{router,node1,node2,node3}.log; data (the shared tier): $DATA_DIR
 Try, in another terminal:
   curl http://localhost:50050
   ./target/release/milena-cli members
