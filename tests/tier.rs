@@ -192,6 +192,12 @@ async fn concurrent_misses_of_one_cold_key_share_one_tier_read() {
         1,
         "one tier read for 100 misses"
     );
+    let stats: std::collections::HashMap<String, u64> =
+        c.stats().await.expect("stats").into_iter().collect();
+    assert_eq!((stats["tier_reads"], stats["tier_read_errors"]), (1, 0));
+    let text = n.node.metrics.scrape(&n.node);
+    assert!(text.contains("milena_tier_reads_total 1"), "{text}");
+    assert!(text.contains("milena_tier_queue_depth 0"), "{text}");
     // Now in memory: no further tier reads.
     assert_eq!(
         c.get(b"cold").await.expect("get").as_deref(),

@@ -210,6 +210,7 @@ async fn read_through(node: Arc<Node>, id: u64, key: Vec<u8>, since: u64) -> Vec
     };
     if leader {
         let now = unix_now();
+        node.stats.tier_reads.fetch_add(1, Ordering::Relaxed);
         let result = match node.tier.get(&key, now).await {
             Ok(ReadOutcome::Found(obj)) => {
                 let ttl = obj.expires_at.map_or(0, |t| {
@@ -222,7 +223,10 @@ async fn read_through(node: Arc<Node>, id: u64, key: Vec<u8>, since: u64) -> Vec
                 ReadThrough::Found(obj.value)
             }
             Ok(ReadOutcome::Absent | ReadOutcome::Expired) => ReadThrough::Missing,
-            Err(e) => ReadThrough::Failed(e.to_string()),
+            Err(e) => {
+                node.stats.tier_read_errors.fetch_add(1, Ordering::Relaxed);
+                ReadThrough::Failed(e.to_string())
+            }
         };
         let waiters = node
             .reads
@@ -342,6 +346,7 @@ fn stats(node: &Node) -> Vec<Stat<'static>> {
     let st = node.store.stats();
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let uptime = node.clock.now().0 / 1000;
+    let wb = node.writeback.as_ref();
     [
         ("uptime_seconds", uptime),
         ("connections", load(&s.conns.open)),
@@ -360,6 +365,21 @@ fn stats(node: &Node) -> Vec<Stat<'static>> {
         ("evictions", st.counters.evictions),
         ("expirations", st.counters.expirations),
         ("stale_drops", st.counters.stale),
+        ("tier_reads", load(&s.tier_reads)),
+        ("tier_read_errors", load(&s.tier_read_errors)),
+        ("tier_queue_depth", wb.map_or(0, |w| w.depth() as u64)),
+        (
+            "tier_writes",
+            wb.map_or(0, |w| w.stats().written.load(Ordering::Relaxed)),
+        ),
+        (
+            "tier_write_errors",
+            wb.map_or(0, |w| w.stats().errors.load(Ordering::Relaxed)),
+        ),
+        (
+            "tier_coalesced",
+            wb.map_or(0, |w| w.stats().coalesced.load(Ordering::Relaxed)),
+        ),
         ("ring_epoch", node.ring_epoch.load(Ordering::Relaxed)),
         ("max_items", node.settings.store.max_items as u64),
         ("max_bytes", node.settings.store.max_bytes.unwrap_or(0)),

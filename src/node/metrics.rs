@@ -52,6 +52,12 @@ pub struct NodeMetrics {
     connections_refused: IntCounter,
     protocol_errors: IntCounter,
     max_items: IntGauge,
+    tier_reads: IntCounter,
+    tier_read_errors: IntCounter,
+    tier_queue_depth: IntGauge,
+    tier_writes: IntCounter,
+    tier_write_errors: IntCounter,
+    tier_coalesced: IntCounter,
     /// Serializes scrapes, so two at once cannot both add the same delta.
     scrape: Mutex<()>,
 }
@@ -157,6 +163,36 @@ impl NodeMetrics {
                 "Connections closed for a protocol violation",
             ),
             max_items: gauge(&r, "milena_cache_max_items", "LRU_SIZE"),
+            tier_reads: counter(
+                &r,
+                "milena_tier_reads_total",
+                "Reads through to the tier after a memory miss",
+            ),
+            tier_read_errors: counter(
+                &r,
+                "milena_tier_read_errors_total",
+                "Tier reads that failed",
+            ),
+            tier_queue_depth: gauge(
+                &r,
+                "milena_tier_queue_depth",
+                "Keys waiting in the write-behind queue or being uploaded",
+            ),
+            tier_writes: counter(
+                &r,
+                "milena_tier_writes_total",
+                "Writes that reached the tier",
+            ),
+            tier_write_errors: counter(
+                &r,
+                "milena_tier_write_errors_total",
+                "Failed tier writes (each retried)",
+            ),
+            tier_coalesced: counter(
+                &r,
+                "milena_tier_coalesced_total",
+                "Writes replaced by a later write of the same key before upload",
+            ),
             registry: r,
             scrape: Mutex::new(()),
         }
@@ -191,6 +227,15 @@ impl NodeMetrics {
         let other = load(&s.requests).saturating_sub(gets + puts + deletes);
         for (op, v) in OPERATIONS.iter().zip([gets, puts, deletes, other]) {
             sync(&self.operations.with_label_values(&[op]), v);
+        }
+        sync(&self.tier_reads, load(&s.tier_reads));
+        sync(&self.tier_read_errors, load(&s.tier_read_errors));
+        if let Some(wb) = &node.writeback {
+            let w = wb.stats();
+            self.tier_queue_depth.set(wb.depth() as i64);
+            sync(&self.tier_writes, w.written.load(Ordering::Relaxed));
+            sync(&self.tier_write_errors, w.errors.load(Ordering::Relaxed));
+            sync(&self.tier_coalesced, w.coalesced.load(Ordering::Relaxed));
         }
         self.connections.set(load(&s.conns.open) as i64);
         sync(&self.connections_total, load(&s.conns.total));

@@ -162,6 +162,10 @@ pub struct NodeStats {
     pub conns: Arc<crate::net::ConnCounters>,
     /// Connections closed for a protocol violation (bad frame, bad hello...).
     pub protocol_errors: AtomicU64,
+    /// Reads through to the tier (after a memory miss).
+    pub tier_reads: AtomicU64,
+    /// Tier reads that failed.
+    pub tier_read_errors: AtomicU64,
 }
 
 /// Per-connection counts, folded into [`NodeStats`] after each batch.
