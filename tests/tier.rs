@@ -246,3 +246,39 @@ async fn a_queued_write_is_never_bypassed_by_a_read_through() {
     n.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A hot missing key reaches the tier once, not on every get; a put of
+/// the key is seen at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_are_remembered_briefly() {
+    let dir = data_dir("negative");
+    let tier = Arc::new(Counting {
+        dir: DirTier::open(&dir).await.expect("dir"),
+        reads: AtomicU32::new(0),
+        gate: tokio::sync::Semaphore::new(1000),
+    });
+    let n = start_node_with(Node::with_tier(
+        small_settings(),
+        Clock::new(),
+        Some(tier.clone()),
+    ))
+    .await;
+    let c = Client::connect(&n.url()).await.expect("connect");
+    for _ in 0..50 {
+        assert_eq!(c.get(b"nothing").await.expect("get"), None);
+    }
+    assert_eq!(
+        tier.reads.load(Ordering::Relaxed),
+        1,
+        "one tier read for 50 sequential misses"
+    );
+    c.put(b"nothing", b"now something", Some(0))
+        .await
+        .expect("put");
+    assert_eq!(
+        c.get(b"nothing").await.expect("get").as_deref(),
+        Some(&b"now something"[..])
+    );
+    n.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

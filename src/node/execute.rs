@@ -194,6 +194,16 @@ async fn read_through(node: Arc<Node>, id: u64, key: Vec<u8>, since: u64) -> Vec
             None => {}
         }
     }
+    // A remembered miss counts only if recorded since the node last gained
+    // the key (another owner may have written it meanwhile).
+    if node
+        .negative
+        .get_with(&key, node.clock.now(), since, |_| ())
+        .is_some()
+    {
+        respond(id, Status::NotFound, &mut out);
+        return out;
+    }
     let (tx, rx) = oneshot::channel();
     let leader = {
         let mut reads = node.reads.lock().unwrap_or_else(|e| e.into_inner());
@@ -222,7 +232,16 @@ async fn read_through(node: Arc<Node>, id: u64, key: Vec<u8>, since: u64) -> Vec
                     .put(&key, &obj.value, ttl, node.clock.now(), wall_micros());
                 ReadThrough::Found(obj.value)
             }
-            Ok(ReadOutcome::Absent | ReadOutcome::Expired) => ReadThrough::Missing,
+            Ok(ReadOutcome::Absent | ReadOutcome::Expired) => {
+                node.negative.put(
+                    &key,
+                    b"",
+                    super::NEGATIVE_TTL_SECS,
+                    node.clock.now(),
+                    wall_micros(),
+                );
+                ReadThrough::Missing
+            }
             Err(e) => {
                 node.stats.tier_read_errors.fetch_add(1, Ordering::Relaxed);
                 ReadThrough::Failed(e.to_string())
@@ -274,6 +293,7 @@ fn persist(
     let Some(wb) = &node.writeback else {
         return Ok(Answer::Status(ok));
     };
+    node.negative.delete(key, node.clock.now());
     let Some(durable) = wb.try_enqueue(key, write) else {
         return Err(WireError::Unavailable(format!(
             "the write-behind queue is full (QUEUE_CAPACITY={}); the tier ({}) may be down",

@@ -222,11 +222,19 @@ pub struct Node {
     pub tier: Arc<dyn tier::Tier>,
     /// Background writes to the tier; `None` when memory-only.
     pub writeback: Option<tier::writeback::WriteBack>,
+    /// Keys the tier recently did not have: a hot missing key does not
+    /// send every get to the tier. Entries live `NEGATIVE_TTL_SECS`.
+    pub negative: Store,
     /// Tier reads under way, so concurrent misses of one key share one read.
     pub reads: std::sync::Mutex<
         std::collections::HashMap<Vec<u8>, Vec<tokio::sync::oneshot::Sender<ReadThrough>>>,
     >,
 }
+
+/// How long a tier miss is remembered (seconds).
+pub const NEGATIVE_TTL_SECS: u32 = 1;
+/// Most tier misses remembered at once.
+const NEGATIVE_ENTRIES: usize = 10_000;
 
 /// The result of one read through to the tier, shared by every request
 /// that missed the same key meanwhile.
@@ -271,7 +279,17 @@ impl Node {
         let writeback = tier.as_ref().map(|t| {
             tier::writeback::WriteBack::new(t.clone(), settings.queue_capacity, settings.uploaders)
         });
+        let negative = Store::new(
+            StoreConfig {
+                max_items: NEGATIVE_ENTRIES,
+                max_bytes: None,
+                shards: 16,
+                exact_lru: false,
+            },
+            clock.now(),
+        );
         Node {
+            negative,
             tier: tier.unwrap_or_else(|| Arc::new(tier::NoTier)),
             writeback,
             reads: Default::default(),
