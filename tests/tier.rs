@@ -125,6 +125,17 @@ struct Counting {
     gate: tokio::sync::Semaphore,
 }
 
+impl Counting {
+    /// Over a directory tier at `dir`, with `open` reads let through at once.
+    async fn new(dir: &std::path::Path, open: usize) -> Arc<Counting> {
+        Arc::new(Counting {
+            dir: DirTier::open(dir).await.expect("dir"),
+            reads: AtomicU32::new(0),
+            gate: tokio::sync::Semaphore::new(open),
+        })
+    }
+}
+
 #[async_trait::async_trait]
 impl Tier for Counting {
     fn name(&self) -> &'static str {
@@ -161,11 +172,8 @@ async fn concurrent_misses_of_one_cold_key_share_one_tier_read() {
     )
     .await
     .expect("seed");
-    let tier = Arc::new(Counting {
-        dir: seed,
-        reads: AtomicU32::new(0),
-        gate: tokio::sync::Semaphore::new(0),
-    });
+    drop(seed);
+    let tier = Counting::new(&dir, 0).await;
     let n = start_node_with(Node::with_tier(
         small_settings(),
         Clock::new(),
@@ -252,11 +260,7 @@ async fn a_queued_write_is_never_bypassed_by_a_read_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misses_are_remembered_briefly() {
     let dir = data_dir("negative");
-    let tier = Arc::new(Counting {
-        dir: DirTier::open(&dir).await.expect("dir"),
-        reads: AtomicU32::new(0),
-        gate: tokio::sync::Semaphore::new(1000),
-    });
+    let tier = Counting::new(&dir, 1000).await;
     let n = start_node_with(Node::with_tier(
         small_settings(),
         Clock::new(),

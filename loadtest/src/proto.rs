@@ -285,54 +285,50 @@ mod tests {
         assert!("redis://nohost".parse::<Target>().is_err());
     }
 
-    #[test]
-    fn memcache_answers_split_anywhere() {
-        let stream =
-            b"VALUE k 0 3\r\nabc\r\nEND\r\nEND\r\nSTORED\r\nSERVER_ERROR out of memory\r\n";
+    type Parse = fn(&mut BytesMut) -> Result<Option<Answer>, String>;
+
+    /// Feeds `stream` cut in two at every position; `parse` must find the
+    /// same answers whatever the cut.
+    fn answers_split_anywhere(parse: Parse, stream: &[u8], want: &[Answer]) {
         for cut in 0..stream.len() {
             let mut buf = BytesMut::from(&stream[..cut]);
             let mut got = Vec::new();
-            while let Some(a) = parse_memcache(&mut buf).expect("valid") {
+            while let Some(a) = parse(&mut buf).expect("valid") {
                 got.push(a);
             }
             buf.extend_from_slice(&stream[cut..]);
-            while let Some(a) = parse_memcache(&mut buf).expect("valid") {
+            while let Some(a) = parse(&mut buf).expect("valid") {
                 got.push(a);
             }
-            assert_eq!(
-                got,
-                vec![
-                    Answer::Hit,
-                    Answer::Miss,
-                    Answer::Stored,
-                    Answer::Error("server_error".into())
-                ]
-            );
+            assert_eq!(got, want, "cut at {cut}");
         }
     }
 
     #[test]
+    fn memcache_answers_split_anywhere() {
+        answers_split_anywhere(
+            parse_memcache,
+            b"VALUE k 0 3\r\nabc\r\nEND\r\nEND\r\nSTORED\r\nSERVER_ERROR out of memory\r\n",
+            &[
+                Answer::Hit,
+                Answer::Miss,
+                Answer::Stored,
+                Answer::Error("server_error".into()),
+            ],
+        );
+    }
+
+    #[test]
     fn redis_answers_split_anywhere() {
-        let stream = b"$3\r\nabc\r\n$-1\r\n+OK\r\n-OOM command not allowed\r\n";
-        for cut in 0..stream.len() {
-            let mut buf = BytesMut::from(&stream[..cut]);
-            let mut got = Vec::new();
-            while let Some(a) = parse_redis(&mut buf).expect("valid") {
-                got.push(a);
-            }
-            buf.extend_from_slice(&stream[cut..]);
-            while let Some(a) = parse_redis(&mut buf).expect("valid") {
-                got.push(a);
-            }
-            assert_eq!(
-                got,
-                vec![
-                    Answer::Hit,
-                    Answer::Miss,
-                    Answer::Stored,
-                    Answer::Error("oom".into())
-                ]
-            );
-        }
+        answers_split_anywhere(
+            parse_redis,
+            b"$3\r\nabc\r\n$-1\r\n+OK\r\n-OOM command not allowed\r\n",
+            &[
+                Answer::Hit,
+                Answer::Miss,
+                Answer::Stored,
+                Answer::Error("oom".into()),
+            ],
+        );
     }
 }

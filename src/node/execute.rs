@@ -134,14 +134,7 @@ fn get(
 ) -> Result<Answer, WireError> {
     check_key(node, key)?;
     let hit = node.store.get_with(key, node.clock.now(), since, |value| {
-        encode_response(
-            &Response {
-                id,
-                status: Status::Ok,
-                body: Body::Value(value),
-            },
-            out,
-        );
+        encode_value(id, value, out)
     });
     Ok(match hit {
         Some(()) => Answer::Encoded,
