@@ -45,9 +45,17 @@ pub struct NodeConfig {
     #[arg(long, env = "AWS_REGION")]
     pub aws_region: Option<String>,
 
-    /// S3 bucket that backs the cache.
+    /// S3 bucket that backs the cache (wins over DATA_DIR when both are set).
     #[arg(long, env = "S3_BUCKET")]
     pub s3_bucket: Option<String>,
+
+    /// Endpoint of an S3-compatible store (MinIO, Ceph, R2), e.g. http://minio:9000; uses path-style addressing.
+    #[arg(long, env = "S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// Prefix of every object name in the bucket, e.g. "milena" (default: none).
+    #[arg(long, env = "S3_PREFIX", default_value = "")]
+    pub s3_prefix: String,
 
     /// Log level or filter: error, warn, info, debug, trace, or e.g. "milena=debug,info".
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]

@@ -8,6 +8,9 @@ use anyhow::Context;
 use milena::config::NodeConfig;
 use std::time::Duration;
 
+use milena::node::tier::Tier;
+use milena::node::tier::dir::DirTier;
+use milena::node::tier::s3::{S3Settings, S3Tier};
 use milena::node::{Membership, Node, NodeSettings};
 use tracing::{info, warn};
 
@@ -22,6 +25,56 @@ fn main() -> ExitCode {
     )
 }
 
+/// The tier the configuration asks for: S3 when `S3_BUCKET` is set, else
+/// the local directory `DATA_DIR`, else none (memory only).
+async fn open_tier(
+    cfg: &NodeConfig,
+    settings: &NodeSettings,
+) -> anyhow::Result<Option<Arc<dyn Tier>>> {
+    if let Some(bucket) = &cfg.s3_bucket {
+        if let Some(dir) = &cfg.data_dir {
+            warn!(data_dir = %dir.display(), "S3_BUCKET is set: DATA_DIR is ignored");
+        }
+        if let Some(e) = &cfg.s3_endpoint {
+            milena::net::parse_url(e)
+                .map_err(|err| anyhow::anyhow!("invalid S3_ENDPOINT: {err}"))?;
+        }
+        let t = S3Tier::connect(S3Settings {
+            bucket: bucket.clone(),
+            prefix: cfg.s3_prefix.clone(),
+            endpoint: cfg.s3_endpoint.clone(),
+            region: cfg.aws_region.clone(),
+            static_credentials: None,
+        })
+        .await;
+        match t.check().await {
+            Ok(None) => {}
+            Ok(Some(why)) => warn!(
+                bucket = %bucket,
+                "S3 is unreachable for now; serving from memory and queueing writes until it answers: {why}"
+            ),
+            Err(e) => anyhow::bail!("cannot use S3_BUCKET={bucket}: {e}"),
+        }
+        info!(
+            bucket = %bucket,
+            prefix = %cfg.s3_prefix,
+            endpoint = cfg.s3_endpoint.as_deref().unwrap_or("AWS"),
+            write_mode = ?settings.write_mode,
+            "tier: S3"
+        );
+        return Ok(Some(Arc::new(t)));
+    }
+    if let Some(dir) = &cfg.data_dir {
+        let t = DirTier::open(dir)
+            .await
+            .with_context(|| format!("cannot use DATA_DIR={}", dir.display()))?;
+        info!(data_dir = %dir.display(), write_mode = ?settings.write_mode, "tier: local directory");
+        return Ok(Some(Arc::new(t)));
+    }
+    warn!("no S3_BUCKET or DATA_DIR: entries live in memory only and are lost with the node");
+    Ok(None)
+}
+
 async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let listener = milena::net::bind(cfg.listen_addr)
         .with_context(|| format!("cannot listen on LISTEN_ADDR={}", cfg.listen_addr))?;
@@ -29,32 +82,7 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let mut settings = NodeSettings::from(&cfg);
     settings.tls = cfg.tls.load()?;
     let tls_client = settings.tls.as_ref().map(|t| t.connector.clone());
-    if cfg.metrics_port.is_some() {
-        warn!(
-            "METRICS_PORT is set, but this build does not serve /metrics yet; use `milena-cli stats`"
-        );
-    }
-    let tier: Option<Arc<dyn milena::node::tier::Tier>> = match (&cfg.data_dir, &cfg.s3_bucket) {
-        (Some(dir), _) => {
-            let t = milena::node::tier::dir::DirTier::open(dir)
-                .await
-                .with_context(|| format!("cannot use DATA_DIR={}", dir.display()))?;
-            info!(data_dir = %dir.display(), write_mode = ?settings.write_mode, "tier: local directory");
-            Some(Arc::new(t))
-        }
-        (None, Some(_)) => {
-            warn!(
-                "S3_BUCKET is set, but this build has no S3 tier yet; entries live in memory only"
-            );
-            None
-        }
-        (None, None) => {
-            warn!(
-                "no DATA_DIR or S3_BUCKET: entries live in memory only and are lost with the node"
-            );
-            None
-        }
-    };
+    let tier = open_tier(&cfg, &settings).await?;
     let node = Arc::new(Node::with_tier(settings, milena::node::Clock::new(), tier));
     if let Some(port) = cfg.metrics_port {
         let addr = std::net::SocketAddr::new(cfg.listen_addr.ip(), port);

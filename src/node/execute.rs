@@ -149,13 +149,6 @@ fn get(
     })
 }
 
-/// Seconds since the Unix epoch (tier expiry is absolute wall time).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Wall-clock microseconds: the version of a write.
 fn wall_micros() -> u64 {
     std::time::SystemTime::now()
@@ -212,7 +205,7 @@ async fn read_through(node: Arc<Node>, id: u64, key: Vec<u8>, since: u64) -> Vec
         }
     };
     if leader {
-        let now = unix_now();
+        let now = node.clock.unix_secs();
         node.stats.tier_reads.fetch_add(1, Ordering::Relaxed);
         let result = match node.tier.get(&key, now).await {
             Ok(ReadOutcome::Found(obj)) => {
@@ -336,7 +329,7 @@ fn put(
     }
     let obj = Object {
         value: Bytes::copy_from_slice(value),
-        expires_at: (ttl > 0).then(|| unix_now() + u64::from(ttl)),
+        expires_at: (ttl > 0).then(|| node.clock.unix_secs() + u64::from(ttl)),
         version: epoch.max(wall_micros()),
     };
     persist(node, id, key, Pending::Put(obj), Status::Ok)

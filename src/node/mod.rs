@@ -136,7 +136,22 @@ impl Clock {
             Clock::Manual(ms) => Millis(ms.load(Ordering::Relaxed)),
         }
     }
+
+    /// Wall-clock Unix seconds, for expiries stored in the tier (absolute,
+    /// so they mean the same to every node). A manual clock reads
+    /// [`MANUAL_UNIX_BASE`] plus its own reading, so tests can move it.
+    pub fn unix_secs(&self) -> u64 {
+        match self {
+            Clock::Tokio(_) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            Clock::Manual(ms) => MANUAL_UNIX_BASE + ms.load(Ordering::Relaxed) / 1000,
+        }
+    }
 }
+
+/// The Unix time a manual clock reads at zero (2023-11-14).
+pub const MANUAL_UNIX_BASE: u64 = 1_700_000_000;
 
 impl Default for Clock {
     fn default() -> Self {

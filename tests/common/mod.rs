@@ -1,6 +1,8 @@
 //! Shared helpers: real servers on port 0 and a raw protocol socket.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -241,7 +243,7 @@ impl ClusterNode {
         settings: NodeSettings,
         token: Option<&str>,
     ) -> ClusterNode {
-        Self::start_full(addr, routers, settings, token, None)
+        Self::start_full(addr, routers, settings, token, TierSpec::None)
     }
 
     /// As [`ClusterNode::start`], backed by a directory tier at `dir`.
@@ -251,7 +253,23 @@ impl ClusterNode {
         settings: NodeSettings,
         dir: &std::path::Path,
     ) -> ClusterNode {
-        Self::start_full(addr, routers, settings, None, Some(dir.to_path_buf()))
+        Self::start_full(
+            addr,
+            routers,
+            settings,
+            None,
+            TierSpec::Dir(dir.to_path_buf()),
+        )
+    }
+
+    /// As [`ClusterNode::start`], backed by the tier `tier`.
+    pub fn start_with_tier(
+        addr: &str,
+        routers: &[String],
+        settings: NodeSettings,
+        tier: TierSpec,
+    ) -> ClusterNode {
+        Self::start_full(addr, routers, settings, None, tier)
     }
 
     fn start_full(
@@ -259,7 +277,7 @@ impl ClusterNode {
         routers: &[String],
         settings: NodeSettings,
         token: Option<&str>,
-        dir: Option<std::path::PathBuf>,
+        tier: TierSpec,
     ) -> ClusterNode {
         let cluster_token = token.map(milena::error::Secret::new);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -283,13 +301,18 @@ impl ClusterNode {
                     Some(_) => format!("https://localhost:{}", bound.port()),
                     None => format!("http://{bound}"),
                 };
-                let tier: Option<Arc<dyn milena::node::tier::Tier>> = match dir {
-                    Some(d) => Some(Arc::new(
+                // Built inside the node's runtime: its HTTP connections
+                // die with the node.
+                let tier: Option<Arc<dyn milena::node::tier::Tier>> = match tier {
+                    TierSpec::Dir(d) => Some(Arc::new(
                         milena::node::tier::dir::DirTier::open(d)
                             .await
                             .expect("data dir"),
                     )),
-                    None => None,
+                    TierSpec::S3(s) => {
+                        Some(Arc::new(milena::node::tier::s3::S3Tier::connect(s).await))
+                    }
+                    TierSpec::None => None,
                 };
                 let node = Arc::new(Node::with_tier(settings, milena::node::Clock::new(), tier));
                 let _ = ready_tx.send((bound, advertise.clone(), node.clone()));
@@ -339,6 +362,17 @@ impl ClusterNode {
             .await
             .expect("join");
     }
+}
+
+/// Which tier a test node writes to.
+#[derive(Debug, Clone)]
+pub enum TierSpec {
+    /// Memory only.
+    None,
+    /// A shared directory.
+    Dir(std::path::PathBuf),
+    /// An S3-compatible server.
+    S3(milena::node::tier::s3::S3Settings),
 }
 
 /// Sends a raw HTTP/1.1 request and returns the whole answer (the request

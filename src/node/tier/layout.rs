@@ -3,7 +3,7 @@
 //! prefix, and directories stay small).
 //!
 //! `<prefix>/<2 hex digits of XXH3(key)>/<base64url(key), no padding>`,
-//! e.g. key `user:42` → `milena/8e/dXNlcjo0Mg`. Names longer than a file
+//! e.g. key `user:42` → `milena/9f/dXNlcjo0Mg`. Names longer than a file
 //! name may be are split into 200-character path segments, which a listing
 //! simply concatenates back (`aws s3 ls s3://bucket/ --recursive` shows one
 //! object per key).

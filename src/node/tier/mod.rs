@@ -9,6 +9,7 @@
 
 pub mod dir;
 pub mod layout;
+pub mod s3;
 pub mod writeback;
 
 use bytes::Bytes;
@@ -64,6 +65,16 @@ pub enum TierError {
         name: String,
         /// What is wrong.
         reason: String,
+    },
+    /// The object store refused or failed a request.
+    #[error("tier {op} {name}: {message}")]
+    Service {
+        /// The operation (`get`, `put`, ...).
+        op: &'static str,
+        /// Object name.
+        name: String,
+        /// What the store said.
+        message: String,
     },
 }
 

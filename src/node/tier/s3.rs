@@ -1,0 +1,316 @@
+//! The S3 tier: one object per key, in AWS S3 or any S3-compatible store
+//! (MinIO, Ceph, R2, the tests' in-process `s3s-fs`).
+//!
+//! Each object carries its write version and absolute expiry as user
+//! metadata (`x-amz-meta-milena-version`, `x-amz-meta-milena-expires`, Unix
+//! seconds). Writes are compare-and-swap: read the stored version (HEAD),
+//! give up if it is newer, then upload with `If-Match: <etag>` (or
+//! `If-None-Match: *` for a new object) and start over if someone else
+//! wrote in between — so a slow upload of an old value never replaces a
+//! newer one. A delete writes a small tombstone the same way (S3 has no
+//! conditional delete everywhere), so a delayed older put cannot bring a
+//! deleted key back; tombstones expire after [`TOMBSTONE_LIFETIME`] and are
+//! then removed lazily (or by the bucket's lifecycle rule).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+
+use super::layout::object_name;
+use super::{Object, ReadOutcome, Tier, TierError, WriteOutcome};
+
+/// Metadata key of the write version.
+const META_VERSION: &str = "milena-version";
+/// Metadata key of the absolute expiry (Unix seconds; absent = never).
+const META_EXPIRES: &str = "milena-expires";
+/// Metadata key marking a tombstone (a deleted key).
+const META_DELETED: &str = "milena-deleted";
+/// How long a tombstone guards a deleted key against delayed older writes.
+/// Far longer than any upload is retried.
+pub const TOMBSTONE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Compare-and-swap rounds before a write gives up (and is retried later
+/// by the write-behind queue): only concurrent writers of one key lose one.
+const CAS_ATTEMPTS: usize = 8;
+
+/// Where the S3 tier stores objects and how it reaches the store.
+#[derive(Debug, Clone, Default)]
+pub struct S3Settings {
+    /// Bucket name (`S3_BUCKET`).
+    pub bucket: String,
+    /// Object name prefix (`S3_PREFIX`), may be empty.
+    pub prefix: String,
+    /// Endpoint URL for S3-compatible stores (`S3_ENDPOINT`); switches to
+    /// path-style addressing, which MinIO, Ceph and test servers expect.
+    pub endpoint: Option<String>,
+    /// Region (`AWS_REGION`); the credential chain's profile region when unset.
+    pub region: Option<String>,
+    /// Fixed access key and secret, instead of the standard credential
+    /// chain (for embedding and tests; the binary uses the chain).
+    pub static_credentials: Option<(String, String)>,
+}
+
+/// The S3 tier.
+#[derive(Debug, Clone)]
+pub struct S3Tier {
+    client: Client,
+    bucket: String,
+    prefix: String,
+}
+
+/// A stored object's ETag and version, from a HEAD.
+struct Head {
+    etag: Option<String>,
+    version: u64,
+}
+
+impl S3Tier {
+    /// Builds a client from the standard AWS configuration chain
+    /// (environment, profile, web identity, container and instance
+    /// credentials) plus `settings`. Makes no request.
+    pub async fn connect(settings: S3Settings) -> Self {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let mut loader =
+            aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http);
+        if let Some(region) = &settings.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some((id, secret)) = &settings.static_credentials {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                id.clone(),
+                secret.clone(),
+                None,
+                None,
+                "milena-static",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut conf = aws_sdk_s3::config::Builder::from(&shared);
+        if shared.region().is_none() {
+            // S3-compatible stores rarely care; AWS itself needs AWS_REGION.
+            conf = conf.region(aws_config::Region::from_static("us-east-1"));
+        }
+        if let Some(endpoint) = &settings.endpoint {
+            conf = conf.endpoint_url(endpoint).force_path_style(true);
+        }
+        S3Tier {
+            client: Client::from_conf(conf.build()),
+            bucket: settings.bucket,
+            prefix: settings.prefix,
+        }
+    }
+
+    /// Checks that the bucket exists and the credentials may use it: an
+    /// error when the store refuses (wrong bucket, credentials, region),
+    /// `Ok(Some(why))` when it cannot be reached at all (it may come back;
+    /// the write-behind queue retries).
+    pub async fn check(&self) -> Result<Option<String>, TierError> {
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(None),
+            Err(e) if http_status(&e).is_none() => Ok(Some(DisplayErrorContext(e).to_string())),
+            Err(e) => Err(service("head bucket", &self.bucket, e)),
+        }
+    }
+
+    /// The object name of `key`.
+    pub fn object_name(&self, key: &[u8]) -> String {
+        object_name(&self.prefix, key)
+    }
+
+    async fn head(&self, name: &str) -> Result<Option<Head>, TierError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(name)
+            .send()
+            .await
+        {
+            Ok(h) => {
+                let version = parse_meta(name, h.metadata(), META_VERSION)?.ok_or_else(|| {
+                    TierError::Corrupt {
+                        name: name.into(),
+                        reason: "no milena-version metadata".into(),
+                    }
+                })?;
+                Ok(Some(Head {
+                    etag: h.e_tag().map(str::to_string),
+                    version,
+                }))
+            }
+            Err(e) if http_status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(service("head", name, e)),
+        }
+    }
+
+    /// Uploads `body` as `name` at `version` unless a newer version is stored.
+    async fn write(
+        &self,
+        name: &str,
+        version: u64,
+        expires_at: Option<u64>,
+        tombstone: bool,
+        body: &Bytes,
+    ) -> Result<WriteOutcome, TierError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let head = self.head(name).await?;
+            if head.as_ref().is_some_and(|h| h.version > version) {
+                return Ok(WriteOutcome::Superseded);
+            }
+            let mut put = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(name)
+                .content_type("application/octet-stream")
+                .metadata(META_VERSION, version.to_string())
+                .body(ByteStream::from(body.clone()));
+            if let Some(t) = expires_at {
+                put = put.metadata(META_EXPIRES, t.to_string());
+            }
+            if tombstone {
+                put = put.metadata(META_DELETED, "1");
+            }
+            put = match head {
+                Some(Head {
+                    etag: Some(etag), ..
+                }) => put.if_match(etag),
+                // No ETag to compare: the version check above is all we have.
+                Some(Head { etag: None, .. }) => put,
+                None => put.if_none_match("*"),
+            };
+            match put.send().await {
+                Ok(_) => return Ok(WriteOutcome::Stored),
+                // Someone wrote between our HEAD and PUT: look again.
+                Err(e) if matches!(http_status(&e), Some(412 | 409)) => continue,
+                Err(e) => return Err(service("put", name, e)),
+            }
+        }
+        Err(TierError::Service {
+            op: "put",
+            name: name.into(),
+            message: format!("still contended after {CAS_ATTEMPTS} conditional attempts"),
+        })
+    }
+}
+
+/// Unix seconds now.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A numeric metadata field; `Corrupt` when present but not a number.
+fn parse_meta(
+    name: &str,
+    meta: Option<&std::collections::HashMap<String, String>>,
+    field: &str,
+) -> Result<Option<u64>, TierError> {
+    match meta.and_then(|m| m.get(field)) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| TierError::Corrupt {
+            name: name.into(),
+            reason: format!("metadata {field}={v:?} is not a number"),
+        }),
+    }
+}
+
+fn http_status<E>(e: &SdkError<E, HttpResponse>) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
+}
+
+fn service<E: std::error::Error + 'static>(
+    op: &'static str,
+    name: &str,
+    e: SdkError<E, HttpResponse>,
+) -> TierError {
+    TierError::Service {
+        op,
+        name: name.into(),
+        message: DisplayErrorContext(e).to_string(),
+    }
+}
+
+#[async_trait::async_trait]
+impl Tier for S3Tier {
+    fn name(&self) -> &'static str {
+        "s3"
+    }
+
+    async fn get(&self, key: &[u8], now: u64) -> Result<ReadOutcome, TierError> {
+        let name = self.object_name(key);
+        let resp = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&name)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(e) if http_status(&e) == Some(404) => return Ok(ReadOutcome::Absent),
+            Err(e) => return Err(service("get", &name, e)),
+        };
+        let meta = resp.metadata();
+        let version = parse_meta(&name, meta, META_VERSION)?.ok_or_else(|| TierError::Corrupt {
+            name: name.clone(),
+            reason: "no milena-version metadata (not written by Milena)".into(),
+        })?;
+        let expires_at = parse_meta(&name, meta, META_EXPIRES)?;
+        let tombstone = meta.is_some_and(|m| m.contains_key(META_DELETED));
+        let etag = resp.e_tag().map(str::to_string);
+        if expires_at.is_some_and(|t| now >= t) {
+            // Lazy clean-up, only of the object we read (If-Match), so a
+            // newer write that raced in is never removed. Best effort.
+            let mut del = self.client.delete_object().bucket(&self.bucket).key(&name);
+            if let Some(etag) = etag {
+                del = del.if_match(etag);
+            }
+            let _ = del.send().await;
+            return Ok(if tombstone {
+                ReadOutcome::Absent
+            } else {
+                ReadOutcome::Expired
+            });
+        }
+        if tombstone {
+            return Ok(ReadOutcome::Absent);
+        }
+        let value = resp
+            .body
+            .collect()
+            .await
+            .map_err(|e| TierError::Service {
+                op: "get",
+                name: name.clone(),
+                message: DisplayErrorContext(e).to_string(),
+            })?
+            .into_bytes();
+        Ok(ReadOutcome::Found(Object {
+            value,
+            expires_at,
+            version,
+        }))
+    }
+
+    async fn put(&self, key: &[u8], obj: &Object) -> Result<WriteOutcome, TierError> {
+        let name = self.object_name(key);
+        self.write(&name, obj.version, obj.expires_at, false, &obj.value)
+            .await
+    }
+
+    async fn delete(&self, key: &[u8], version: u64) -> Result<WriteOutcome, TierError> {
+        let name = self.object_name(key);
+        let until = unix_now() + TOMBSTONE_LIFETIME.as_secs();
+        self.write(&name, version, Some(until), true, &Bytes::new())
+            .await
+    }
+}
