@@ -100,6 +100,7 @@ impl Gateway {
                 kind,
                 key_hash: key_hash(key),
                 meta: 0,
+                previous: None,
                 reply,
                 attempt: 0,
                 permit,

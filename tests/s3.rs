@@ -167,3 +167,401 @@ async fn bad_credentials_and_a_missing_bucket_are_clear_errors() {
         .expect("not a refusal");
     assert!(why.is_some());
 }
+
+fn sync_settings() -> NodeSettings {
+    NodeSettings {
+        write_mode: WriteMode::Sync,
+        ..small_settings()
+    }
+}
+
+/// The value a node's stats report for `name`.
+async fn stat(c: &Client, name: &str) -> u64 {
+    c.stats()
+        .await
+        .expect("stats")
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map_or(0, |(_, v)| v)
+}
+
+/// Sync mode: 10,000 puts through the router, one node killed without
+/// leave or flush; every key reads back right through the router.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_sync_writes_survive_a_killed_node() {
+    let s3 = S3Server::start("kill");
+    let router = start_router(test_router_settings()).await;
+    let mut nodes: Vec<ClusterNode> = (0..3)
+        .map(|_| {
+            ClusterNode::start_with_tier(
+                "127.0.0.1:0",
+                &[router.url()],
+                sync_settings(),
+                TierSpec::S3(s3.settings()),
+            )
+        })
+        .collect();
+    let urls: Vec<String> = nodes.iter().map(ClusterNode::url).collect();
+    router
+        .wait_members(&urls.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    let c = Client::connect(&router.url()).await.expect("connect");
+    const WRITERS: usize = 32;
+    const PER: usize = 10_000 / WRITERS + 1;
+    let mut tasks = Vec::new();
+    for t in 0..WRITERS {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..PER {
+                let k = format!("key-{t}-{i}");
+                c.put(k.as_bytes(), format!("value-{k}").as_bytes(), Some(0))
+                    .await
+                    .expect("put");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let victim = nodes.remove(0);
+    let held = victim.node.store.stats().items;
+    assert!(held > 2000, "the victim held its share ({held})");
+    victim.kill().await;
+    let rest: Vec<String> = nodes.iter().map(ClusterNode::url).collect();
+    router
+        .wait_members(&rest.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+
+    let mut tasks = Vec::new();
+    for t in 0..WRITERS {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut lost, mut wrong) = (0, 0);
+            for i in 0..PER {
+                let k = format!("key-{t}-{i}");
+                match c.get(k.as_bytes()).await.expect("answered") {
+                    Some(v) if v == format!("value-{k}").as_bytes() => {}
+                    Some(_) => wrong += 1,
+                    None => lost += 1,
+                }
+            }
+            (lost, wrong)
+        }));
+    }
+    let (mut lost, mut wrong) = (0, 0);
+    for t in tasks {
+        let (l, w) = t.await.expect("reader");
+        lost += l;
+        wrong += w;
+    }
+    println!(
+        "{} keys, victim held {held}: lost {lost}, wrong {wrong}",
+        WRITERS * PER
+    );
+    assert_eq!((lost, wrong), (0, 0));
+    for n in nodes {
+        n.stop().await;
+    }
+    router.stop().await;
+}
+
+/// Async mode: acknowledged at once, and a graceful stop uploads every
+/// write before the node exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_uploads_every_async_write() {
+    let s3 = S3Server::start("flush");
+    let router = start_router(test_router_settings()).await;
+    let node = ClusterNode::start_with_tier(
+        "127.0.0.1:0",
+        &[router.url()],
+        small_settings(),
+        TierSpec::S3(s3.settings()),
+    );
+    router.wait_members(&[&node.url()]).await;
+    let c = Client::connect(&router.url()).await.expect("connect");
+    for i in 0..500 {
+        c.put(format!("k{i}").as_bytes(), format!("v{i}").as_bytes(), Some(0))
+            .await
+            .expect("put");
+    }
+    node.stop().await;
+    let tier = s3.tier().await;
+    for i in 0..500 {
+        match tier.get(format!("k{i}").as_bytes(), 0).await.expect("read") {
+            ReadOutcome::Found(o) => assert_eq!(o.value, format!("v{i}").as_bytes()),
+            other => panic!("k{i}: {other:?}"),
+        }
+    }
+    router.stop().await;
+}
+
+/// S3 unreachable: memory hits keep being served, puts are accepted
+/// until the queue is full and then refused with a clear error, the queue
+/// depth and tier errors show in stats, and everything queued arrives
+/// once S3 is back. A hard kill during the outage loses at most what the
+/// queue held, which stats reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_outage_queues_writes_bounded_and_drains_when_back() {
+    let s3 = S3Server::start("outage");
+    let proxy = FaultProxy::start(s3.addr).await;
+    let settings = NodeSettings {
+        queue_capacity: 64,
+        ..small_settings()
+    };
+    let node = Node::with_tier(
+        settings,
+        Clock::new(),
+        Some(Arc::new(
+            S3Tier::connect(s3.settings_via(&proxy.endpoint())).await,
+        )),
+    );
+    let node = start_node_with(node).await;
+    let c = Client::connect(&node.url()).await.expect("connect");
+    c.put(b"hot", b"before", Some(0)).await.expect("put");
+    node.node.writeback.as_ref().expect("tier").flush().await;
+
+    proxy.set_down(true);
+    let mut accepted = 0;
+    let refusal = loop {
+        match c.put(format!("q{accepted}").as_bytes(), b"queued", Some(0)).await {
+            Ok(()) => accepted += 1,
+            Err(e) => break e,
+        }
+        assert!(accepted <= 64, "the queue is bounded");
+    };
+    assert_eq!(accepted, 64);
+    let msg = refusal.to_string();
+    assert!(
+        msg.contains("write-behind queue is full") && msg.contains("QUEUE_CAPACITY=64"),
+        "{msg}"
+    );
+    // Memory keeps serving while S3 is away.
+    assert_eq!(c.get(b"hot").await.expect("hit").as_deref(), Some(&b"before"[..]));
+    assert_eq!(stat(&c, "tier_queue_depth").await, 64);
+    // Uploads are failing and being retried.
+    while stat(&c, "tier_write_errors").await == 0 {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    proxy.set_down(false);
+    node.node.writeback.as_ref().expect("tier").flush().await;
+    assert_eq!(stat(&c, "tier_queue_depth").await, 0);
+    let tier = s3.tier().await;
+    for i in 0..64 {
+        assert!(
+            matches!(
+                tier.get(format!("q{i}").as_bytes(), 0).await.expect("read"),
+                ReadOutcome::Found(_)
+            ),
+            "q{i} never arrived"
+        );
+    }
+    assert!(stat(&c, "tier_put_count").await >= 65);
+    node.stop().await;
+}
+
+/// A hard kill in async mode loses at most the writes still queued, and
+/// the node reported that number just before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_kill_loses_at_most_the_reported_queue() {
+    let s3 = S3Server::start("hardkill");
+    let proxy = FaultProxy::start(s3.addr).await;
+    let router = start_router(test_router_settings()).await;
+    let settings = NodeSettings {
+        queue_capacity: 100,
+        ..small_settings()
+    };
+    let node = ClusterNode::start_with_tier(
+        "127.0.0.1:0",
+        &[router.url()],
+        settings,
+        TierSpec::S3(s3.settings_via(&proxy.endpoint())),
+    );
+    router.wait_members(&[&node.url()]).await;
+    let c = Client::connect(&router.url()).await.expect("connect");
+    for i in 0..300 {
+        c.put(format!("a{i}").as_bytes(), b"v", Some(0)).await.expect("put");
+    }
+    node.node.writeback.as_ref().expect("tier").flush().await;
+    proxy.set_down(true);
+    let mut acked = 300;
+    for i in 0..100 {
+        if c.put(format!("b{i}").as_bytes(), b"v", Some(0)).await.is_ok() {
+            acked += 1;
+        }
+    }
+    let reported = node.node.writeback.as_ref().expect("tier").depth();
+    node.kill().await;
+    proxy.set_down(false);
+    let tier = s3.tier().await;
+    let mut lost = 0;
+    for p in ["a", "b"] {
+        for i in 0..if p == "a" { 300 } else { 100 } {
+            if !matches!(
+                tier.get(format!("{p}{i}").as_bytes(), 0).await.expect("read"),
+                ReadOutcome::Found(_)
+            ) {
+                lost += 1;
+            }
+        }
+    }
+    println!("acknowledged {acked}, queued at the kill {reported}, lost {lost}");
+    assert!(reported <= 100, "bounded by QUEUE_CAPACITY");
+    assert!(lost <= reported, "lost {lost} > reported {reported}");
+    assert_eq!(lost, 100, "S3 was down: every queued write died with the node");
+    router.stop().await;
+}
+
+/// TTL travels with the object: a node restarted after the TTL passed
+/// does not serve it from S3, while a longer-lived one still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_object_is_not_served_after_a_restart() {
+    let s3 = S3Server::start("ttl");
+    let (clock, ms) = Clock::manual();
+    let node = Node::with_tier(
+        sync_settings(),
+        clock,
+        Some(Arc::new(s3.tier().await)),
+    );
+    let node = start_node_with(node).await;
+    let c = Client::connect(&node.url()).await.expect("connect");
+    c.put(b"short", b"x", Some(10)).await.expect("put");
+    c.put(b"long", b"y", Some(100)).await.expect("put");
+    node.stop().await;
+
+    let (clock, ms2) = Clock::manual();
+    ms2.store(11_000, std::sync::atomic::Ordering::Relaxed);
+    drop(ms);
+    let node = Node::with_tier(
+        sync_settings(),
+        clock,
+        Some(Arc::new(s3.tier().await)),
+    );
+    let node = start_node_with(node).await;
+    let c = Client::connect(&node.url()).await.expect("connect");
+    assert_eq!(c.get(b"short").await.expect("get"), None);
+    assert_eq!(c.get(b"long").await.expect("get").as_deref(), Some(&b"y"[..]));
+    // The expired object was removed from the bucket on the way.
+    assert_eq!(
+        s3.tier().await.get(b"short", 0).await.expect("read"),
+        ReadOutcome::Absent
+    );
+    node.stop().await;
+}
+
+/// 100 concurrent gets of one cold key: one S3 read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_share_one_s3_read() {
+    let s3 = S3Server::start("coalesce");
+    s3.tier()
+        .await
+        .put(b"cold", &obj(b"warm now", 1, None))
+        .await
+        .expect("seed");
+    // Slow S3, so the misses really overlap (the count is one either way:
+    // late arrivals find the value in memory).
+    let proxy = FaultProxy::start(s3.addr).await;
+    proxy.set_delay(Duration::from_millis(50));
+    let node = Node::with_tier(
+        small_settings(),
+        Clock::new(),
+        Some(Arc::new(
+            S3Tier::connect(s3.settings_via(&proxy.endpoint())).await,
+        )),
+    );
+    let node = start_node_with(node).await;
+    let c = Client::connect(&node.url()).await.expect("connect");
+    let gets: Vec<_> = (0..100)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get(b"cold").await })
+        })
+        .collect();
+    for g in gets {
+        assert_eq!(
+            g.await.expect("task").expect("get").as_deref(),
+            Some(&b"warm now"[..])
+        );
+    }
+    assert_eq!(stat(&c, "tier_reads").await, 1);
+    assert_eq!(stat(&c, "tier_get_count").await, 1);
+    node.stop().await;
+}
+
+/// Async mode across a ring change: writes still queued at the old owner
+/// (its S3 is unreachable) are read through the router from the new owner
+/// — which asks the old one — never the older copies in S3; and when the
+/// old owner's stale uploads finally land, they do not overwrite what the
+/// new owner wrote since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_never_bypasses_the_previous_owners_queue() {
+    let s3 = S3Server::start("handoff");
+    let proxy = FaultProxy::start(s3.addr).await;
+    let router = start_router(test_router_settings()).await;
+    let a = ClusterNode::start_with_tier(
+        "127.0.0.1:0",
+        &[router.url()],
+        small_settings(),
+        TierSpec::S3(s3.settings_via(&proxy.endpoint())),
+    );
+    router.wait_members(&[&a.url()]).await;
+    let c = Client::connect(&router.url()).await.expect("connect");
+    const KEYS: usize = 200;
+    for i in 0..KEYS {
+        c.put(format!("k{i}").as_bytes(), b"v1", Some(0)).await.expect("put");
+    }
+    a.node.writeback.as_ref().expect("tier").flush().await;
+    // v1 is in S3; v2 stays queued at A.
+    proxy.set_down(true);
+    for i in 0..KEYS {
+        c.put(format!("k{i}").as_bytes(), b"v2", Some(0)).await.expect("put");
+    }
+
+    let b = ClusterNode::start_with_tier(
+        "127.0.0.1:0",
+        &[router.url()],
+        small_settings(),
+        TierSpec::S3(s3.settings()),
+    );
+    router.wait_members(&[&a.url(), &b.url()]).await;
+    let mut stale = 0;
+    for i in 0..KEYS {
+        match c.get(format!("k{i}").as_bytes()).await.expect("get").as_deref() {
+            Some(b"v2") => {}
+            _ => stale += 1,
+        }
+    }
+    let moved = b.node.stats.handoff_adopted.load(std::sync::atomic::Ordering::Relaxed);
+    println!("{moved} of {KEYS} keys moved to the new node and were taken over");
+    assert!(moved > 20, "the new node took a share of the keys ({moved})");
+    assert_eq!(stale, 0, "reads went backwards after the ring change");
+
+    // B now writes v3 for every key it owns; A's v2 uploads land later.
+    let owned_by_b: Vec<usize> = (0..KEYS)
+        .filter(|i| {
+            b.node
+                .store
+                .get_with(format!("k{i}").as_bytes(), b.node.clock.now(), 0, |_| ())
+                .is_some()
+        })
+        .collect();
+    assert_eq!(owned_by_b.len() as u64, moved);
+    for &i in &owned_by_b {
+        c.put(format!("k{i}").as_bytes(), b"v3", Some(0)).await.expect("put");
+    }
+    b.node.writeback.as_ref().expect("tier").flush().await;
+    proxy.set_down(false);
+    a.node.writeback.as_ref().expect("tier").flush().await;
+    let tier = s3.tier().await;
+    for i in 0..KEYS {
+        let want: &[u8] = if owned_by_b.contains(&i) { b"v3" } else { b"v2" };
+        match tier.get(format!("k{i}").as_bytes(), 0).await.expect("read") {
+            ReadOutcome::Found(o) => assert_eq!(&o.value[..], want, "k{i}"),
+            other => panic!("k{i}: {other:?}"),
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+    router.stop().await;
+}

@@ -133,28 +133,39 @@ mod tag {
     pub const DELETE: u32 = 3;
     pub const ROUTED_GET: u32 = 10;
     pub const ROUTED_PUT: u32 = 11;
+    pub const HANDOFF_GET: u32 = 13;
 }
 
 /// Appends a framed request that forwards a client's `Get`, `Put` or
-/// `Delete` body under a new `id`: a get becomes `RoutedGet { since: meta }`,
-/// a put `RoutedPut { epoch: meta }`, a delete stays as it is. The key and
-/// value bytes are copied straight across, without decoding them again.
+/// `Delete` body under a new `id`: a get becomes `RoutedGet { since: meta }`
+/// (or `HandoffGet { since: meta, previous }` when the key's previous owner
+/// is given), a put `RoutedPut { epoch: meta }`, a delete stays as it is.
+/// The key and value bytes are copied straight across, without decoding
+/// them again.
 ///
 /// Returns `false` (and appends nothing) if `client_body` is not one of
 /// those three operations.
-pub fn encode_forward(id: u64, client_body: &[u8], meta: u64, out: &mut Vec<u8>) -> bool {
+pub fn encode_forward(
+    id: u64,
+    client_body: &[u8],
+    meta: u64,
+    previous: Option<&str>,
+    out: &mut Vec<u8>,
+) -> bool {
     let Some(op_tag) = client_body.get(8..12) else {
         return false;
     };
     let op_tag = u32::from_le_bytes([op_tag[0], op_tag[1], op_tag[2], op_tag[3]]);
     let fields = &client_body[12..];
-    let routed = match op_tag {
-        tag::GET => Some(tag::ROUTED_GET),
-        tag::PUT => Some(tag::ROUTED_PUT),
-        tag::DELETE => None,
+    let (routed, previous) = match (op_tag, previous) {
+        (tag::GET, None) => (Some(tag::ROUTED_GET), None),
+        (tag::GET, Some(p)) => (Some(tag::HANDOFF_GET), Some(p)),
+        (tag::PUT, _) => (Some(tag::ROUTED_PUT), None),
+        (tag::DELETE, _) => (None, None),
         _ => return false,
     };
-    let body_len = 8 + 4 + routed.map_or(0, |_| 8) + fields.len();
+    let extra = previous.map_or(0, |p| 8 + p.len());
+    let body_len = 8 + 4 + routed.map_or(0, |_| 8) + extra + fields.len();
     let Ok(len) = u32::try_from(body_len) else {
         return false;
     };
@@ -167,6 +178,11 @@ pub fn encode_forward(id: u64, client_body: &[u8], meta: u64, out: &mut Vec<u8>)
             out.extend_from_slice(&meta.to_le_bytes());
         }
         None => out.extend_from_slice(&op_tag.to_le_bytes()),
+    }
+    if let Some(p) = previous {
+        // A string is its length (u64 LE) and its bytes, as in every field.
+        out.extend_from_slice(&(p.len() as u64).to_le_bytes());
+        out.extend_from_slice(p.as_bytes());
     }
     out.extend_from_slice(fields);
     true

@@ -91,6 +91,24 @@ pub enum Op<'a> {
         /// As in `Put`.
         ttl: Option<u32>,
     },
+    /// Node to node: the value of a key that the node has accepted but not
+    /// yet made durable (queued or uploading). Answered with `Body::Entry`,
+    /// or `NotFound` when nothing for the key is waiting.
+    Peek {
+        /// The key.
+        key: &'a [u8],
+    },
+    /// A get forwarded by a router to a key's new owner shortly after it
+    /// gained the key from `previous`, which may still hold a newer value
+    /// than the tier: on a memory miss the node asks it (`Peek`) as well.
+    HandoffGet {
+        /// As in `RoutedGet`.
+        since: u64,
+        /// Address of the key's previous owner.
+        previous: &'a str,
+        /// The key.
+        key: &'a [u8],
+    },
 }
 
 /// Outcome of a request.
@@ -171,6 +189,17 @@ pub enum Body<'a> {
         version: u16,
         /// `"node"` or `"router"`, with the software version, e.g. `"node milena/0.1.0"`.
         server: &'a str,
+    },
+    /// Answer to `Peek`: a write not yet durable, with its version.
+    Entry {
+        /// The write's version.
+        version: u64,
+        /// Unix seconds at which it expires; 0 = never.
+        expires_at: u64,
+        /// The write is a delete (`value` is empty).
+        deleted: bool,
+        /// The value.
+        value: &'a [u8],
     },
 }
 

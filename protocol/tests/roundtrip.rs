@@ -20,6 +20,8 @@ enum OwnedOp {
     Members,
     RoutedGet(u64, Vec<u8>),
     RoutedPut(u64, Vec<u8>, Vec<u8>, Option<u32>),
+    Peek(Vec<u8>),
+    HandoffGet(u64, String, Vec<u8>),
 }
 
 impl OwnedOp {
@@ -49,6 +51,12 @@ impl OwnedOp {
                 key: k,
                 value: v,
                 ttl: *t,
+            },
+            OwnedOp::Peek(k) => Op::Peek { key: k },
+            OwnedOp::HandoffGet(s, p, k) => Op::HandoffGet {
+                since: *s,
+                previous: p,
+                key: k,
             },
         }
     }
@@ -84,6 +92,8 @@ fn owned_op() -> impl Strategy<Value = OwnedOp> {
             proptest::option::of(any::<u32>())
         )
             .prop_map(|(e, k, v, t)| OwnedOp::RoutedPut(e, k, v, t)),
+        bytes().prop_map(OwnedOp::Peek),
+        (any::<u64>(), ".{0,60}", bytes()).prop_map(|(s, p, k)| OwnedOp::HandoffGet(s, p, k)),
     ]
 }
 
@@ -95,6 +105,7 @@ enum OwnedBody {
     Stats(Vec<(String, u64)>),
     Members(u64, Vec<String>),
     Hello(u16, String),
+    Entry(u64, u64, bool, Vec<u8>),
 }
 
 impl OwnedBody {
@@ -113,6 +124,12 @@ impl OwnedBody {
             OwnedBody::Hello(v, s) => Body::Hello {
                 version: *v,
                 server: s,
+            },
+            OwnedBody::Entry(v, e, d, val) => Body::Entry {
+                version: *v,
+                expires_at: *e,
+                deleted: *d,
+                value: val,
             },
         }
     }
@@ -140,6 +157,8 @@ fn owned_body() -> impl Strategy<Value = OwnedBody> {
         (any::<u64>(), proptest::collection::vec(".{0,30}", 0..10))
             .prop_map(|(e, a)| OwnedBody::Members(e, a)),
         (any::<u16>(), ".{0,30}").prop_map(|(v, s)| OwnedBody::Hello(v, s)),
+        (any::<u64>(), any::<u64>(), any::<bool>(), bytes())
+            .prop_map(|(v, e, d, val)| OwnedBody::Entry(v, e, d, val)),
     ]
 }
 
@@ -207,13 +226,16 @@ proptest! {
     /// A router's spliced forward decodes as the routed form of the
     /// client's operation, with the new id and the key and value intact.
     #[test]
-    fn forwards_splice_into_routed_ops(client_id in any::<u64>(), node_id in any::<u64>(), meta in any::<u64>(), op in owned_op()) {
+    fn forwards_splice_into_routed_ops(client_id in any::<u64>(), node_id in any::<u64>(), meta in any::<u64>(), op in owned_op(), previous in proptest::option::of(".{0,40}")) {
         let mut frame = Vec::new();
         encode_request(&Request { id: client_id, op: op.op() }, &mut frame);
         let mut fwd = Vec::new();
-        let spliced = encode_forward(node_id, &frame[4..], meta, &mut fwd);
+        let spliced = encode_forward(node_id, &frame[4..], meta, previous.as_deref(), &mut fwd);
         let expect = match op.op() {
-            Op::Get { key } => Some(Op::RoutedGet { since: meta, key }),
+            Op::Get { key } => Some(match previous.as_deref() {
+                None => Op::RoutedGet { since: meta, key },
+                Some(previous) => Op::HandoffGet { since: meta, previous, key },
+            }),
             Op::Put { key, value, ttl } => Some(Op::RoutedPut { epoch: meta, key, value, ttl }),
             Op::Delete { key } => Some(Op::Delete { key }),
             _ => None,

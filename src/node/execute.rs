@@ -43,12 +43,21 @@ pub fn execute(
     let result: Result<Answer, WireError> = match op {
         Op::Get { key } => {
             tally.gets += 1;
-            get(node, id, key, 0, out)
+            get(node, id, key, 0, None, out)
         }
         Op::RoutedGet { since, key } => {
             tally.gets += 1;
-            get(node, id, key, since, out)
+            get(node, id, key, since, None, out)
         }
+        Op::HandoffGet {
+            since,
+            previous,
+            key,
+        } => {
+            tally.gets += 1;
+            get(node, id, key, since, Some(previous), out)
+        }
+        Op::Peek { key } => peek(node, id, key, out),
         Op::Put { key, value, ttl } => {
             tally.puts += 1;
             // A direct put joins the ring epoch the node last heard of.
@@ -130,6 +139,7 @@ fn get(
     id: u64,
     key: &[u8],
     since: u64,
+    previous: Option<&str>,
     out: &mut Vec<u8>,
 ) -> Result<Answer, WireError> {
     check_key(node, key)?;
@@ -145,8 +155,49 @@ fn get(
             id,
             key.to_vec(),
             since,
+            previous.map(str::to_string),
         ))),
     })
+}
+
+/// Answers a peer's `Peek`: the write this node holds for `key` and has
+/// not yet made durable, if any.
+fn peek(node: &Node, id: u64, key: &[u8], out: &mut Vec<u8>) -> Result<Answer, WireError> {
+    check_key(node, key)?;
+    let body = match node.writeback.as_ref().and_then(|wb| wb.peek(key)) {
+        None => return Ok(Answer::Status(Status::NotFound)),
+        Some(Pending::Put(obj)) => {
+            encode_response(
+                &Response {
+                    id,
+                    status: Status::Ok,
+                    body: Body::Entry {
+                        version: obj.version,
+                        expires_at: obj.expires_at.unwrap_or(0),
+                        deleted: false,
+                        value: &obj.value,
+                    },
+                },
+                out,
+            );
+            return Ok(Answer::Encoded);
+        }
+        Some(Pending::Delete(version)) => Body::Entry {
+            version,
+            expires_at: 0,
+            deleted: true,
+            value: b"",
+        },
+    };
+    encode_response(
+        &Response {
+            id,
+            status: Status::Ok,
+            body,
+        },
+        out,
+    );
+    Ok(Answer::Encoded)
 }
 
 /// Wall-clock microseconds: the version of a write.
@@ -157,8 +208,16 @@ fn wall_micros() -> u64 {
 }
 
 /// Answers a memory miss from the queue of unwritten writes, else from the
-/// tier, with one tier read however many requests missed the key at once.
-async fn read_through(node: Arc<Node>, id: u64, key: Vec<u8>, since: u64) -> Vec<u8> {
+/// tier (and, right after a ring change, from the key's previous owner's
+/// unwritten writes, whichever is newer), with one tier read however many
+/// requests missed the key at once.
+async fn read_through(
+    node: Arc<Node>,
+    id: u64,
+    key: Vec<u8>,
+    since: u64,
+    previous: Option<String>,
+) -> Vec<u8> {
     let mut out = Vec::new();
     // Another read-through may have filled memory since the miss.
     let hit = node.store.get_with(&key, node.clock.now(), since, |v| {
@@ -207,32 +266,21 @@ async fn read_through(node: Arc<Node>, id: u64, key: Vec<u8>, since: u64) -> Vec
     if leader {
         let now = node.clock.unix_secs();
         node.stats.tier_reads.fetch_add(1, Ordering::Relaxed);
-        let result = match node.tier.get(&key, now).await {
-            Ok(ReadOutcome::Found(obj)) => {
-                let ttl = obj.expires_at.map_or(0, |t| {
-                    t.saturating_sub(now).clamp(1, u64::from(u32::MAX)) as u32
+        let tier_read = node.tier.get(&key, now);
+        let (stored, dirty) = match &previous {
+            None => (tier_read.await, None),
+            Some(prev) => {
+                node.stats.handoff_peeks.fetch_add(1, Ordering::Relaxed);
+                let (stored, peeked) = tokio::join!(tier_read, node.peers.peek(prev, &key));
+                let dirty = peeked.unwrap_or_else(|e| {
+                    node.stats.handoff_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(previous = %prev, error = %e, "could not ask a key's previous owner");
+                    None
                 });
-                // Fresh from the durable copy: tag it with the current time,
-                // so no ownership epoch counts it as stale.
-                node.store
-                    .put(&key, &obj.value, ttl, node.clock.now(), wall_micros());
-                ReadThrough::Found(obj.value)
-            }
-            Ok(ReadOutcome::Absent | ReadOutcome::Expired) => {
-                node.negative.put(
-                    &key,
-                    b"",
-                    super::NEGATIVE_TTL_SECS,
-                    node.clock.now(),
-                    wall_micros(),
-                );
-                ReadThrough::Missing
-            }
-            Err(e) => {
-                node.stats.tier_read_errors.fetch_add(1, Ordering::Relaxed);
-                ReadThrough::Failed(e.to_string())
+                (stored, dirty)
             }
         };
+        let result = resolve(&node, &key, now, stored, dirty);
         let waiters = node
             .reads
             .lock()
@@ -254,6 +302,68 @@ async fn read_through(node: Arc<Node>, id: u64, key: Vec<u8>, since: u64) -> Vec
         }
     }
     out
+}
+
+/// The outcome of a read-through from what the tier holds and what the
+/// key's previous owner had not yet written (the newer version wins; a
+/// previous owner's write that wins is taken over, so it is not lost if
+/// that node dies before uploading it). Fills memory or the negative cache.
+fn resolve(
+    node: &Node,
+    key: &[u8],
+    now: u64,
+    stored: Result<ReadOutcome, super::tier::TierError>,
+    dirty: Option<Pending>,
+) -> ReadThrough {
+    let stored_version = match &stored {
+        Ok(ReadOutcome::Found(obj)) => obj.version,
+        _ => 0,
+    };
+    let dirty_version = match &dirty {
+        Some(Pending::Put(obj)) => obj.version,
+        Some(Pending::Delete(v)) => *v,
+        None => 0,
+    };
+    let stored = match dirty {
+        Some(write) if dirty_version > stored_version || stored.is_err() => {
+            node.stats.handoff_adopted.fetch_add(1, Ordering::Relaxed);
+            if let Some(wb) = &node.writeback {
+                // If the queue is full the previous owner still has it.
+                let _ = wb.try_enqueue(key, write.clone());
+            }
+            match write {
+                Pending::Put(obj) if !obj.is_expired(now) => Ok(ReadOutcome::Found(obj)),
+                _ => Ok(ReadOutcome::Absent),
+            }
+        }
+        _ => stored,
+    };
+    match stored {
+        Ok(ReadOutcome::Found(obj)) => {
+            let ttl = obj.expires_at.map_or(0, |t| {
+                t.saturating_sub(now).clamp(1, u64::from(u32::MAX)) as u32
+            });
+            // Fresh from the durable copy: tag it with the current time,
+            // so no ownership epoch counts it as stale.
+            node.store
+                .put(key, &obj.value, ttl, node.clock.now(), wall_micros());
+            ReadThrough::Found(obj.value)
+        }
+        Ok(ReadOutcome::Absent | ReadOutcome::Expired) => {
+            node.negative.put(
+                key,
+                b"",
+                super::NEGATIVE_TTL_SECS,
+                node.clock.now(),
+                wall_micros(),
+            );
+            ReadThrough::Missing
+        }
+        Err(e) => {
+            node.stats.tier_read_errors.fetch_add(1, Ordering::Relaxed);
+            ReadThrough::Failed(e.to_string())
+        }
+    }
 }
 
 fn encode_value(id: u64, value: &[u8], out: &mut Vec<u8>) {
@@ -373,6 +483,15 @@ fn stats(node: &Node) -> Vec<Stat<'static>> {
         ("stale_drops", st.counters.stale),
         ("tier_reads", load(&s.tier_reads)),
         ("tier_read_errors", load(&s.tier_read_errors)),
+        ("handoff_peeks", load(&s.handoff_peeks)),
+        ("handoff_adopted", load(&s.handoff_adopted)),
+        ("handoff_errors", load(&s.handoff_errors)),
+        ("tier_get_count", load(&s.tier_times.count[0])),
+        ("tier_get_micros", load(&s.tier_times.micros[0])),
+        ("tier_put_count", load(&s.tier_times.count[1])),
+        ("tier_put_micros", load(&s.tier_times.micros[1])),
+        ("tier_delete_count", load(&s.tier_times.count[2])),
+        ("tier_delete_micros", load(&s.tier_times.micros[2])),
         ("tier_queue_depth", wb.map_or(0, |w| w.depth() as u64)),
         (
             "tier_writes",

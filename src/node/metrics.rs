@@ -42,6 +42,11 @@ pub struct NodeMetrics {
     operations: IntCounterVec,
     /// `milena_operation_duration_seconds{operation}`.
     pub duration: HistogramVec,
+    /// `milena_tier_operation_duration_seconds{operation}`.
+    pub tier_duration: HistogramVec,
+    handoff_peeks: IntCounter,
+    handoff_adopted: IntCounter,
+    handoff_errors: IntCounter,
     items: IntGauge,
     bytes: IntGauge,
     evictions: IntCounter,
@@ -98,6 +103,18 @@ impl NodeMetrics {
             &["operation"],
         ));
         must(r.register(Box::new(duration.clone())));
+        let tier_duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "milena_tier_operation_duration_seconds",
+                "Time of each tier (S3 or directory) request, by operation",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["operation"],
+        ));
+        must(r.register(Box::new(tier_duration.clone())));
         let build = must(IntGaugeVec::new(
             Opts::new("milena_build_info", "Build information; always 1"),
             &["version", "role"],
@@ -125,6 +142,22 @@ impl NodeMetrics {
             ),
             operations,
             duration,
+            tier_duration,
+            handoff_peeks: counter(
+                &r,
+                "milena_handoff_peeks_total",
+                "Misses on which the key's previous owner was asked for an undurable write",
+            ),
+            handoff_adopted: counter(
+                &r,
+                "milena_handoff_adopted_total",
+                "Previous owners' writes newer than the tier's copy, taken over",
+            ),
+            handoff_errors: counter(
+                &r,
+                "milena_handoff_errors_total",
+                "Previous owners that could not be asked",
+            ),
             items: gauge(&r, "milena_cache_items", "Entries held in memory"),
             bytes: gauge(
                 &r,
@@ -230,6 +263,9 @@ impl NodeMetrics {
         }
         sync(&self.tier_reads, load(&s.tier_reads));
         sync(&self.tier_read_errors, load(&s.tier_read_errors));
+        sync(&self.handoff_peeks, load(&s.handoff_peeks));
+        sync(&self.handoff_adopted, load(&s.handoff_adopted));
+        sync(&self.handoff_errors, load(&s.handoff_errors));
         if let Some(wb) = &node.writeback {
             let w = wb.stats();
             self.tier_queue_depth.set(wb.depth() as i64);

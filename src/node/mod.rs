@@ -5,6 +5,7 @@
 
 pub mod execute;
 pub mod membership;
+pub mod peers;
 pub mod metrics;
 pub mod server;
 pub mod store;
@@ -181,6 +182,15 @@ pub struct NodeStats {
     pub tier_reads: AtomicU64,
     /// Tier reads that failed.
     pub tier_read_errors: AtomicU64,
+    /// Misses on which a key's previous owner was asked for a write it had
+    /// not yet made durable.
+    pub handoff_peeks: AtomicU64,
+    /// Of those, answers newer than the tier's copy, taken over.
+    pub handoff_adopted: AtomicU64,
+    /// Of those, previous owners that could not be asked.
+    pub handoff_errors: AtomicU64,
+    /// Tier latency, by operation.
+    pub tier_times: Arc<tier::TierTimes>,
 }
 
 /// Per-connection counts, folded into [`NodeStats`] after each batch.
@@ -240,7 +250,9 @@ pub struct Node {
     /// Keys the tier recently did not have: a hot missing key does not
     /// send every get to the tier. Entries live `NEGATIVE_TTL_SECS`.
     pub negative: Store,
-    /// Tier reads under way, so concurrent misses of one key share one read.
+    /// Connections to other nodes, to ask a key's previous owner on a miss.
+    pub peers: peers::Peers,
+        /// Tier reads under way, so concurrent misses of one key share one read.
     pub reads: std::sync::Mutex<
         std::collections::HashMap<Vec<u8>, Vec<tokio::sync::oneshot::Sender<ReadThrough>>>,
     >,
@@ -291,6 +303,15 @@ impl Node {
         clock: Clock,
         tier: Option<Arc<dyn tier::Tier>>,
     ) -> Self {
+        let metrics = metrics::NodeMetrics::new();
+        let stats = NodeStats::default();
+        let tier: Option<Arc<dyn tier::Tier>> = tier.map(|t| {
+            Arc::new(tier::Timed::new(
+                t,
+                metrics.tier_duration.clone(),
+                stats.tier_times.clone(),
+            )) as Arc<dyn tier::Tier>
+        });
         let writeback = tier.as_ref().map(|t| {
             tier::writeback::WriteBack::new(t.clone(), settings.queue_capacity, settings.uploaders)
         });
@@ -309,11 +330,12 @@ impl Node {
             writeback,
             reads: Default::default(),
             store: Store::new(settings.store, clock.now()),
-            settings,
             clock,
-            stats: NodeStats::default(),
+            peers: peers::Peers::new(settings.tls.as_ref().map(|t| t.connector.clone())),
+            settings,
+            stats,
             ring_epoch: AtomicU64::new(0),
-            metrics: metrics::NodeMetrics::new(),
+            metrics,
         }
     }
 }

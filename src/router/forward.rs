@@ -53,6 +53,8 @@ pub struct Forward {
     pub key_hash: u64,
     /// `since` for a get, the epoch for a put; set when routed.
     pub meta: u64,
+    /// For a get: the key's previous owner, to be asked on a miss; set when routed.
+    pub previous: Option<Arc<super::pool::NodeHandle>>,
     /// Where the answer goes.
     pub reply: ReplyTx,
     /// Sends so far to a node that failed.
@@ -89,8 +91,15 @@ impl Router {
                 );
                 return;
             };
+            fwd.previous = None;
             fwd.meta = match fwd.kind {
-                Kind::Get => view.gained_since(owner, fwd.key_hash),
+                Kind::Get => {
+                    let since = view.gained_since(owner, fwd.key_hash);
+                    fwd.previous = view
+                        .handoff_from(owner, fwd.key_hash, since)
+                        .map(|i| view.nodes[i].clone());
+                    since
+                }
                 // The write's own time (never before the ring's epoch): with
                 // several routers numbering the same change a little apart,
                 // only writes inside that sliver are taken for stale, not

@@ -70,7 +70,30 @@ impl View {
         }
         joined.max(self.horizon)
     }
+
+    /// The member that owned the key before ring member `owner` gained it
+    /// at `since` by joining, if that was less than [`HANDOFF_WINDOW`] ago
+    /// and it is still in the ring: it may hold writes for the key that
+    /// are not yet in the tier, so the owner asks it on a miss. (When the
+    /// previous owner left, it flushed first; when it was ejected, it
+    /// cannot be asked.)
+    pub fn handoff_from(&self, owner: usize, key_hash: u64, since: u64) -> Option<usize> {
+        let joined = *self.joined.get(owner)?;
+        if since != joined || wall_micros().saturating_sub(since) > HANDOFF_WINDOW.as_micros() as u64 {
+            return None;
+        }
+        (0..self.ring.len())
+            .filter(|&i| i != owner && self.joined.get(i).is_some_and(|&j| j < since))
+            .filter_map(|i| Some((i, score(self.ring.member(i)?.1, key_hash))))
+            .max_by_key(|&(_, s)| s)
+            .map(|(i, _)| i)
+    }
 }
+
+/// How long after a node joins its gets name the keys' previous owners:
+/// long enough for a previous owner's write-behind queue to drain, unless
+/// the tier is down for longer.
+pub const HANDOFF_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
 struct Entry {

@@ -301,7 +301,8 @@ fn enqueue(
 ) {
     let id = *next_id;
     *next_id = next_id.wrapping_add(1);
-    if encode_forward(id, &fwd.body, fwd.meta, out) {
+    let previous = fwd.previous.as_ref().map(|n| n.address.as_str());
+    if encode_forward(id, &fwd.body, fwd.meta, previous, out) {
         inflight.insert(id, (fwd, Instant::now()));
     } else {
         // The client loop only forwards gets, puts and deletes.

@@ -345,6 +345,7 @@ async fn handle_frame(
             kind,
             key_hash,
             meta: 0,
+                previous: None,
             reply: tx.clone(),
             attempt: 0,
             permit,
@@ -387,6 +388,8 @@ fn local(router: &Router, id: u64, op: &Op<'_>) -> Bytes {
         Op::Hello { .. } => Err(WireError::DuplicateHello),
         Op::RoutedGet { .. } => Err(WireError::NodeOnly("routed get")),
         Op::RoutedPut { .. } => Err(WireError::NodeOnly("routed put")),
+        Op::Peek { .. } => Err(WireError::NodeOnly("peek")),
+        Op::HandoffGet { .. } => Err(WireError::NodeOnly("handoff get")),
         // Handled by the caller; never answered here.
         Op::Get { .. } | Op::Put { .. } | Op::Delete { .. } | Op::Stats => Err(
             WireError::Undecodable("operation answered in the wrong place".into()),
