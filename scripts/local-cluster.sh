@@ -7,10 +7,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --bin milena-router --bin milena-cache --bin milena-cli
+# BIN_DIR: use binaries already built there instead of building release ones.
+if [ -z "${BIN_DIR:-}" ]; then
+  cargo build --release --bin milena-router --bin milena-cache --bin milena-cli
+  BIN_DIR=target/release
+fi
 LOG_DIR=${LOG_DIR:-target/local-cluster}
 mkdir -p "$LOG_DIR"
-ROUTER=127.0.0.1:50050
+# The router listens on ROUTER_PORT, node i on ROUTER_PORT+i, and node i's
+# metrics on METRICS_BASE+i.
+ROUTER_PORT=${ROUTER_PORT:-50050}
+METRICS_BASE=${METRICS_BASE:-9090}
+ROUTER=127.0.0.1:$ROUTER_PORT
 pids=()
 
 stop() {
@@ -26,31 +34,34 @@ stop() {
 trap stop EXIT INT TERM
 
 LISTEN_ADDR=$ROUTER RATE_LIMIT=${RATE_LIMIT:-0} LOG_LEVEL=${LOG_LEVEL:-info} \
-  setsid ./target/release/milena-router >"$LOG_DIR/router.log" 2>&1 &
+  setsid "$BIN_DIR/milena-router" >"$LOG_DIR/router.log" 2>&1 &
 pids+=($!)
+echo $! >"$LOG_DIR/router.pid"
 
-# Every node writes behind to one shared directory, so a node's keys
-# survive it: its successors read them back.
+# Every node writes to one shared directory before acknowledging a put
+# (WRITE_MODE=sync: a local disk write is cheap), so killing any node loses
+# nothing: its successors read its keys back.
 DATA_DIR=${DATA_DIR:-$LOG_DIR/data}
 mkdir -p "$DATA_DIR"
 for i in 1 2 3; do
-  LISTEN_ADDR=127.0.0.1:5005$i ROUTER_ADDR=http://$ROUTER LRU_SIZE=${LRU_SIZE:-100000} \
-    DATA_DIR=$DATA_DIR WRITE_MODE=${WRITE_MODE:-async} \
-    TTL_SECONDS=${TTL_SECONDS:-3600} METRICS_PORT=909$i LOG_LEVEL=${LOG_LEVEL:-info} \
-    setsid ./target/release/milena-cache >"$LOG_DIR/node$i.log" 2>&1 &
+  LISTEN_ADDR=127.0.0.1:$((ROUTER_PORT + i)) ROUTER_ADDR=http://$ROUTER LRU_SIZE=${LRU_SIZE:-100000} \
+    DATA_DIR=$DATA_DIR WRITE_MODE=${WRITE_MODE:-sync} \
+    TTL_SECONDS=${TTL_SECONDS:-3600} METRICS_PORT=$((METRICS_BASE + i)) LOG_LEVEL=${LOG_LEVEL:-info} \
+    setsid "$BIN_DIR/milena-cache" >"$LOG_DIR/node$i.log" 2>&1 &
   pids+=($!)
+  echo $! >"$LOG_DIR/node$i.pid"
 done
 
 # Wait (bounded) until all three nodes are in the ring.
 for _ in $(seq 100); do
-  n=$(./target/release/milena-cli --addr "http://$ROUTER" members 2>/dev/null | wc -l || true)
+  n=$("$BIN_DIR/milena-cli" --addr "http://$ROUTER" members 2>/dev/null | wc -l || true)
   [ "$n" = 3 ] && break
   for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null || { tail "$LOG_DIR"/*.log; exit 1; }; done
   sleep 0.1
 done
 
 cat <<MSG
-Milena is running: router on $ROUTER, nodes on 127.0.0.1:50051-50053.
+Milena is running: router on $ROUTER, nodes on 127.0.0.1:$((ROUTER_PORT + 1))-$((ROUTER_PORT + 3)).
 Logs: $LOG_DIR/{router,node1,node2,node3}.log; data (the shared tier): $DATA_DIR
 Try, in another terminal:
   curl http://localhost:50050

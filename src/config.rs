@@ -105,6 +105,10 @@ pub struct NodeConfig {
     #[arg(long, env = "QUEUE_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub queue_capacity: u64,
 
+    /// Tier uploads in flight at once (S3 takes thousands; each upload is a HEAD and a PUT).
+    #[arg(long, env = "UPLOAD_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub upload_concurrency: u64,
+
     /// Milliseconds between heartbeats to each router.
     #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     pub heartbeat_interval_ms: u64,

@@ -373,3 +373,94 @@ async fn unreadable_tls_files_are_a_clear_error() {
         "{log}"
     );
 }
+
+/// `n` consecutive free loopback ports (probed by binding them).
+fn free_port_block(n: u16) -> u16 {
+    for _ in 0..100 {
+        let first = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        if first > u16::MAX - n {
+            continue;
+        }
+        let held: Vec<_> = (first..first + n)
+            .map_while(|p| std::net::TcpListener::bind(("127.0.0.1", p)).ok())
+            .collect();
+        if held.len() == n as usize {
+            return first;
+        }
+    }
+    panic!("no block of {n} free ports");
+}
+
+/// The README's one-command cluster (router + 3 nodes on a shared local
+/// directory) survives `kill -9` of a node with no acknowledged write lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_cluster_survives_killing_a_node() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let bin_dir = std::path::Path::new(CACHE).parent().expect("bin dir");
+    let base = free_port_block(4);
+    let metrics = free_port_block(4);
+    let logs = std::env::temp_dir().join(format!("milena-local-cluster-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&logs);
+    let mut script = Command::new("bash")
+        .arg(format!("{root}/scripts/local-cluster.sh"))
+        .env("BIN_DIR", bin_dir)
+        .env("ROUTER_PORT", base.to_string())
+        .env("METRICS_BASE", (metrics - 1).to_string())
+        .env("LOG_DIR", &logs)
+        .env("HEARTBEAT_INTERVAL_MS", "100")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn local-cluster.sh");
+    let mut out = BufReader::new(script.stdout.take().expect("stdout")).lines();
+    loop {
+        let line = out
+            .next_line()
+            .await
+            .expect("read")
+            .expect("the script says when the cluster is up");
+        if line.starts_with("Milena is running") {
+            break;
+        }
+    }
+    let router = format!("http://127.0.0.1:{base}");
+    let c = Client::connect(&router).await.expect("connect");
+    assert_eq!(c.members().await.expect("members").1.len(), 3);
+    for i in 0..300 {
+        c.put(format!("k{i}").as_bytes(), format!("v{i}").as_bytes(), None)
+            .await
+            .expect("put");
+    }
+    let pid = std::fs::read_to_string(logs.join("node1.pid")).expect("node1.pid");
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .await
+            .expect("kill")
+            .success()
+    );
+    let mut lost = Vec::new();
+    for i in 0..300 {
+        match c.get(format!("k{i}").as_bytes()).await {
+            Ok(Some(v)) if v == format!("v{i}").as_bytes() => {}
+            other => lost.push((i, format!("{other:?}"))),
+        }
+    }
+    assert!(lost.is_empty(), "lost after kill -9 of a node: {lost:?}");
+    let (_, members) = c.members().await.expect("members");
+    assert_eq!(members.len(), 2, "{members:?}");
+    // Ctrl-C: the script stops the other nodes, then the router.
+    let spid = script.id().expect("pid").to_string();
+    Command::new("kill")
+        .args(["-INT", &spid])
+        .status()
+        .await
+        .expect("kill");
+    script.wait().await.expect("script exits");
+    let _ = std::fs::remove_dir_all(&logs);
+}

@@ -253,9 +253,14 @@ async fn read_through(
     let leader = {
         let mut reads = node.reads.lock().unwrap_or_else(|e| e.into_inner());
         match reads.get_mut(&key) {
-            Some(waiters) => {
+            Some(waiters) if node.settings.coalesce_misses => {
                 waiters.push(tx);
                 false
+            }
+            Some(waiters) => {
+                // Not coalescing: every miss reads the tier itself.
+                waiters.push(tx);
+                true
             }
             None => {
                 reads.insert(key.clone(), vec![tx]);

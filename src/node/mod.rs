@@ -5,8 +5,8 @@
 
 pub mod execute;
 pub mod membership;
-pub mod peers;
 pub mod metrics;
+pub mod peers;
 pub mod server;
 pub mod store;
 pub mod tier;
@@ -43,8 +43,11 @@ pub struct NodeSettings {
     pub write_mode: WriteMode,
     /// Keys the write-behind queue may hold before writers get an error.
     pub queue_capacity: usize,
-    /// Concurrent tier uploads.
+    /// Concurrent tier uploads (`UPLOAD_CONCURRENCY`).
     pub uploaders: usize,
+    /// Concurrent misses of one key share one tier read. Off only to
+    /// measure what that saves (`bench/stampede.rs`).
+    pub coalesce_misses: bool,
 }
 
 impl NodeSettings {
@@ -72,7 +75,8 @@ impl Default for NodeSettings {
             tls: None,
             write_mode: WriteMode::Async,
             queue_capacity: 100_000,
-            uploaders: 16,
+            uploaders: 64,
+            coalesce_misses: true,
         }
     }
 }
@@ -100,7 +104,8 @@ impl From<&NodeConfig> for NodeSettings {
                 WriteMode::Async
             },
             queue_capacity: c.queue_capacity as usize,
-            uploaders: 16,
+            uploaders: c.upload_concurrency as usize,
+            coalesce_misses: true,
         }
     }
 }
@@ -247,12 +252,14 @@ pub struct Node {
     pub tier: Arc<dyn tier::Tier>,
     /// Background writes to the tier; `None` when memory-only.
     pub writeback: Option<tier::writeback::WriteBack>,
+    /// The low-priority threads the uploads run on.
+    pub background: Option<tier::writeback::Background>,
     /// Keys the tier recently did not have: a hot missing key does not
     /// send every get to the tier. Entries live `NEGATIVE_TTL_SECS`.
     pub negative: Store,
     /// Connections to other nodes, to ask a key's previous owner on a miss.
     pub peers: peers::Peers,
-        /// Tier reads under way, so concurrent misses of one key share one read.
+    /// Tier reads under way, so concurrent misses of one key share one read.
     pub reads: std::sync::Mutex<
         std::collections::HashMap<Vec<u8>, Vec<tokio::sync::oneshot::Sender<ReadThrough>>>,
     >,
@@ -312,8 +319,21 @@ impl Node {
                 stats.tier_times.clone(),
             )) as Arc<dyn tier::Tier>
         });
+        // Uploads run on their own low-priority threads when they can be
+        // started; otherwise beside the requests.
+        let background = tier.as_ref().and_then(|_| {
+            let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+            tier::writeback::Background::start(threads)
+                .map_err(|e| tracing::warn!("uploads share the request threads: {e}"))
+                .ok()
+        });
         let writeback = tier.as_ref().map(|t| {
-            tier::writeback::WriteBack::new(t.clone(), settings.queue_capacity, settings.uploaders)
+            tier::writeback::WriteBack::start(
+                t.clone(),
+                settings.queue_capacity,
+                settings.uploaders,
+                background.as_ref().and_then(|b| b.handle()),
+            )
         });
         let negative = Store::new(
             StoreConfig {
@@ -328,6 +348,7 @@ impl Node {
             negative,
             tier: tier.unwrap_or_else(|| Arc::new(tier::NoTier)),
             writeback,
+            background,
             reads: Default::default(),
             store: Store::new(settings.store, clock.now()),
             clock,

@@ -106,6 +106,8 @@ fn decode(reply: crate::client::Reply) -> Result<Option<Pending>, ClientError> {
             expires_at: (expires_at != 0).then_some(expires_at),
             version,
         }))),
-        _ => Err(ClientError::Protocol("a peek answered without an entry".into())),
+        _ => Err(ClientError::Protocol(
+            "a peek answered without an entry".into(),
+        )),
     }
 }

@@ -79,7 +79,9 @@ impl View {
     /// cannot be asked.)
     pub fn handoff_from(&self, owner: usize, key_hash: u64, since: u64) -> Option<usize> {
         let joined = *self.joined.get(owner)?;
-        if since != joined || wall_micros().saturating_sub(since) > HANDOFF_WINDOW.as_micros() as u64 {
+        if since != joined
+            || wall_micros().saturating_sub(since) > HANDOFF_WINDOW.as_micros() as u64
+        {
             return None;
         }
         (0..self.ring.len())

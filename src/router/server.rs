@@ -345,7 +345,7 @@ async fn handle_frame(
             kind,
             key_hash,
             meta: 0,
-                previous: None,
+            previous: None,
             reply: tx.clone(),
             attempt: 0,
             permit,

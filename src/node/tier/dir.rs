@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use tokio::io::AsyncReadExt;
+use std::io::Read;
 
 use super::layout::object_name;
 use super::{Object, ReadOutcome, Tier, TierError, WriteOutcome};
@@ -73,15 +73,80 @@ fn header(path: &Path, bytes: &[u8]) -> Result<(u64, Option<u64>), TierError> {
 }
 
 /// The version stored at `path`, if any.
-async fn stored_version(path: &Path) -> Result<Option<u64>, TierError> {
-    let mut f = match tokio::fs::File::open(path).await {
+fn stored_version(path: &Path) -> Result<Option<u64>, TierError> {
+    let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let mut head = vec![0u8; HEADER];
-    f.read_exact(&mut head).await?;
+    let mut head = [0u8; HEADER];
+    f.read_exact(&mut head)?;
     Ok(Some(header(path, &head)?.0))
+}
+
+/// Runs blocking file work on tokio's blocking pool: one hop per tier
+/// call, not one per file operation.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, TierError> + Send + 'static,
+) -> Result<T, TierError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| TierError::Io(std::io::Error::other(e)))?
+}
+
+fn write_file(path: &Path, obj: &Object) -> Result<WriteOutcome, TierError> {
+    if stored_version(path)?.is_some_and(|v| v > obj.version) {
+        return Ok(WriteOutcome::Superseded);
+    }
+    let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{seq}", std::process::id()));
+    let bytes = encode(obj);
+    if let Err(e) = std::fs::write(&tmp, &bytes) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(e.into());
+        }
+        // First key under this prefix: make the directory, then again.
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&tmp, &bytes)?;
+    }
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    Ok(WriteOutcome::Stored)
+}
+
+fn read_file(path: &Path, now: u64) -> Result<ReadOutcome, TierError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadOutcome::Absent),
+        Err(e) => return Err(e.into()),
+    };
+    let (version, expires_at) = header(path, &bytes)?;
+    let obj = Object {
+        value: Bytes::from(bytes).slice(HEADER..),
+        expires_at,
+        version,
+    };
+    if obj.is_expired(now) {
+        // Lazy clean-up; a failure only leaves the dead file for later.
+        let _ = std::fs::remove_file(path);
+        return Ok(ReadOutcome::Expired);
+    }
+    Ok(ReadOutcome::Found(obj))
+}
+
+fn remove_file(path: &Path, version: u64) -> Result<WriteOutcome, TierError> {
+    if stored_version(path)?.is_some_and(|v| v > version) {
+        return Ok(WriteOutcome::Superseded);
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(WriteOutcome::Stored),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(WriteOutcome::Stored),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[async_trait::async_trait]
@@ -92,56 +157,18 @@ impl Tier for DirTier {
 
     async fn get(&self, key: &[u8], now: u64) -> Result<ReadOutcome, TierError> {
         let path = self.path(key);
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadOutcome::Absent),
-            Err(e) => return Err(e.into()),
-        };
-        let (version, expires_at) = header(&path, &bytes)?;
-        let obj = Object {
-            value: Bytes::from(bytes).slice(HEADER..),
-            expires_at,
-            version,
-        };
-        if obj.is_expired(now) {
-            // Lazy clean-up; a failure only leaves the dead file for later.
-            let _ = tokio::fs::remove_file(&path).await;
-            return Ok(ReadOutcome::Expired);
-        }
-        Ok(ReadOutcome::Found(obj))
+        blocking(move || read_file(&path, now)).await
     }
 
     async fn put(&self, key: &[u8], obj: &Object) -> Result<WriteOutcome, TierError> {
         let path = self.path(key);
-        if stored_version(&path)
-            .await?
-            .is_some_and(|v| v > obj.version)
-        {
-            return Ok(WriteOutcome::Superseded);
-        }
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await?;
-        }
-        let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-        let tmp = path.with_extension(format!("tmp-{}-{seq}", std::process::id()));
-        tokio::fs::write(&tmp, encode(obj)).await?;
-        if let Err(e) = tokio::fs::rename(&tmp, &path).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e.into());
-        }
-        Ok(WriteOutcome::Stored)
+        let obj = obj.clone();
+        blocking(move || write_file(&path, &obj)).await
     }
 
     async fn delete(&self, key: &[u8], version: u64) -> Result<WriteOutcome, TierError> {
         let path = self.path(key);
-        if stored_version(&path).await?.is_some_and(|v| v > version) {
-            return Ok(WriteOutcome::Superseded);
-        }
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(WriteOutcome::Stored),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(WriteOutcome::Stored),
-            Err(e) => Err(e.into()),
-        }
+        blocking(move || remove_file(&path, version)).await
     }
 }
 

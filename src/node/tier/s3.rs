@@ -12,6 +12,8 @@
 //! deleted key back; tombstones expire after [`TOMBSTONE_LIFETIME`] and are
 //! then removed lazily (or by the bucket's lifecycle rule).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_s3::Client;
@@ -54,12 +56,20 @@ pub struct S3Settings {
 }
 
 /// The S3 tier.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct S3Tier {
     client: Client,
     bucket: String,
     prefix: String,
+    /// ETag and version of objects this node last wrote or read, by name:
+    /// the next upload of the key goes straight to a conditional PUT
+    /// (`If-Match` that ETag) without a HEAD. A stale entry only costs a
+    /// 412 and the HEAD after all.
+    known: Mutex<HashMap<String, (String, u64)>>,
 }
+
+/// Most entries in [`S3Tier`]'s ETag memory; cleared when full.
+const KNOWN_ETAGS: usize = 65_536;
 
 /// A stored object's ETag and version, from a HEAD.
 struct Head {
@@ -100,10 +110,20 @@ impl S3Tier {
         if let Some(endpoint) = &settings.endpoint {
             conf = conf.endpoint_url(endpoint).force_path_style(true);
         }
+        // Objects are small and each carries its own version; a CRC of
+        // every body is CPU on the node for no gain (TLS already checks).
+        conf = conf
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            );
         S3Tier {
             client: Client::from_conf(conf.build()),
             bucket: settings.bucket,
             prefix: settings.prefix,
+            known: Mutex::new(HashMap::new()),
         }
     }
 
@@ -150,6 +170,21 @@ impl S3Tier {
         }
     }
 
+    fn remember(&self, name: &str, etag: &str, version: u64) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= KNOWN_ETAGS {
+            known.clear();
+        }
+        known.insert(name.to_string(), (etag.to_string(), version));
+    }
+
+    fn forget(&self, name: &str) -> Option<(String, u64)> {
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+    }
+
     /// Uploads `body` as `name` at `version` unless a newer version is stored.
     async fn write(
         &self,
@@ -159,8 +194,15 @@ impl S3Tier {
         tombstone: bool,
         body: &Bytes,
     ) -> Result<WriteOutcome, TierError> {
+        let mut remembered = self.forget(name);
         for _ in 0..CAS_ATTEMPTS {
-            let head = self.head(name).await?;
+            let head = match remembered.take() {
+                Some((etag, version)) => Some(Head {
+                    etag: Some(etag),
+                    version,
+                }),
+                None => self.head(name).await?,
+            };
             if head.as_ref().is_some_and(|h| h.version > version) {
                 return Ok(WriteOutcome::Superseded);
             }
@@ -187,7 +229,12 @@ impl S3Tier {
                 None => put.if_none_match("*"),
             };
             match put.send().await {
-                Ok(_) => return Ok(WriteOutcome::Stored),
+                Ok(out) => {
+                    if let Some(etag) = out.e_tag() {
+                        self.remember(name, etag, version);
+                    }
+                    return Ok(WriteOutcome::Stored);
+                }
                 // Someone wrote between our HEAD and PUT: look again.
                 Err(e) if matches!(http_status(&e), Some(412 | 409)) => continue,
                 Err(e) => return Err(service("put", name, e)),
@@ -270,6 +317,7 @@ impl Tier for S3Tier {
         if expires_at.is_some_and(|t| now >= t) {
             // Lazy clean-up, only of the object we read (If-Match), so a
             // newer write that raced in is never removed. Best effort.
+            self.forget(&name);
             let mut del = self.client.delete_object().bucket(&self.bucket).key(&name);
             if let Some(etag) = etag {
                 del = del.if_match(etag);
@@ -280,6 +328,9 @@ impl Tier for S3Tier {
             } else {
                 ReadOutcome::Expired
             });
+        }
+        if let Some(etag) = &etag {
+            self.remember(&name, etag, version);
         }
         if tombstone {
             return Ok(ReadOutcome::Absent);

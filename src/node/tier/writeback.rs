@@ -88,13 +88,85 @@ impl std::fmt::Debug for WriteBack {
     }
 }
 
+/// Nice value of the background threads: under contention the kernel
+/// gives them about a tenth of what a request thread gets, so uploads use
+/// the CPU that serving leaves idle instead of adding to request latency.
+pub const UPLOAD_NICE: i32 = 10;
+
+/// A small runtime of low-priority threads for tier uploads (and the
+/// blocking file I/O of the directory tier): signing, HTTP and checksums
+/// of every upload are CPU work that must not compete with the request
+/// path on equal terms.
+pub struct Background {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for Background {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Background")
+    }
+}
+
+impl Background {
+    /// Starts `threads` worker threads at [`UPLOAD_NICE`].
+    pub fn start(threads: usize) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .max_blocking_threads(16)
+            .thread_name("milena-tier")
+            .on_thread_start(lower_priority)
+            .enable_all()
+            .build()?;
+        Ok(Background {
+            runtime: Some(runtime),
+        })
+    }
+
+    /// Its handle, to spawn on.
+    pub fn handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.runtime.as_ref().map(|r| r.handle())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        // May be dropped inside another runtime, where blocking is not allowed.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (Linux: nice is per thread).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain system calls on the calling thread; no memory is shared.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        // Failure only leaves the thread at normal priority.
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, UPLOAD_NICE);
+    }
+}
+
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl WriteBack {
-    /// A queue of at most `capacity` keys, uploading with `uploaders` tasks.
+    /// A queue of at most `capacity` keys, uploading with `uploaders` tasks
+    /// on the current runtime.
     pub fn new(tier: Arc<dyn Tier>, capacity: usize, uploaders: usize) -> Self {
+        Self::start(tier, capacity, uploaders, None)
+    }
+
+    /// As [`WriteBack::new`], with the uploaders on `runtime` (see
+    /// [`Background`]).
+    pub fn start(
+        tier: Arc<dyn Tier>,
+        capacity: usize,
+        uploaders: usize,
+        runtime: Option<&tokio::runtime::Handle>,
+    ) -> Self {
         let inner = Arc::new(Inner {
             tier,
             state: Mutex::new(State::default()),
@@ -106,7 +178,10 @@ impl WriteBack {
         });
         let tracker = TaskTracker::new();
         for _ in 0..uploaders.max(1) {
-            tracker.spawn(uploader(inner.clone()));
+            match runtime {
+                Some(rt) => tracker.spawn_on(uploader(inner.clone()), rt),
+                None => tracker.spawn(uploader(inner.clone())),
+            };
         }
         WriteBack { inner, tracker }
     }
