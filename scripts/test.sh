@@ -3,7 +3,8 @@
 # integration test in the workspace (real sockets, real binaries, real
 # HTTP). Some tests need outside programs from Debian's packages: promtool
 # (package prometheus) for the metrics tests, memcached and redis-server for
-# the load tester's protocol clients. They are installed here when missing
+# the load tester's protocol clients, curl for the documented commands
+# (tests/docs.rs). They are installed here when missing
 # (as root, as on CI), and memcached and Redis are started on loopback for
 # the duration of the tests.
 set -euo pipefail
@@ -13,6 +14,7 @@ need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${need[*]} (Debian packages)"
@@ -22,6 +24,13 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "the tests need: ${need[*]} (apt-get install ${need[*]})" >&2
     exit 1
   fi
+fi
+
+# The deployment-file checks (tests/deploy.rs) use PyYAML and the
+# Kubernetes JSON schemas of kubernetes-validate, from PyPI.
+if ! python3 -c 'import yaml, kubernetes_validate' 2>/dev/null; then
+  echo "installing PyYAML and kubernetes-validate (PyPI)"
+  python3 -m pip install -q --disable-pip-version-check pyyaml kubernetes-validate
 fi
 
 # Free loopback ports for memcached and Redis.

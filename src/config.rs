@@ -109,6 +109,10 @@ pub struct NodeConfig {
     #[arg(long, env = "UPLOAD_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub upload_concurrency: u64,
 
+    /// Seconds a graceful stop waits for the tier to take the queued writes before exiting without them.
+    #[arg(long, env = "FLUSH_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub flush_timeout_secs: u64,
+
     /// Milliseconds between heartbeats to each router.
     #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
     pub heartbeat_interval_ms: u64,

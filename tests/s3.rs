@@ -633,3 +633,89 @@ async fn a_new_owner_never_bypasses_the_previous_owners_queue() {
     b.stop().await;
     router.stop().await;
 }
+
+/// A graceful stop while S3 stays down does not hang: it gives up after
+/// the flush timeout (saying how many writes it could not upload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_gives_up_on_a_dead_tier_after_the_flush_timeout() {
+    let s3 = S3Server::start("deadstop");
+    let proxy = FaultProxy::start(s3.addr).await;
+    let settings = NodeSettings {
+        flush_timeout: Duration::from_millis(200),
+        ..small_settings()
+    };
+    let node = Node::with_tier(
+        settings,
+        Clock::new(),
+        Some(Arc::new(
+            S3Tier::connect(s3.settings_via(&proxy.endpoint())).await,
+        )),
+    );
+    let node = start_node_with(node).await;
+    proxy.set_down(true);
+    let c = Client::connect(&node.url()).await.expect("connect");
+    c.put(b"k", b"v", Some(0)).await.expect("accepted");
+    let inner = node.node.clone();
+    node.stop().await;
+    assert_eq!(inner.writeback.as_ref().expect("tier").depth(), 1);
+}
+
+const CACHE: &str = env!("CARGO_BIN_EXE_milena-cache");
+
+/// `milena-cache` configured the way the guide and README say: S3_BUCKET,
+/// S3_ENDPOINT, S3_PREFIX and the standard AWS variables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_writes_to_the_bucket_its_environment_names() {
+    use tokio::io::AsyncBufReadExt;
+    let s3 = S3Server::start("binary");
+    let mut child = tokio::process::Command::new(CACHE)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("S3_BUCKET", BUCKET)
+        .env("S3_ENDPOINT", s3.endpoint())
+        .env("S3_PREFIX", "milena")
+        .env("AWS_ACCESS_KEY_ID", common::s3::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", common::s3::SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .env("WRITE_MODE", "sync")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn milena-cache");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut saw_tier = false;
+    let addr = loop {
+        let line = lines.next_line().await.expect("log").expect("log line");
+        saw_tier |= line.contains("tier: S3");
+        if line.contains("cache node listening") {
+            let rest = line.split("addr=").nth(1).expect("addr");
+            break rest.split_whitespace().next().expect("addr").to_string();
+        }
+    };
+    assert!(saw_tier, "the node did not say it uses S3");
+    let c = Client::connect(&format!("http://{addr}"))
+        .await
+        .expect("connect");
+    c.put(b"user:42", b"ann", Some(0)).await.expect("put");
+    assert!(s3.root.join(BUCKET).join("milena/9f/dXNlcjo0Mg").is_file());
+    child.kill().await.expect("kill");
+}
+
+/// A bucket the store refuses stops the node at start-up with one line.
+#[tokio::test]
+async fn a_bucket_that_does_not_exist_is_a_clear_start_up_error() {
+    let s3 = S3Server::start("nobucket");
+    let out = tokio::process::Command::new(CACHE)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("S3_BUCKET", "no-such-bucket")
+        .env("S3_ENDPOINT", s3.endpoint())
+        .env("AWS_ACCESS_KEY_ID", common::s3::ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", common::s3::SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .await
+        .expect("milena-cache runs");
+    assert!(!out.status.success());
+    // Start-up errors are logged like everything else (stdout).
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("cannot use S3_BUCKET=no-such-bucket"), "{log}");
+}

@@ -31,18 +31,20 @@ async fn open_tier(
     cfg: &NodeConfig,
     settings: &NodeSettings,
 ) -> anyhow::Result<Option<Arc<dyn Tier>>> {
-    if let Some(bucket) = &cfg.s3_bucket {
+    // An empty value means "not set" (compose files pass S3_ENDPOINT= for AWS).
+    let endpoint = cfg.s3_endpoint.clone().filter(|e| !e.is_empty());
+    if let Some(bucket) = cfg.s3_bucket.as_ref().filter(|b| !b.is_empty()) {
         if let Some(dir) = &cfg.data_dir {
             warn!(data_dir = %dir.display(), "S3_BUCKET is set: DATA_DIR is ignored");
         }
-        if let Some(e) = &cfg.s3_endpoint {
+        if let Some(e) = &endpoint {
             milena::net::parse_url(e)
                 .map_err(|err| anyhow::anyhow!("invalid S3_ENDPOINT: {err}"))?;
         }
         let t = S3Tier::connect(S3Settings {
             bucket: bucket.clone(),
             prefix: cfg.s3_prefix.clone(),
-            endpoint: cfg.s3_endpoint.clone(),
+            endpoint: endpoint.clone(),
             region: cfg.aws_region.clone(),
             static_credentials: None,
         })
@@ -58,7 +60,7 @@ async fn open_tier(
         info!(
             bucket = %bucket,
             prefix = %cfg.s3_prefix,
-            endpoint = cfg.s3_endpoint.as_deref().unwrap_or("AWS"),
+            endpoint = endpoint.as_deref().unwrap_or("AWS"),
             write_mode = ?settings.write_mode,
             "tier: S3"
         );

@@ -45,6 +45,10 @@ pub struct NodeSettings {
     pub queue_capacity: usize,
     /// Concurrent tier uploads (`UPLOAD_CONCURRENCY`).
     pub uploaders: usize,
+    /// How long a graceful stop waits for the tier to take the queued
+    /// writes (`FLUSH_TIMEOUT_SECONDS`); past it the node exits without them
+    /// and says how many it could not write.
+    pub flush_timeout: std::time::Duration,
     /// Concurrent misses of one key share one tier read. Off only to
     /// measure what that saves (`bench/stampede.rs`).
     pub coalesce_misses: bool,
@@ -76,6 +80,7 @@ impl Default for NodeSettings {
             write_mode: WriteMode::Async,
             queue_capacity: 100_000,
             uploaders: 64,
+            flush_timeout: std::time::Duration::from_secs(30),
             coalesce_misses: true,
         }
     }
@@ -105,6 +110,7 @@ impl From<&NodeConfig> for NodeSettings {
             },
             queue_capacity: c.queue_capacity as usize,
             uploaders: c.upload_concurrency as usize,
+            flush_timeout: std::time::Duration::from_secs(c.flush_timeout_secs),
             coalesce_misses: true,
         }
     }

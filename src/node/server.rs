@@ -54,9 +54,19 @@ pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: CancellationT
     })
     .await;
     // Every acknowledged write reaches the tier before the node exits.
+    // (Bounded: a tier that stays down must not keep the process alive.)
     if let Some(wb) = &flush.writeback {
         info!(depth = wb.depth(), "flushing the write-behind queue");
-        wb.close().await;
+        let limit = flush.settings.flush_timeout;
+        match tokio::time::timeout(limit, wb.close()).await {
+            Ok(()) => info!("write-behind queue flushed"),
+            Err(_) => tracing::error!(
+                unwritten = wb.depth(),
+                tier = flush.tier.name(),
+                "the tier did not take the queued writes within FLUSH_TIMEOUT_SECONDS={}; exiting without them",
+                limit.as_secs()
+            ),
+        }
     }
 }
 

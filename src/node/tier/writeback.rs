@@ -89,9 +89,11 @@ impl std::fmt::Debug for WriteBack {
 }
 
 /// Nice value of the background threads: under contention the kernel
-/// gives them about a tenth of what a request thread gets, so uploads use
-/// the CPU that serving leaves idle instead of adding to request latency.
-pub const UPLOAD_NICE: i32 = 10;
+/// gives each about 1/70 of what a request thread gets, so uploads use the
+/// CPU that serving leaves idle instead of adding to request latency. A
+/// node saturated for long lets its queue grow (coalescing repeated keys)
+/// until backpressure, rather than slowing every request.
+pub const UPLOAD_NICE: i32 = 19;
 
 /// A small runtime of low-priority threads for tier uploads (and the
 /// blocking file I/O of the directory tier): signing, HTTP and checksums
@@ -112,7 +114,9 @@ impl Background {
     pub fn start(threads: usize) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
-            .max_blocking_threads(16)
+            // Nice is per thread: many low-priority threads would add up
+            // to a normal one. The directory tier's file I/O runs here.
+            .max_blocking_threads(2 * threads.max(1))
             .thread_name("milena-tier")
             .on_thread_start(lower_priority)
             .enable_all()
