@@ -269,23 +269,41 @@ async fn read_through(
         }
     };
     if leader {
-        let now = node.clock.unix_secs();
-        node.stats.tier_reads.fetch_add(1, Ordering::Relaxed);
-        let tier_read = node.tier.get(&key, now);
-        let (stored, dirty) = match &previous {
-            None => (tier_read.await, None),
-            Some(prev) => {
-                node.stats.handoff_peeks.fetch_add(1, Ordering::Relaxed);
-                let (stored, peeked) = tokio::join!(tier_read, node.peers.peek(prev, &key));
-                let dirty = peeked.unwrap_or_else(|e| {
-                    node.stats.handoff_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(previous = %prev, error = %e, "could not ask a key's previous owner");
-                    None
-                });
-                (stored, dirty)
-            }
+        // A leader that just finished may have filled memory (or the
+        // negative cache) and left between our checks above and our
+        // registering: look again before going to the tier.
+        let mut cached = None;
+        node.store.get_with(&key, node.clock.now(), since, |v| {
+            cached = Some(Bytes::copy_from_slice(v));
+        });
+        let missing = cached.is_none()
+            && node
+                .negative
+                .get_with(&key, node.clock.now(), since, |_| ())
+                .is_some();
+        let result = if let Some(v) = cached {
+            ReadThrough::Found(v)
+        } else if missing {
+            ReadThrough::Missing
+        } else {
+            let now = node.clock.unix_secs();
+            node.stats.tier_reads.fetch_add(1, Ordering::Relaxed);
+            let tier_read = node.tier.get(&key, now);
+            let (stored, dirty) = match &previous {
+                None => (tier_read.await, None),
+                Some(prev) => {
+                    node.stats.handoff_peeks.fetch_add(1, Ordering::Relaxed);
+                    let (stored, peeked) = tokio::join!(tier_read, node.peers.peek(prev, &key));
+                    let dirty = peeked.unwrap_or_else(|e| {
+                        node.stats.handoff_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(previous = %prev, error = %e, "could not ask a key's previous owner");
+                        None
+                    });
+                    (stored, dirty)
+                }
+            };
+            resolve(&node, &key, now, stored, dirty)
         };
-        let result = resolve(&node, &key, now, stored, dirty);
         let waiters = node
             .reads
             .lock()
