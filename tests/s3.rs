@@ -719,3 +719,56 @@ async fn a_bucket_that_does_not_exist_is_a_clear_start_up_error() {
     let log = String::from_utf8_lossy(&out.stdout);
     assert!(log.contains("cannot use S3_BUCKET=no-such-bucket"), "{log}");
 }
+
+/// An entry evicted from memory while its upload is still waiting (S3 is
+/// down) is not lost: reads are answered from the queue's own copy, and
+/// it reaches S3 when S3 is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_evicted_while_dirty_is_still_served_and_written() {
+    let s3 = S3Server::start("evict");
+    let proxy = FaultProxy::start(s3.addr).await;
+    let mut settings = small_settings();
+    settings.store.max_items = 4;
+    settings.store.shards = 1;
+    let node = Node::with_tier(
+        settings,
+        Clock::new(),
+        Some(Arc::new(
+            S3Tier::connect(s3.settings_via(&proxy.endpoint())).await,
+        )),
+    );
+    let node = start_node_with(node).await;
+    proxy.set_down(true);
+    let c = Client::connect(&node.url()).await.expect("connect");
+    for i in 0..40 {
+        c.put(
+            format!("k{i}").as_bytes(),
+            format!("v{i}").as_bytes(),
+            Some(0),
+        )
+        .await
+        .expect("put");
+    }
+    assert!(stat(&c, "evictions").await >= 36, "memory holds 4 entries");
+    for i in 0..40 {
+        assert_eq!(
+            c.get(format!("k{i}").as_bytes())
+                .await
+                .expect("get")
+                .as_deref(),
+            Some(format!("v{i}").as_bytes()),
+            "k{i}"
+        );
+    }
+    assert_eq!(stat(&c, "tier_reads").await, 0, "answered from the queue");
+    proxy.set_down(false);
+    node.node.writeback.as_ref().expect("tier").flush().await;
+    let tier = s3.tier().await;
+    for i in 0..40 {
+        match tier.get(format!("k{i}").as_bytes(), 0).await.expect("read") {
+            ReadOutcome::Found(o) => assert_eq!(o.value, format!("v{i}").as_bytes()),
+            other => panic!("k{i}: {other:?}"),
+        }
+    }
+    node.stop().await;
+}
