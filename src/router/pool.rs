@@ -217,6 +217,10 @@ async fn serve(
         .upgrade()
         .map_or(Duration::from_secs(5), |r| r.settings.node_timeout);
     let mut tick = tokio::time::interval((node_timeout / 4).max(Duration::from_millis(10)));
+    // When the node last answered anything: a node that answers is alive
+    // even while one request waits long (a miss or a sync-mode put waiting
+    // on a slow S3 is answered out of order, after the others).
+    let mut last_answer = tokio::time::Instant::now();
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (node_requests, node_errors, mut latency) = match router.upgrade() {
         Some(r) => {
@@ -250,6 +254,7 @@ async fn serve(
                 if r? == 0 {
                     return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                 }
+                last_answer = tokio::time::Instant::now();
                 let Some(r) = router.upgrade() else {
                     return Ok(());
                 };
@@ -265,10 +270,13 @@ async fn serve(
                 result?;
             }
             _ = tick.tick(), if !inflight.is_empty() => {
-                // A node that holds requests this long is down for our
-                // purposes: fail the connection so they go to the next owner.
+                // A node that holds a request this long and has answered
+                // nothing meanwhile is down for our purposes: fail the
+                // connection so its requests go to the next owner.
                 let oldest = inflight.values().map(|(_, sent)| *sent).min();
-                if oldest.is_some_and(|t| t.elapsed() > node_timeout) {
+                if oldest.is_some_and(|t| t.elapsed() > node_timeout)
+                    && last_answer.elapsed() > node_timeout
+                {
                     return Err(ConnError::Timeout(node_timeout));
                 }
             }

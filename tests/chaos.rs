@@ -1,0 +1,499 @@
+//! Fault injection with the real binaries (issue 9): a router, three cache
+//! nodes and an S3-compatible server (`examples/s3-server.rs`), each its
+//! own process on loopback, under a mixed workload from the client
+//! library. Every acknowledged write is recorded, every read is checked
+//! against that history, and each scenario prints its figures.
+
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use milena::client::Client;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const CACHE: &str = env!("CARGO_BIN_EXE_milena-cache");
+const ROUTER: &str = env!("CARGO_BIN_EXE_milena-router");
+
+/// `examples/s3-server`, built by `cargo test` beside the test binaries.
+fn s3_server_bin() -> std::path::PathBuf {
+    std::path::Path::new(CACHE)
+        .parent()
+        .expect("bin dir")
+        .join("examples")
+        .join("s3-server")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A server process, its address and its log lines.
+struct Proc {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Starts `program` and waits for the log line carrying `marker`,
+    /// taking the address after `addr=` (or the whole line for the S3
+    /// server); the rest of the log is kept for later checks.
+    async fn start(program: &std::path::Path, args: &[String], env: &[(&str, String)]) -> Proc {
+        let mut child = Command::new(program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("LOG_LEVEL", "info")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let addr = loop {
+            let line = lines
+                .next_line()
+                .await
+                .expect("read log")
+                .unwrap_or_else(|| panic!("{} exited before listening", program.display()));
+            if let Some(rest) = line.split("addr=").nth(1) {
+                break rest.split_whitespace().next().expect("addr").to_string();
+            }
+            if let Some(rest) = line.strip_prefix("s3 server at ") {
+                break rest.split_whitespace().next().expect("url").to_string();
+            }
+        };
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink.lock().expect("log").push(line);
+            }
+        });
+        Proc { child, addr, log }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().expect("running").to_string()
+    }
+
+    async fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid()])
+            .status()
+            .await
+            .expect("kill");
+        assert!(ok.success(), "kill -{sig}");
+    }
+
+    fn logged(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+/// Router, nodes and S3, all real processes.
+struct Cluster {
+    s3: Proc,
+    router: Proc,
+    router_port: u16,
+    nodes: Vec<Proc>,
+    _dir: TempDir,
+    write_mode: &'static str,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Heartbeats every 100 ms; a node missing them for 1 s is ejected.
+const HEARTBEAT_MS: u64 = 100;
+const HEARTBEAT_TIMEOUT_MS: u64 = 1000;
+
+impl Cluster {
+    async fn start(name: &str, nodes: usize, write_mode: &'static str) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("milena-chaos-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s3 = Proc::start(
+            &s3_server_bin(),
+            &[
+                "--root".into(),
+                dir.join("s3").display().to_string(),
+                "--port".into(),
+                free_port().to_string(),
+                "--bucket".into(),
+                "cache".into(),
+            ],
+            &[],
+        )
+        .await;
+        let router_port = free_port();
+        let router = Self::router(router_port).await;
+        let mut c = Cluster {
+            s3,
+            router,
+            router_port,
+            nodes: Vec::new(),
+            _dir: TempDir(dir),
+            write_mode,
+        };
+        for _ in 0..nodes {
+            let n = c.node().await;
+            c.nodes.push(n);
+        }
+        c.wait_members(nodes).await;
+        c
+    }
+
+    async fn router(port: u16) -> Proc {
+        Proc::start(
+            std::path::Path::new(ROUTER),
+            &[],
+            &[
+                ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+                ("RATE_LIMIT", "0".into()),
+                ("HEARTBEAT_TIMEOUT_MS", HEARTBEAT_TIMEOUT_MS.to_string()),
+                ("NODE_TIMEOUT_MS", "1000".into()),
+            ],
+        )
+        .await
+    }
+
+    async fn node(&self) -> Proc {
+        Proc::start(
+            std::path::Path::new(CACHE),
+            &[],
+            &[
+                ("LISTEN_ADDR", "127.0.0.1:0".into()),
+                ("ROUTER_ADDR", self.router_url()),
+                ("HEARTBEAT_INTERVAL_MS", HEARTBEAT_MS.to_string()),
+                ("WRITE_MODE", self.write_mode.into()),
+                ("S3_BUCKET", "cache".into()),
+                ("S3_ENDPOINT", self.s3.addr.clone()),
+                ("AWS_ACCESS_KEY_ID", "milena".into()),
+                ("AWS_SECRET_ACCESS_KEY", "milena-secret".into()),
+                ("AWS_REGION", "us-east-1".into()),
+                ("LRU_SIZE", "100000".into()),
+                ("TTL_SECONDS", "0".into()),
+            ],
+        )
+        .await
+    }
+
+    fn router_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.router_port)
+    }
+
+    /// Polls the router until it has `n` members.
+    async fn wait_members(&self, n: usize) -> Duration {
+        let started = Instant::now();
+        loop {
+            if let Ok(c) = Client::connect(&self.router_url()).await
+                && let Ok((_, m)) = c.members().await
+                && m.len() == n
+            {
+                return started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// What the workload saw.
+#[derive(Default)]
+struct Tally {
+    requests: AtomicU64,
+    errors: AtomicU64,
+    /// Reads that returned something other than the last acknowledged
+    /// write (or a write whose outcome is unknown).
+    stale: AtomicU64,
+    /// Reads that found nothing where a write was acknowledged.
+    lost: AtomicU64,
+    first_error: Mutex<Option<Instant>>,
+    last_error: Mutex<Option<Instant>>,
+}
+
+impl Tally {
+    fn error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        self.first_error.lock().expect("tally").get_or_insert(now);
+        *self.last_error.lock().expect("tally") = Some(now);
+    }
+
+    fn error_window(&self) -> Duration {
+        match (
+            *self.first_error.lock().expect("tally"),
+            *self.last_error.lock().expect("tally"),
+        ) {
+            (Some(a), Some(b)) => b - a,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// One key's history as its single writer knows it.
+#[derive(Default, Clone)]
+struct KeyState {
+    /// The last acknowledged (or observed) value and its sequence number.
+    acked: Option<(u64, Vec<u8>)>,
+    /// Values of later puts that failed: each may or may not have been
+    /// applied (or may still be on its way).
+    maybe: Vec<(u64, Vec<u8>)>,
+}
+
+impl KeyState {
+    fn accepts(&self, v: &[u8]) -> bool {
+        self.acked.as_ref().is_some_and(|(_, a)| a == v) || self.maybe.iter().any(|(_, m)| m == v)
+    }
+
+    fn acked(&mut self, seq: u64, v: Vec<u8>) {
+        self.acked = Some((seq, v));
+        self.maybe.clear();
+    }
+
+    /// A read saw `v`: a failed put did land; only later ones remain open.
+    fn observed(&mut self, v: &[u8]) {
+        if let Some(pos) = self.maybe.iter().position(|(_, m)| m == v) {
+            let (seq, m) = self.maybe[pos].clone();
+            self.maybe.retain(|(s, _)| *s > seq);
+            self.acked = Some((seq, m));
+        }
+    }
+}
+
+/// A router connection that reconnects after errors.
+struct Conn {
+    url: String,
+    client: Option<Client>,
+}
+
+impl Conn {
+    async fn get(&mut self) -> Option<&Client> {
+        if self.client.is_none() {
+            self.client = Client::connect(&self.url).await.ok();
+        }
+        self.client.as_ref()
+    }
+
+    fn broken(&mut self, e: &milena::client::ClientError) {
+        if e.status().is_none() {
+            self.client = None;
+        }
+    }
+}
+
+const WRITERS: usize = 16;
+const KEYS_PER_WRITER: usize = 64;
+
+/// The workload: each writer owns its keys, writes one, then reads four, and checks every read against what it was told.
+fn workload(
+    url: String,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) -> Vec<tokio::task::JoinHandle<Vec<KeyState>>> {
+    (0..WRITERS)
+        .map(|w| {
+            let (url, stop, tally) = (url.clone(), stop.clone(), tally.clone());
+            tokio::spawn(async move {
+                let mut conn = Conn { url, client: None };
+                let mut keys = vec![KeyState::default(); KEYS_PER_WRITER];
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    seq += 1;
+                    let i = (seq as usize * 7 + w) % KEYS_PER_WRITER;
+                    let key = format!("w{w}-k{i}");
+                    let value = format!("{key}-{seq}").into_bytes();
+                    tally.requests.fetch_add(1, Ordering::Relaxed);
+                    let Some(c) = conn.get().await else {
+                        tally.error();
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    match c.put(key.as_bytes(), &value, Some(0)).await {
+                        Ok(()) => keys[i].acked(seq, value),
+                        Err(e) => {
+                            tally.error();
+                            keys[i].maybe.push((seq, value));
+                            conn.broken(&e);
+                            continue;
+                        }
+                    }
+                    // Four reads per write: a cache's usual mix.
+                    for r in 0..4 {
+                        let j = (seq as usize * 13 + r * 17 + 3) % KEYS_PER_WRITER;
+                        let key = format!("w{w}-k{j}");
+                        tally.requests.fetch_add(1, Ordering::Relaxed);
+                        let Some(c) = conn.get().await else {
+                            tally.error();
+                            continue;
+                        };
+                        match c.get(key.as_bytes()).await {
+                            Ok(Some(v)) if keys[j].accepts(&v) => keys[j].observed(&v),
+                            Ok(Some(_)) => {
+                                tally.stale.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(None) if keys[j].acked.is_some() => {
+                                tally.lost.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tally.error();
+                                conn.broken(&e);
+                            }
+                        }
+                    }
+                }
+                keys
+            })
+        })
+        .collect()
+}
+
+/// After the faults: every key reads back as its last acknowledged value.
+async fn verify(url: &str, histories: Vec<Vec<KeyState>>) -> (usize, usize, usize) {
+    let c = Client::connect(url)
+        .await
+        .expect("connect for verification");
+    let (mut checked, mut lost, mut wrong) = (0, 0, 0);
+    for (w, keys) in histories.into_iter().enumerate() {
+        for (i, k) in keys.into_iter().enumerate() {
+            if k.acked.is_none() && k.maybe.is_empty() {
+                continue;
+            }
+            checked += 1;
+            match c.get(format!("w{w}-k{i}").as_bytes()).await.expect("get") {
+                Some(v) if k.accepts(&v) => {}
+                Some(_) => wrong += 1,
+                None if k.acked.is_some() => lost += 1,
+                None => {}
+            }
+        }
+    }
+    (checked, lost, wrong)
+}
+
+async fn run_for(d: Duration) {
+    // The workload runs meanwhile; this is how long the scenario lasts,
+    // not a wait for anything to start.
+    tokio::time::sleep(d).await;
+}
+
+/// Scenario 1: `kill -9` of a node under load in sync mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_load_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start("kill", 3, "sync").await;
+    let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
+    let tasks = workload(cluster.router_url(), stop.clone(), tally.clone());
+    run_for(Duration::from_millis(1500)).await;
+    let victim = cluster.nodes.remove(0);
+    let killed = Instant::now();
+    victim.signal("KILL").await;
+    let noticed = cluster.wait_members(2).await;
+    run_for(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut histories = Vec::new();
+    for t in tasks {
+        histories.push(t.await.expect("writer"));
+    }
+    // How long after the router noticed did clients still see errors
+    // (the goal is none: requests in flight to the dead node are retried
+    // on the next owner).
+    let tail = tally
+        .last_error
+        .lock()
+        .expect("tally")
+        .map(|t| t.saturating_duration_since(killed + noticed));
+    let (checked, lost, wrong) = verify(&cluster.router_url(), histories).await;
+    println!(
+        "kill -9: {} requests, {} errors in a {:?} window, router noticed after {:?} (heartbeat timeout {HEARTBEAT_TIMEOUT_MS} ms), last error {:?} after it noticed; {checked} keys checked: lost {lost}, wrong {wrong}, stale reads {}",
+        tally.requests.load(Ordering::Relaxed),
+        tally.errors.load(Ordering::Relaxed),
+        tally.error_window(),
+        noticed,
+        tail,
+        tally.stale.load(Ordering::Relaxed)
+    );
+    assert_eq!((lost, wrong), (0, 0));
+    assert_eq!(tally.stale.load(Ordering::Relaxed), 0);
+    assert_eq!(tally.lost.load(Ordering::Relaxed), 0);
+}
+
+/// Scenario 2: a node paused past the heartbeat timeout is ejected, its
+/// keys are written elsewhere, and after it resumes and rejoins it never
+/// serves what it held from before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_is_ejected_rejoins_and_serves_nothing_stale() {
+    let cluster = Cluster::start("pause", 3, "sync").await;
+    let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
+    let tasks = workload(cluster.router_url(), stop.clone(), tally.clone());
+    run_for(Duration::from_millis(1000)).await;
+    let paused = &cluster.nodes[0];
+    paused.signal("STOP").await;
+    let ejected = cluster.wait_members(2).await;
+    run_for(Duration::from_millis(1000)).await;
+    paused.signal("CONT").await;
+    let rejoined = cluster.wait_members(3).await;
+    run_for(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut histories = Vec::new();
+    for t in tasks {
+        histories.push(t.await.expect("writer"));
+    }
+    let (checked, lost, wrong) = verify(&cluster.router_url(), histories).await;
+    println!(
+        "SIGSTOP/SIGCONT: {} requests, {} errors in a {:?} window, ejected after {ejected:?}, back after {rejoined:?}; {checked} keys checked: lost {lost}, wrong {wrong}, stale reads {}",
+        tally.requests.load(Ordering::Relaxed),
+        tally.errors.load(Ordering::Relaxed),
+        tally.error_window(),
+        tally.stale.load(Ordering::Relaxed)
+    );
+    assert_eq!(tally.stale.load(Ordering::Relaxed), 0, "stale reads");
+    assert_eq!(tally.lost.load(Ordering::Relaxed), 0);
+    assert_eq!((lost, wrong), (0, 0));
+    assert!(cluster.router.logged("node ejected from the ring") > 0);
+    assert!(cluster.router.logged("node rejoined the ring") > 0);
+}
+
+/// Scenario 3: the router is killed and restarted on its port; the nodes
+/// rejoin by themselves and clients reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_router_gets_its_nodes_back_without_help() {
+    let mut cluster = Cluster::start("router", 3, "sync").await;
+    let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
+    let tasks = workload(cluster.router_url(), stop.clone(), tally.clone());
+    run_for(Duration::from_millis(1000)).await;
+    cluster.router.signal("KILL").await;
+    let down = Instant::now();
+    cluster.router = Cluster::router(cluster.router_port).await;
+    let rejoined = cluster.wait_members(3).await;
+    let recovered = down.elapsed();
+    run_for(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut histories = Vec::new();
+    for t in tasks {
+        histories.push(t.await.expect("writer"));
+    }
+    let (checked, lost, wrong) = verify(&cluster.router_url(), histories).await;
+    let requests = tally.requests.load(Ordering::Relaxed);
+    println!(
+        "router restart: {requests} requests, {} errors in a {:?} window, all 3 nodes back {rejoined:?} after the new router listened ({recovered:?} after the kill); {checked} keys checked: lost {lost}, wrong {wrong}, stale reads {}",
+        tally.errors.load(Ordering::Relaxed),
+        tally.error_window(),
+        tally.stale.load(Ordering::Relaxed)
+    );
+    assert_eq!((lost, wrong), (0, 0));
+    assert_eq!(tally.stale.load(Ordering::Relaxed), 0);
+}
