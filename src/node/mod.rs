@@ -369,7 +369,9 @@ impl Node {
 
 /// Runs a node that takes part in routers' rings: joins them, serves, and
 /// at `shutdown` first leaves the routers (so they stop sending it keys),
-/// then drains its connections.
+/// then uploads its write-behind queue while still answering (the keys'
+/// new owners may ask it for writes not yet in the tier), then drains its
+/// connections.
 pub async fn run_in_cluster(
     listener: tokio::net::TcpListener,
     node: Arc<Node>,
@@ -378,7 +380,17 @@ pub async fn run_in_cluster(
 ) {
     let serving = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(run(listener, node.clone(), serving.clone()));
-    membership::maintain(node, membership, shutdown).await;
+    membership::maintain(node.clone(), membership, shutdown).await;
+    // Out of the ring: upload what is queued while still answering, so
+    // the keys' new owners can ask for writes not yet in the tier.
+    if let Some(wb) = &node.writeback {
+        let limit = node.settings.flush_timeout;
+        tracing::info!(
+            depth = wb.depth(),
+            "left the ring; flushing the write-behind queue"
+        );
+        let _ = tokio::time::timeout(limit, wb.flush()).await;
+    }
     serving.cancel();
     let _ = server.await;
 }

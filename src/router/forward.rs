@@ -54,7 +54,7 @@ pub struct Forward {
     /// `since` for a get, the epoch for a put; set when routed.
     pub meta: u64,
     /// For a get: the key's previous owner, to be asked on a miss; set when routed.
-    pub previous: Option<Arc<super::pool::NodeHandle>>,
+    pub previous: Option<Arc<str>>,
     /// Where the answer goes.
     pub reply: ReplyTx,
     /// Sends so far to a node that failed.
@@ -95,9 +95,7 @@ impl Router {
             fwd.meta = match fwd.kind {
                 Kind::Get => {
                     let since = view.gained_since(owner, fwd.key_hash);
-                    fwd.previous = view
-                        .handoff_from(owner, fwd.key_hash, since)
-                        .map(|i| view.nodes[i].clone());
+                    fwd.previous = view.handoff_from(owner, fwd.key_hash, since);
                     since
                 }
                 // The write's own time (never before the ring's epoch): with

@@ -32,6 +32,19 @@ const MAX_REMOVALS: usize = 1024;
 struct Removal {
     epoch: u64,
     seeds: Vec<u64>,
+    /// The member removed (seed, address): one that left flushes its
+    /// queue afterwards and answers meanwhile; one ejected may well be
+    /// alive (a timeout under load, a pause) and still hold queued writes.
+    left: Option<Departed>,
+}
+
+/// A member removed from the ring, as handoff needs it.
+#[derive(Debug, Clone)]
+struct Departed {
+    seed: u64,
+    address: Arc<str>,
+    /// When it had come up (it owned keys only from then on).
+    joined: u64,
 }
 
 /// An immutable snapshot of the ring, as requests see it.
@@ -71,30 +84,55 @@ impl View {
         joined.max(self.horizon)
     }
 
-    /// The member that owned the key before ring member `owner` gained it
-    /// at `since` by joining, if that was less than [`HANDOFF_WINDOW`] ago
-    /// and it is still in the ring: it may hold writes for the key that
-    /// are not yet in the tier, so the owner asks it on a miss. (When the
-    /// previous owner left, it flushed first; when it was ejected, it
-    /// cannot be asked.)
-    pub fn handoff_from(&self, owner: usize, key_hash: u64, since: u64) -> Option<usize> {
+    /// The node to ask for writes to the key that it accepted but may not
+    /// have made durable yet, if ring member `owner` gained the key at
+    /// `since` less than [`HANDOFF_WINDOW`] ago: the member that owned it
+    /// before `owner` joined, or the node whose removal gave it the key
+    /// (one that left flushes its queue after leaving and answers
+    /// meanwhile; one ejected may be alive after all — a timeout under
+    /// load, a pause — and if it is dead the ask fails fast or times out).
+    pub fn handoff_from(&self, owner: usize, key_hash: u64, since: u64) -> Option<Arc<str>> {
         let joined = *self.joined.get(owner)?;
-        if since != joined
-            || wall_micros().saturating_sub(since) > HANDOFF_WINDOW.as_micros() as u64
-        {
+        if wall_micros().saturating_sub(since) > HANDOFF_WINDOW.as_micros() as u64 {
             return None;
         }
-        (0..self.ring.len())
-            .filter(|&i| i != owner && self.joined.get(i).is_some_and(|&j| j < since))
-            .filter_map(|i| Some((i, score(self.ring.member(i)?.1, key_hash))))
-            .max_by_key(|&(_, s)| s)
-            .map(|(i, _)| i)
+        if since == joined {
+            // The owner before `owner` joined: the best-placed of the
+            // members up then, whether still in the ring or removed since
+            // (a removed one may still be flushing its queue).
+            let members = (0..self.ring.len())
+                .filter(|&i| i != owner && self.joined.get(i).is_some_and(|&j| j < since))
+                .filter_map(|i| {
+                    let (address, seed) = self.ring.member(i)?;
+                    Some((Arc::from(address), score(seed, key_hash)))
+                });
+            let departed = self
+                .removals
+                .iter()
+                .filter(|r| r.epoch > since)
+                .filter_map(|r| r.left.as_ref())
+                .filter(|d| d.joined < since)
+                .map(|d| (d.address.clone(), score(d.seed, key_hash)));
+            return members
+                .chain(departed)
+                .max_by_key(|(_, s)| *s)
+                .map(|(address, _)| address);
+        }
+        let (_, mine) = self.ring.member(owner)?;
+        let mine = score(mine, key_hash);
+        self.removals
+            .iter()
+            .rev()
+            .find(|r| r.epoch == since)
+            .and_then(|r| r.left.as_ref())
+            .filter(|d| score(d.seed, key_hash) > mine)
+            .map(|d| d.address.clone())
     }
 }
 
-/// How long after a node joins its gets name the keys' previous owners:
-/// long enough for a previous owner's write-behind queue to drain, unless
-/// the tier is down for longer.
+/// How long after a ring change gets name the keys' previous owners: long
+/// enough for a previous owner's write-behind queue to drain, unless the
+/// tier is down for longer.
 pub const HANDOFF_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
@@ -330,6 +368,14 @@ impl Members {
                 .iter()
                 .map(|a| crate::ring::member_seed(a))
                 .collect(),
+            left: match addresses {
+                [one] => t.nodes.get(*one).map(|e| Departed {
+                    seed: crate::ring::member_seed(one),
+                    address: Arc::from(*one),
+                    joined: e.joined_epoch,
+                }),
+                _ => None,
+            },
         });
         if t.removals.len() > MAX_REMOVALS
             && let Some(old) = t.removals.pop_front()

@@ -309,7 +309,7 @@ fn enqueue(
 ) {
     let id = *next_id;
     *next_id = next_id.wrapping_add(1);
-    let previous = fwd.previous.as_ref().map(|n| n.address.as_str());
+    let previous = fwd.previous.as_deref();
     if encode_forward(id, &fwd.body, fwd.meta, previous, out) {
         inflight.insert(id, (fwd, Instant::now()));
     } else {
