@@ -10,8 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use milena::client::Client;
+use milena::node::tier::Tier;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+
+mod common;
+use common::s3::FaultProxy;
 
 const CACHE: &str = env!("CARGO_BIN_EXE_milena-cache");
 const ROUTER: &str = env!("CARGO_BIN_EXE_milena-router");
@@ -108,6 +112,10 @@ struct Cluster {
     nodes: Vec<Proc>,
     _dir: TempDir,
     write_mode: &'static str,
+    /// Between the nodes and S3, when the scenario injects S3 faults.
+    proxy: Option<FaultProxy>,
+    /// Extra node settings.
+    node_env: Vec<(&'static str, String)>,
 }
 
 struct TempDir(std::path::PathBuf);
@@ -126,6 +134,16 @@ const HEARTBEAT_TIMEOUT_MS: u64 = 3000;
 
 impl Cluster {
     async fn start(name: &str, nodes: usize, write_mode: &'static str) -> Cluster {
+        Self::start_with(name, nodes, write_mode, false, Vec::new()).await
+    }
+
+    async fn start_with(
+        name: &str,
+        nodes: usize,
+        write_mode: &'static str,
+        proxied: bool,
+        node_env: Vec<(&'static str, String)>,
+    ) -> Cluster {
         let dir = std::env::temp_dir().join(format!("milena-chaos-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let s3 = Proc::start(
@@ -150,7 +168,17 @@ impl Cluster {
             nodes: Vec::new(),
             _dir: TempDir(dir),
             write_mode,
+            proxy: None,
+            node_env,
         };
+        if proxied {
+            let target =
+                c.s3.addr
+                    .trim_start_matches("http://")
+                    .parse()
+                    .expect("s3 addr");
+            c.proxy = Some(FaultProxy::start(target).await);
+        }
         for _ in 0..nodes {
             let n = c.node().await;
             c.nodes.push(n);
@@ -174,24 +202,25 @@ impl Cluster {
     }
 
     async fn node(&self) -> Proc {
-        Proc::start(
-            std::path::Path::new(CACHE),
-            &[],
-            &[
-                ("LISTEN_ADDR", "127.0.0.1:0".into()),
-                ("ROUTER_ADDR", self.router_url()),
-                ("HEARTBEAT_INTERVAL_MS", HEARTBEAT_MS.to_string()),
-                ("WRITE_MODE", self.write_mode.into()),
-                ("S3_BUCKET", "cache".into()),
-                ("S3_ENDPOINT", self.s3.addr.clone()),
-                ("AWS_ACCESS_KEY_ID", "milena".into()),
-                ("AWS_SECRET_ACCESS_KEY", "milena-secret".into()),
-                ("AWS_REGION", "us-east-1".into()),
-                ("LRU_SIZE", "100000".into()),
-                ("TTL_SECONDS", "0".into()),
-            ],
-        )
-        .await
+        let s3 = match &self.proxy {
+            Some(p) => p.endpoint(),
+            None => self.s3.addr.clone(),
+        };
+        let mut env = vec![
+            ("LISTEN_ADDR", "127.0.0.1:0".into()),
+            ("ROUTER_ADDR", self.router_url()),
+            ("HEARTBEAT_INTERVAL_MS", HEARTBEAT_MS.to_string()),
+            ("WRITE_MODE", self.write_mode.into()),
+            ("S3_BUCKET", "cache".into()),
+            ("S3_ENDPOINT", s3),
+            ("AWS_ACCESS_KEY_ID", "milena".into()),
+            ("AWS_SECRET_ACCESS_KEY", "milena-secret".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("LRU_SIZE", "100000".into()),
+            ("TTL_SECONDS", "0".into()),
+        ];
+        env.extend(self.node_env.iter().cloned());
+        Proc::start(std::path::Path::new(CACHE), &[], &env).await
     }
 
     fn router_url(&self) -> String {
@@ -620,4 +649,96 @@ async fn join_and_leave_under_load_cost_no_errors_in_sync_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_and_leave_under_load_cost_no_errors_in_async_mode() {
     join_and_leave("async").await;
+}
+
+/// Scenario 4: S3 unreachable for 30 s, then slow (200 ms per chunk),
+/// then well, in async mode, with a node stopped gracefully during the
+/// outage. Memory keeps serving, writes are accepted, nothing is lost: the
+/// stopping node waits for S3 (answering its successors meanwhile) and
+/// every acknowledged write is in S3 at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_outage_loses_nothing_acknowledged() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut cluster = Cluster::start_with(
+        "s3down",
+        3,
+        "async",
+        true,
+        vec![("FLUSH_TIMEOUT_SECONDS", "120".into())],
+    )
+    .await;
+    let proxy = cluster.proxy.clone().expect("proxy");
+    let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
+    let tasks = workload(cluster.router_url(), stop.clone(), tally.clone());
+    run_for(Duration::from_millis(1500)).await;
+    let before = tally.requests.load(Ordering::Relaxed);
+    proxy.set_down(true);
+    let outage = Instant::now();
+    run_for(Duration::from_secs(10)).await;
+    // A graceful stop in the middle of the outage.
+    let mut stopping = cluster.nodes.remove(0);
+    stopping.signal("TERM").await;
+    cluster.wait_members(2).await;
+    run_for(Duration::from_secs(20)).await;
+    let during = tally.requests.load(Ordering::Relaxed) - before;
+    proxy.set_delay(Duration::from_millis(200));
+    proxy.set_down(false);
+    let down_for = outage.elapsed();
+    run_for(Duration::from_secs(5)).await;
+    proxy.set_delay(Duration::ZERO);
+    run_for(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut histories = Vec::new();
+    for t in tasks {
+        histories.push(t.await.expect("writer"));
+    }
+    let stopped = stopping.child.wait().await.expect("exit");
+    // Everything reads back through the cluster...
+    let (checked, lost, wrong) = verify(&cluster, histories.clone()).await;
+    // ...and, once the others have stopped too, from S3 alone.
+    for n in &cluster.nodes {
+        n.signal("TERM").await;
+    }
+    for n in &mut cluster.nodes {
+        assert!(n.child.wait().await.expect("exit").success());
+    }
+    let tier = milena::node::tier::s3::S3Tier::connect(milena::node::tier::s3::S3Settings {
+        bucket: "cache".into(),
+        prefix: String::new(),
+        endpoint: Some(cluster.s3.addr.clone()),
+        region: Some("us-east-1".into()),
+        static_credentials: Some(("milena".into(), "milena-secret".into())),
+    })
+    .await;
+    let (mut in_s3, mut missing) = (0, 0);
+    for (w, keys) in histories.iter().enumerate() {
+        for (i, k) in keys.iter().enumerate() {
+            let Some((_, acked)) = &k.acked else { continue };
+            match tier.get(format!("w{w}-k{i}").as_bytes(), 0).await {
+                Ok(milena::node::tier::ReadOutcome::Found(o)) if k.accepts(&o.value) => in_s3 += 1,
+                other => {
+                    missing += 1;
+                    if missing <= 3 {
+                        println!(
+                            "w{w}-k{i}: want {:?}, S3 has {other:?}",
+                            String::from_utf8_lossy(acked)
+                        );
+                    }
+                }
+            }
+        }
+    }
+    println!(
+        "S3 down {down_for:?} then slow 5 s (async): {} requests ({during} during the outage), {} errors ({:?}), a node stopped mid-outage exited {stopped}; {checked} keys checked: lost {lost}, wrong {wrong}, stale reads {}; in S3 afterwards: {in_s3}, missing {missing}",
+        tally.requests.load(Ordering::Relaxed),
+        tally.errors.load(Ordering::Relaxed),
+        tally.messages.lock().expect("tally"),
+        tally.stale.load(Ordering::Relaxed)
+    );
+    assert!(during > 0, "memory kept serving during the outage");
+    assert!(stopped.success());
+    assert_eq!(tally.stale.load(Ordering::Relaxed), 0);
+    assert_eq!(tally.lost.load(Ordering::Relaxed), 0);
+    assert_eq!((lost, wrong), (0, 0));
+    assert_eq!(missing, 0, "acknowledged writes missing from S3");
 }
