@@ -192,6 +192,7 @@ impl Cluster {
             std::path::Path::new(ROUTER),
             &[],
             &[
+                ("HELLO_TIMEOUT_SECONDS", "1".into()),
                 ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
                 ("RATE_LIMIT", "0".into()),
                 ("HEARTBEAT_TIMEOUT_MS", HEARTBEAT_TIMEOUT_MS.to_string()),
@@ -741,4 +742,151 @@ async fn an_s3_outage_loses_nothing_acknowledged() {
     assert_eq!(tally.lost.load(Ordering::Relaxed), 0);
     assert_eq!((lost, wrong), (0, 0));
     assert_eq!(missing, 0, "acknowledged writes missing from S3");
+}
+
+/// Reads until the server closes the connection; how many bytes it sent.
+async fn read_to_close(s: &mut tokio::net::TcpStream) -> usize {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return n,
+            Ok(k) => n += k,
+        }
+    }
+}
+
+fn hello_frame() -> Vec<u8> {
+    let mut f = Vec::new();
+    milena::protocol::encode_request(
+        &milena::protocol::Request {
+            id: 1,
+            op: milena::protocol::Op::Hello {
+                magic: milena::protocol::MAGIC,
+                version: milena::protocol::PROTOCOL_VERSION,
+                token: None,
+            },
+        },
+        &mut f,
+    );
+    f
+}
+
+fn rss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Scenario 7: bad clients against the router process while good ones
+/// work: connections that never say hello, a slowloris hello, half-closed
+/// sockets, a 1 GiB length prefix, a flood of invalid frames. Each is cut
+/// off by a limit, counted in metrics, and the good clients see no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_clients_are_cut_off_and_nobody_else_notices() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cluster = Cluster::start("badclients", 3, "async").await;
+    let addr = format!("127.0.0.1:{}", cluster.router_port);
+    let rss_before = rss_kib(&cluster.router.pid());
+    let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
+    let tasks = workload(cluster.router_url(), stop.clone(), tally.clone());
+
+    // 200 connections that never send a hello: closed by HELLO_TIMEOUT.
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(TcpStream::connect(&addr).await.expect("connect"));
+    }
+    // Slowloris: a valid hello, one byte every 100 ms.
+    let slow_addr = addr.clone();
+    let slowloris = tokio::spawn(async move {
+        let mut s = TcpStream::connect(&slow_addr).await.expect("connect");
+        let mut sent = 0;
+        for b in hello_frame() {
+            if s.write_all(&[b]).await.is_err() {
+                break;
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (sent, read_to_close(&mut s).await)
+    });
+    // Half-closed: hello, then no more writes; the server answers and,
+    // seeing the end of the stream, closes.
+    let mut half = TcpStream::connect(&addr).await.expect("connect");
+    half.write_all(&hello_frame()).await.expect("hello");
+    half.shutdown().await.expect("half close");
+    let half_answer = read_to_close(&mut half).await;
+    // A 1 GiB length prefix after the hello: refused, never allocated.
+    let mut huge = TcpStream::connect(&addr).await.expect("connect");
+    huge.write_all(&hello_frame()).await.expect("hello");
+    huge.write_all(&(1u32 << 30).to_be_bytes())
+        .await
+        .expect("prefix");
+    let huge_answer = read_to_close(&mut huge).await;
+    // A flood of invalid frames after the hello.
+    let mut flood = TcpStream::connect(&addr).await.expect("connect");
+    flood.write_all(&hello_frame()).await.expect("hello");
+    let mut garbage = Vec::new();
+    for i in 0..1000u32 {
+        garbage.extend_from_slice(&16u32.to_be_bytes());
+        garbage.extend_from_slice(&[(i % 251) as u8; 16]);
+    }
+    let _ = flood.write_all(&garbage).await;
+    let flood_answer = read_to_close(&mut flood).await;
+    // Every silent connection is closed by the server.
+    for s in &mut silent {
+        read_to_close(s).await;
+    }
+    let (slow_sent, _) = slowloris.await.expect("slowloris");
+    let rss_after = rss_kib(&cluster.router.pid());
+
+    run_for(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut histories = Vec::new();
+    for t in tasks {
+        histories.push(t.await.expect("writer"));
+    }
+    let (checked, lost, wrong) = verify(&cluster, histories).await;
+    let metrics = reqwest_metrics(&addr).await;
+    let protocol_errors = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("milena_router_protocol_errors_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    println!(
+        "bad clients: 200 silent connections closed, slowloris cut after {slow_sent} of {} hello bytes, half-closed got {half_answer} bytes, 1 GiB prefix got {huge_answer} bytes, invalid-frame flood got {flood_answer} bytes; router RSS {rss_before} KiB -> {rss_after} KiB; protocol errors counted: {protocol_errors}; good clients: {} requests, {} errors; {checked} keys checked: lost {lost}, wrong {wrong}",
+        hello_frame().len(),
+        tally.requests.load(Ordering::Relaxed),
+        tally.errors.load(Ordering::Relaxed),
+    );
+    assert!(slow_sent < hello_frame().len(), "the slowloris was cut off");
+    assert!(
+        half_answer > 0,
+        "the half-closed client got its hello answer"
+    );
+    assert!(huge_answer > 0, "the oversized frame got an error answer");
+    assert!(flood_answer > 0, "the flood got an error answer");
+    assert!(rss_after < rss_before + 256 * 1024, "no 1 GiB allocation");
+    assert!(protocol_errors >= 2.0, "bad frames are counted");
+    assert_eq!(tally.errors.load(Ordering::Relaxed), 0);
+    assert_eq!(tally.stale.load(Ordering::Relaxed), 0);
+    assert_eq!((lost, wrong), (0, 0));
+}
+
+/// The router's `/metrics` page.
+async fn reqwest_metrics(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
 }

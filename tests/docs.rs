@@ -1,6 +1,6 @@
 //! Every shell block marked `<!-- run -->` in `docs/operations.md` runs, in
 //! order, in one bash shell, with this build's binaries in place of
-//! `./target/release`: the operations guide's commands (start a router and
+//! `./target/release` and free ports in place of the guide's: the operations guide's commands (start a router and
 //! nodes, curl, milena-cli, grep the logs, add and remove a node, recover
 //! from a killed node) work as written.
 
@@ -54,9 +54,30 @@ async fn the_operations_guide_commands_work_as_written() {
         script.push_str(&b.replace("./target/release/", &format!("{bin_dir}/")));
         script.push('\n');
     }
-    let out = Command::new("bash")
+    // The documented ports (the guide's) may be taken on a test machine
+    // (other tests bind port 0, and 50050 is in the ephemeral range):
+    // run the same commands on free ports.
+    let mut router_port = 0;
+    for documented in ["50050", "50051", "50052", "50053", "9091", "9092", "9093"] {
+        let free = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        if documented == "50050" {
+            router_port = free;
+        }
+        script = script.replace(documented, &free.to_string());
+    }
+    // A hang guard, not a speed limit: a server that cannot start would
+    // leave a documented `until` loop waiting for ever.
+    let out = Command::new("timeout")
+        .arg("600")
+        .arg("bash")
         .arg("-c")
         .arg(&script)
+        // milena-cli's default address is the guide's router port.
+        .env("MILENA_ADDR", format!("http://localhost:{router_port}"))
         .current_dir(&work)
         .output()
         .await
