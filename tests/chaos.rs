@@ -890,3 +890,102 @@ async fn reqwest_metrics(addr: &str) -> String {
     s.read_to_string(&mut out).await.expect("read");
     out
 }
+
+/// Raises this process's open-file limit to its hard limit.
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    lim.rlim_cur
+}
+
+/// Scenario 6: 10,000 client connections held open against the router
+/// process at once, each served (hello, then a ping); memory per idle
+/// connection reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_connections_are_all_served() {
+    use milena::protocol::{Op, Request, encode_request};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _one = ONE_AT_A_TIME.lock().await;
+    const CONNS: usize = 10_000;
+    let limit = raise_fd_limit();
+    if limit < CONNS as u64 + 1000 {
+        // This process and the router (which inherits the limit) each
+        // need a descriptor per connection.
+        panic!(
+            "the open-file limit ({limit}) is too low for {CONNS} connections; raise it (ulimit -n)"
+        );
+    }
+    let port = free_port();
+    let router = Proc::start(
+        std::path::Path::new(ROUTER),
+        &[],
+        &[
+            ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("MAX_CONNECTIONS", (CONNS + 100).to_string()),
+            ("RATE_LIMIT", "0".into()),
+        ],
+    )
+    .await;
+    let rss_before = rss_kib(&router.pid());
+    let addr = format!("127.0.0.1:{port}");
+    let hello = hello_frame();
+    let mut ping = Vec::new();
+    encode_request(
+        &Request {
+            id: 2,
+            op: Op::Ping,
+        },
+        &mut ping,
+    );
+    let mut conns = Vec::with_capacity(CONNS);
+    for _ in 0..CONNS {
+        let mut s = tokio::net::TcpStream::connect(&addr)
+            .await
+            .expect("connect");
+        s.write_all(&hello).await.expect("hello");
+        conns.push(s);
+    }
+    // All open at once; now each must answer its hello and a ping.
+    let mut served = 0;
+    let mut buf = vec![0u8; 256];
+    for s in &mut conns {
+        s.write_all(&ping).await.expect("ping");
+        let mut got = 0;
+        let mut frames = 0;
+        while frames < 2 {
+            let n = s.read(&mut buf[got..]).await.expect("read");
+            assert!(n > 0, "connection closed");
+            got += n;
+            // Count complete frames (4-byte big-endian length prefix).
+            frames = 0;
+            let mut at = 0;
+            while at + 4 <= got {
+                let len =
+                    u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+                if at + 4 + len > got {
+                    break;
+                }
+                at += 4 + len;
+                frames += 1;
+            }
+        }
+        served += 1;
+    }
+    let rss_after = rss_kib(&router.pid());
+    let per_conn = (rss_after.saturating_sub(rss_before) as f64 * 1024.0) / CONNS as f64;
+    println!(
+        "{CONNS} connections held open: {served} served (hello + ping each); router RSS {rss_before} KiB -> {rss_after} KiB, {per_conn:.0} B per idle connection"
+    );
+    assert_eq!(served, CONNS);
+    drop(conns);
+}
