@@ -164,6 +164,15 @@ async fn a_foreign_object_is_reported_not_served() {
         Err(TierError::Corrupt { reason, .. }) => assert!(reason.contains("milena-version")),
         other => panic!("{other:?}"),
     }
+    // A write of ours replaces it (it counts as older than everything).
+    assert_eq!(
+        t.put(b"k", &obj(b"ours", 1, None)).await.expect("put"),
+        WriteOutcome::Stored
+    );
+    assert_eq!(
+        t.get(b"k", 0).await.expect("get"),
+        ReadOutcome::Found(obj(b"ours", 1, None))
+    );
 }
 
 #[tokio::test]

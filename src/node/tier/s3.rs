@@ -154,12 +154,14 @@ impl S3Tier {
             .await
         {
             Ok(h) => {
-                let version = parse_meta(name, h.metadata(), META_VERSION)?.ok_or_else(|| {
-                    TierError::Corrupt {
-                        name: name.into(),
-                        reason: "no milena-version metadata".into(),
-                    }
-                })?;
+                // An object without our version (a foreign object, or one
+                // a store left half-written when an upload was cut off) is
+                // never served, and any write of ours replaces it: as
+                // version 0 it is older than everything.
+                let version = parse_meta(name, h.metadata(), META_VERSION)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
                 Ok(Some(Head {
                     etag: h.e_tag().map(str::to_string),
                     version,
