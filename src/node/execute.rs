@@ -219,34 +219,8 @@ async fn read_through(
     previous: Option<String>,
 ) -> Vec<u8> {
     let mut out = Vec::new();
-    // Another read-through may have filled memory since the miss.
-    let hit = node.store.get_with(&key, node.clock.now(), since, |v| {
-        encode_value(id, v, &mut out)
-    });
-    if hit.is_some() {
-        return out;
-    }
-    if let Some(wb) = &node.writeback {
-        match wb.peek(&key) {
-            Some(Pending::Put(obj)) => {
-                encode_value(id, &obj.value, &mut out);
-                return out;
-            }
-            Some(Pending::Delete(_)) => {
-                respond(id, Status::NotFound, &mut out);
-                return out;
-            }
-            None => {}
-        }
-    }
-    // A remembered miss counts only if recorded since the node last gained
-    // the key (another owner may have written it meanwhile).
-    if node
-        .negative
-        .get_with(&key, node.clock.now(), since, |_| ())
-        .is_some()
-    {
-        respond(id, Status::NotFound, &mut out);
+    if let Some(known) = settled(&node, &key, since) {
+        answer(id, known, &mut out);
         return out;
     }
     let (tx, rx) = oneshot::channel();
@@ -272,19 +246,8 @@ async fn read_through(
         // A leader that just finished may have filled memory (or the
         // negative cache) and left between our checks above and our
         // registering: look again before going to the tier.
-        let mut cached = None;
-        node.store.get_with(&key, node.clock.now(), since, |v| {
-            cached = Some(Bytes::copy_from_slice(v));
-        });
-        let missing = cached.is_none()
-            && node
-                .negative
-                .get_with(&key, node.clock.now(), since, |_| ())
-                .is_some();
-        let result = if let Some(v) = cached {
-            ReadThrough::Found(v)
-        } else if missing {
-            ReadThrough::Missing
+        let result = if let Some(known) = settled(&node, &key, since) {
+            known
         } else {
             let now = node.clock.unix_secs();
             node.stats.tier_reads.fetch_add(1, Ordering::Relaxed);
@@ -315,16 +278,44 @@ async fn read_through(
         }
     }
     match rx.await {
-        Ok(ReadThrough::Found(v)) => encode_value(id, &v, &mut out),
-        Ok(ReadThrough::Missing) => respond(id, Status::NotFound, &mut out),
-        Ok(ReadThrough::Failed(e)) => {
-            WireError::Unavailable(format!("the tier could not be read: {e}")).respond(id, &mut out)
-        }
+        Ok(result) => answer(id, result, &mut out),
         Err(_) => {
             WireError::Unavailable("the tier read was abandoned".into()).respond(id, &mut out)
         }
     }
     out
+}
+
+/// What the node already knows about `key` without the tier: a value in
+/// memory (written since it gained the key), a write still queued, or a
+/// miss remembered since it gained the key.
+fn settled(node: &Node, key: &[u8], since: u64) -> Option<ReadThrough> {
+    let mut value = None;
+    node.store.get_with(key, node.clock.now(), since, |v| {
+        value = Some(Bytes::copy_from_slice(v));
+    });
+    if let Some(v) = value {
+        return Some(ReadThrough::Found(v));
+    }
+    match node.writeback.as_ref().and_then(|wb| wb.peek(key)) {
+        Some(Pending::Put(obj)) => return Some(ReadThrough::Found(obj.value)),
+        Some(Pending::Delete(_)) => return Some(ReadThrough::Missing),
+        None => {}
+    }
+    node.negative
+        .get_with(key, node.clock.now(), since, |_| ())
+        .map(|()| ReadThrough::Missing)
+}
+
+/// Encodes a read-through's outcome as the answer to request `id`.
+fn answer(id: u64, result: ReadThrough, out: &mut Vec<u8>) {
+    match result {
+        ReadThrough::Found(v) => encode_value(id, &v, out),
+        ReadThrough::Missing => respond(id, Status::NotFound, out),
+        ReadThrough::Failed(e) => {
+            WireError::Unavailable(format!("the tier could not be read: {e}")).respond(id, out)
+        }
+    }
 }
 
 /// The outcome of a read-through from what the tier holds and what the
