@@ -49,6 +49,12 @@ pub fn render(registry: &Registry) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// Tokio tasks alive in the calling runtime (0 outside one): a leak of
+/// connections or background work shows here first.
+pub fn alive_tasks() -> u64 {
+    tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks() as u64)
+}
+
 /// Something that renders its metrics on demand.
 pub type Scrape = Arc<dyn Fn() -> String + Send + Sync>;
 
@@ -103,7 +109,10 @@ pub async fn serve(listener: TcpListener, scrape: Scrape, shutdown: Cancellation
                 let scrape = scrape.clone();
                 async move { Ok::<_, Infallible>(http_answer(&req, || scrape())) }
             });
+            // A client may send its request and shut its side at once
+            // (`printf ... | nc -N`); it still gets its answer.
             let conn = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
                 .header_read_timeout(Some(Duration::from_secs(10)))
                 .timer(hyper_util::rt::TokioTimer::new())
                 .serve_connection(TokioIo::new(stream), service);

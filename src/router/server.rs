@@ -143,6 +143,8 @@ async fn serve_http(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
+        // Answer clients that send a request and shut their side at once.
+        .half_close(true)
         .header_read_timeout(Some(Duration::from_secs(10)))
         .timer(hyper_util::rt::TokioTimer::new());
     builder
@@ -498,6 +500,7 @@ fn router_stats(router: &Router) -> Vec<(&'static str, u64)> {
         ("connections", load(&s.conns.open)),
         ("connections_total", load(&s.conns.total)),
         ("connections_refused", load(&s.conns.refused)),
+        ("tasks", metrics::alive_tasks()),
         ("requests", load(&s.requests)),
         ("forwarded", load(&s.forwarded)),
         ("errors", load(&s.errors)),
