@@ -989,3 +989,226 @@ async fn ten_thousand_connections_are_all_served() {
     assert_eq!(served, CONNS);
     drop(conns);
 }
+
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// What a quiet cluster holds: the router's client connections and tasks,
+/// the nodes' (summed) connections and tasks, and each process's open
+/// files. Read through the router's stats, which gathers the nodes'.
+#[derive(Debug, Clone, PartialEq)]
+struct Held {
+    router_connections: u64,
+    router_tasks: u64,
+    node_connections: u64,
+    node_tasks: u64,
+    fds: Vec<usize>,
+}
+
+async fn held(cluster: &Cluster) -> Held {
+    let c = Client::connect(&cluster.router_url())
+        .await
+        .expect("connect for stats");
+    let stats = c.stats().await.expect("stats");
+    drop(c);
+    let get = |n: &str| {
+        stats
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no stat {n}"))
+    };
+    Held {
+        // The stats connection itself is open while it asks.
+        router_connections: get("connections") - 1,
+        router_tasks: get("tasks"),
+        node_connections: get("nodes_connections"),
+        node_tasks: get("nodes_tasks"),
+        fds: std::iter::once(&cluster.router)
+            .chain(&cluster.nodes)
+            .map(|p| open_fds(&p.pid()))
+            .collect(),
+    }
+}
+
+/// Polls until the cluster holds no more than `idle` (plus `slack` tasks
+/// and files for work that legitimately comes and goes: a heartbeat in
+/// flight, a pooled connection being replaced), or a minute has passed;
+/// returns the last reading.
+async fn settle(cluster: &Cluster, idle: &Held, slack: u64) -> Held {
+    let mut now = held(cluster).await;
+    for _ in 0..600 {
+        let quiet = now.router_connections <= idle.router_connections
+            && now.router_tasks <= idle.router_tasks + slack
+            && now.node_connections <= idle.node_connections + slack
+            && now.node_tasks <= idle.node_tasks + slack
+            && now
+                .fds
+                .iter()
+                .zip(&idle.fds)
+                .all(|(n, i)| *n as u64 <= *i as u64 + slack);
+        if quiet {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now = held(cluster).await;
+    }
+    now
+}
+
+/// Scenario 8, the soak (not in CI; about 10 minutes):
+///
+/// `SOAK_SECONDS=600 cargo test --release --test chaos -- --ignored soak --nocapture`
+///
+/// Mixed load for `SOAK_SECONDS` (default 600) in async mode: the 16
+/// checking writers, plus connection churn (a new client per few
+/// requests), health checks and metrics scrapes. The first fifth is
+/// warm-up; from the start of the rest to its end, no process's RSS may
+/// grow by more than 5% (each end the mean of a tenth of the samples). After
+/// the load, connections, tasks and open files return to their idle
+/// levels, and every acknowledged write reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "10-minute soak, run by hand: see docs/reliability.md"]
+async fn soak_keeps_memory_connections_and_tasks_flat() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let total = Duration::from_secs(
+        std::env::var("SOAK_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(600),
+    );
+    let warm_up = total / 5;
+    let sample_every = (total / 60).max(Duration::from_secs(1));
+    let cluster = Cluster::start("soak", 3, "async").await;
+    let addr = format!("127.0.0.1:{}", cluster.router_port);
+
+    // Prime the router's pooled connections to every node, then take the
+    // idle levels.
+    let prime = Client::connect(&cluster.router_url())
+        .await
+        .expect("connect");
+    for i in 0..300 {
+        let key = format!("prime-{i}");
+        prime
+            .put(key.as_bytes(), b"x", Some(0))
+            .await
+            .expect("prime put");
+        prime.get(key.as_bytes()).await.expect("prime get");
+    }
+    drop(prime);
+    let idle = settle(&cluster, &held(&cluster).await, 0).await;
+    println!("idle before: {idle:?}");
+
+    let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
+    let tasks = workload(cluster.router_url(), stop.clone(), tally.clone());
+    // Churn: short-lived clients, health checks and scrapes.
+    let churn = {
+        let (stop, url, addr) = (stop.clone(), cluster.router_url(), addr.clone());
+        tokio::spawn(async move {
+            let (mut clients, mut scrapes, mut errors) = (0u64, 0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                match Client::connect(&url).await {
+                    Ok(c) => {
+                        clients += 1;
+                        for i in 0..4 {
+                            let key = format!("churn-{}", (clients + i) % 512);
+                            if c.put(key.as_bytes(), b"churn", Some(60)).await.is_err()
+                                || c.get(key.as_bytes()).await.is_err()
+                            {
+                                errors += 1;
+                            }
+                        }
+                    }
+                    Err(_) => errors += 1,
+                }
+                if clients.is_multiple_of(20) {
+                    let page = reqwest_metrics(&addr).await;
+                    if !page.contains("milena_router_requests_total") {
+                        errors += 1;
+                    }
+                    scrapes += 1;
+                }
+            }
+            (clients, scrapes, errors)
+        })
+    };
+
+    let procs: Vec<(&str, String)> = std::iter::once(("router", cluster.router.pid()))
+        .chain(cluster.nodes.iter().map(|n| ("node", n.pid())))
+        .collect();
+    let started = Instant::now();
+    // (seconds, RSS of each process) after the warm-up.
+    let mut steady: Vec<(u64, Vec<u64>)> = Vec::new();
+    while started.elapsed() < total {
+        run_for(sample_every).await;
+        let rss: Vec<u64> = procs.iter().map(|(_, pid)| rss_kib(pid)).collect();
+        let t = started.elapsed().as_secs();
+        println!(
+            "t={t:>4}s rss KiB {rss:?} requests {}",
+            tally.requests.load(Ordering::Relaxed)
+        );
+        if started.elapsed() >= warm_up {
+            steady.push((t, rss));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut histories = Vec::new();
+    for t in tasks {
+        histories.push(t.await.expect("writer"));
+    }
+    let (clients, scrapes, churn_errors) = churn.await.expect("churn");
+    let after = settle(&cluster, &idle, 4).await;
+    let (checked, lost, wrong) = verify(&cluster, histories).await;
+    // Growth from the start of the steady state to its end, each the
+    // mean of a tenth of the samples so that allocator jitter (a few
+    // hundred KiB either way) does not count as a trend.
+    assert!(steady.len() >= 2, "ran past the warm-up");
+    let tenth = (steady.len() / 10).max(1);
+    let mean = |samples: &[(u64, Vec<u64>)], p: usize| {
+        samples.iter().map(|(_, r)| r[p]).sum::<u64>() / samples.len() as u64
+    };
+    let baseline: Vec<u64> = (0..procs.len())
+        .map(|p| mean(&steady[..tenth], p))
+        .collect();
+    let end: Vec<u64> = (0..procs.len())
+        .map(|p| mean(&steady[steady.len() - tenth..], p))
+        .collect();
+    let peak: Vec<u64> = (0..procs.len())
+        .map(|p| steady.iter().map(|(_, r)| r[p]).max().unwrap_or(0))
+        .collect();
+    let growth: Vec<f64> = end
+        .iter()
+        .zip(&baseline)
+        .map(|(e, b)| (*e as f64 / *b as f64 - 1.0) * 100.0)
+        .collect();
+    println!(
+        "soak {}s: {} requests, {} errors, {} stale; {clients} short-lived clients, {scrapes} scrapes, {churn_errors} churn errors; RSS (KiB) router + 3 nodes after warm-up {baseline:?}, at the end {end:?}, peak {peak:?}, growth % {growth:.1?}; idle before {idle:?}, after {after:?}; {checked} keys checked: lost {lost}, wrong {wrong}",
+        total.as_secs(),
+        tally.requests.load(Ordering::Relaxed),
+        tally.errors.load(Ordering::Relaxed),
+        tally.stale.load(Ordering::Relaxed),
+    );
+    for ((name, _), g) in procs.iter().zip(&growth) {
+        assert!(*g <= 5.0, "{name} RSS grew {g:.1}% after warm-up");
+    }
+    assert!(
+        after.router_connections <= idle.router_connections,
+        "router connections leaked: {idle:?} -> {after:?}"
+    );
+    assert!(
+        after.router_tasks <= idle.router_tasks + 4 && after.node_tasks <= idle.node_tasks + 4,
+        "tasks leaked: {idle:?} -> {after:?}"
+    );
+    assert!(
+        after.node_connections <= idle.node_connections + 4,
+        "node connections leaked: {idle:?} -> {after:?}"
+    );
+    for (a, i) in after.fds.iter().zip(&idle.fds) {
+        assert!(*a <= *i + 4, "open files leaked: {idle:?} -> {after:?}");
+    }
+    assert_eq!(tally.stale.load(Ordering::Relaxed), 0);
+    assert_eq!(tally.errors.load(Ordering::Relaxed), 0);
+    assert_eq!((lost, wrong), (0, 0));
+}

@@ -482,6 +482,7 @@ fn stats(node: &Node) -> Vec<Stat<'static>> {
         ("connections", load(&s.conns.open)),
         ("connections_total", load(&s.conns.total)),
         ("connections_refused", load(&s.conns.refused)),
+        ("tasks", crate::metrics::alive_tasks()),
         ("protocol_errors", load(&s.protocol_errors)),
         ("requests", load(&s.requests)),
         ("errors", load(&s.errors)),

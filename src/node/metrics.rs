@@ -55,6 +55,7 @@ pub struct NodeMetrics {
     connections: IntGauge,
     connections_total: IntCounter,
     connections_refused: IntCounter,
+    tasks: IntGauge,
     protocol_errors: IntCounter,
     max_items: IntGauge,
     tier_reads: IntCounter,
@@ -180,6 +181,7 @@ impl NodeMetrics {
                 "Entries dropped because they predate the node's latest gain of the key",
             ),
             connections: gauge(&r, "milena_connections", "Client connections open"),
+            tasks: gauge(&r, "milena_tasks", "Tokio tasks alive in the process"),
             connections_total: counter(
                 &r,
                 "milena_connections_total",
@@ -251,6 +253,7 @@ impl NodeMetrics {
         self.items.set(st.items as i64);
         self.bytes.set(st.bytes as i64);
         self.max_items.set(node.settings.store.max_items as i64);
+        self.tasks.set(crate::metrics::alive_tasks() as i64);
         sync(&self.requests, load(&s.requests));
         sync(&self.errors, load(&s.errors));
         sync(&self.protocol_errors, load(&s.protocol_errors));

@@ -50,6 +50,7 @@ pub struct RouterMetrics {
     unavailable: IntCounter,
     connections: IntGauge,
     connections_total: IntCounter,
+    tasks: IntGauge,
     protocol_errors: IntCounter,
     scrape: Mutex<()>,
 }
@@ -145,6 +146,7 @@ impl RouterMetrics {
                 "Requests answered unavailable",
             ),
             connections: gauge("milena_router_connections", "Client connections open"),
+            tasks: gauge("milena_tasks", "Tokio tasks alive in the process"),
             connections_total: counter(
                 "milena_router_connections_total",
                 "Client connections accepted",
@@ -188,6 +190,7 @@ impl RouterMetrics {
         sync(&self.retries, load(&s.retries));
         sync(&self.unavailable, load(&s.unavailable));
         self.connections.set(load(&s.conns.open) as i64);
+        self.tasks.set(crate::metrics::alive_tasks() as i64);
         sync(&self.connections_total, load(&s.conns.total));
         sync(&self.protocol_errors, load(&s.protocol_errors));
         render(&self.registry)
