@@ -45,13 +45,23 @@ pub enum ClientError {
     #[error("protocol error: {0}")]
     Protocol(String),
     /// The server answered with an error status.
-    #[error("{status}: {message}")]
+    #[error("{}", server_message(*.status, .message))]
     Server {
         /// The status.
         status: Status,
         /// The server's explanation.
         message: String,
     },
+}
+
+/// `status: message`, without saying the status twice when the server's
+/// message already starts with it (`unavailable: no cache node ...`).
+fn server_message(status: Status, message: &str) -> String {
+    if message.starts_with(status.as_str()) {
+        message.to_string()
+    } else {
+        format!("{status}: {message}")
+    }
 }
 
 impl ClientError {

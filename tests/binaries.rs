@@ -454,10 +454,13 @@ async fn the_local_cluster_survives_killing_a_node() {
     assert!(lost.is_empty(), "lost after kill -9 of a node: {lost:?}");
     let (_, members) = c.members().await.expect("members");
     assert_eq!(members.len(), 2, "{members:?}");
-    // Ctrl-C: the script stops the other nodes, then the router.
+    // Stop the script as Ctrl-C would: it stops the other nodes, then the
+    // router. TERM, not INT: a script started in the background by a
+    // non-interactive shell (as CI may be) inherits INT as ignored, and
+    // bash cannot trap a signal ignored on entry, so INT would hang here.
     let spid = script.id().expect("pid").to_string();
     Command::new("kill")
-        .args(["-INT", &spid])
+        .args(["-TERM", &spid])
         .status()
         .await
         .expect("kill");
