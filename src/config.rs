@@ -162,6 +162,10 @@ pub struct RouterConfig {
     #[arg(long, env = "HELLO_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub hello_timeout_secs: u64,
 
+    /// Seconds after a ring change during which a key's new owner asks its previous owner for writes not yet in S3 (0 = never ask).
+    #[arg(long, env = "HANDOFF_WINDOW_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub handoff_window_secs: u64,
+
     /// A node that leaves a request unanswered this long (milliseconds) is ejected.
     #[arg(long, env = "NODE_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
     pub node_timeout_ms: u64,

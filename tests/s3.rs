@@ -15,6 +15,7 @@ use milena::node::tier::layout::key_of;
 use milena::node::tier::s3::S3Tier;
 use milena::node::tier::{Object, ReadOutcome, Tier, TierError, WriteOutcome};
 use milena::node::{Clock, Node, NodeSettings, WriteMode};
+use milena::router::RouterSettings;
 
 fn obj(value: &'static [u8], version: u64, expires_at: Option<u64>) -> Object {
     Object {
@@ -542,6 +543,71 @@ async fn concurrent_misses_share_one_s3_read() {
     assert_eq!(stat(&c, "tier_reads").await, 1);
     assert_eq!(stat(&c, "tier_get_count").await, 1);
     node.stop().await;
+}
+
+/// `HANDOFF_WINDOW_SECONDS=0` turns the asking off: the same ring change
+/// as below, and the new owner reads S3 alone, finding the older values —
+/// what the window exists to prevent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_handoff_window_off_a_new_owner_trusts_s3_alone() {
+    let s3 = S3Server::start("handoff-off");
+    let proxy = FaultProxy::start(s3.addr).await;
+    let router = start_router(RouterSettings {
+        handoff_window: Duration::ZERO,
+        ..test_router_settings()
+    })
+    .await;
+    let a = ClusterNode::start_with_tier(
+        "127.0.0.1:0",
+        &[router.url()],
+        small_settings(),
+        TierSpec::S3(s3.settings_via(&proxy.endpoint())),
+    );
+    router.wait_members(&[&a.url()]).await;
+    let c = Client::connect(&router.url()).await.expect("connect");
+    const KEYS: usize = 100;
+    for i in 0..KEYS {
+        c.put(format!("k{i}").as_bytes(), b"v1", Some(0))
+            .await
+            .expect("put");
+    }
+    a.node.writeback.as_ref().expect("tier").flush().await;
+    proxy.set_down(true);
+    for i in 0..KEYS {
+        c.put(format!("k{i}").as_bytes(), b"v2", Some(0))
+            .await
+            .expect("put");
+    }
+    let b = ClusterNode::start_with_tier(
+        "127.0.0.1:0",
+        &[router.url()],
+        small_settings(),
+        TierSpec::S3(s3.settings()),
+    );
+    router.wait_members(&[&a.url(), &b.url()]).await;
+    let mut older = 0;
+    for i in 0..KEYS {
+        if c.get(format!("k{i}").as_bytes())
+            .await
+            .expect("get")
+            .as_deref()
+            == Some(b"v1")
+        {
+            older += 1;
+        }
+    }
+    let peeks = b
+        .node
+        .stats
+        .handoff_peeks
+        .load(std::sync::atomic::Ordering::Relaxed);
+    println!("handoff off: {older} of {KEYS} reads found the older value in S3; {peeks} peeks");
+    assert_eq!(peeks, 0, "no previous owner was asked");
+    assert!(older > 0, "the moved keys were read from S3 alone");
+    proxy.set_down(false);
+    b.stop().await;
+    a.stop().await;
+    router.stop().await;
 }
 
 /// Async mode across a ring change: writes still queued at the old owner

@@ -60,6 +60,8 @@ pub struct View {
     pub nodes: Vec<Arc<NodeHandle>>,
     removals: Arc<VecDeque<Removal>>,
     horizon: u64,
+    /// [`Members::handoff_window`] when this view was made.
+    handoff_window: Duration,
 }
 
 impl View {
@@ -86,14 +88,14 @@ impl View {
 
     /// The node to ask for writes to the key that it accepted but may not
     /// have made durable yet, if ring member `owner` gained the key at
-    /// `since` less than [`HANDOFF_WINDOW`] ago: the member that owned it
+    /// `since` less than the handoff window ago: the member that owned it
     /// before `owner` joined, or the node whose removal gave it the key
     /// (one that left flushes its queue after leaving and answers
     /// meanwhile; one ejected may be alive after all — a timeout under
     /// load, a pause — and if it is dead the ask fails fast or times out).
     pub fn handoff_from(&self, owner: usize, key_hash: u64, since: u64) -> Option<Arc<str>> {
         let joined = *self.joined.get(owner)?;
-        if wall_micros().saturating_sub(since) > HANDOFF_WINDOW.as_micros() as u64 {
+        if wall_micros().saturating_sub(since) >= self.handoff_window.as_micros() as u64 {
             return None;
         }
         if since == joined {
@@ -130,9 +132,9 @@ impl View {
     }
 }
 
-/// How long after a ring change gets name the keys' previous owners: long
-/// enough for a previous owner's write-behind queue to drain, unless the
-/// tier is down for longer.
+/// How long after a ring change gets name the keys' previous owners, by
+/// default (`HANDOFF_WINDOW_SECONDS`): long enough for a previous owner's
+/// write-behind queue to drain, unless the tier is down for longer.
 pub const HANDOFF_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Debug)]
@@ -181,6 +183,9 @@ pub struct Members {
     /// An ejected node's heartbeats are ignored this long (an explicit join
     /// is always accepted), so a node the router cannot reach does not flap.
     pub hold_down: Duration,
+    /// How long after a ring change a key's previous owner is asked for
+    /// writes it has not yet made durable ([`HANDOFF_WINDOW`] unless set).
+    pub handoff_window: Duration,
 }
 
 impl std::fmt::Debug for Members {
@@ -201,7 +206,14 @@ impl Members {
             connector,
             heartbeat_timeout,
             hold_down,
+            handoff_window: HANDOFF_WINDOW,
         }
+    }
+
+    /// The same table with another handoff window (0 turns handoff off).
+    pub fn with_handoff_window(mut self, window: Duration) -> Self {
+        self.handoff_window = window;
+        self
     }
 
     /// The current ring snapshot.
@@ -403,6 +415,7 @@ impl Members {
             nodes,
             removals: Arc::new(t.removals.clone()),
             horizon: t.horizon,
+            handoff_window: self.handoff_window,
         }));
         self.changes.send_replace(t.epoch);
     }

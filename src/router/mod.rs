@@ -33,6 +33,9 @@ pub struct RouterSettings {
     pub heartbeat_timeout: Duration,
     /// An ejected node's heartbeats are ignored this long.
     pub hold_down: Duration,
+    /// `HANDOFF_WINDOW_SECONDS`: how long after a ring change a key's
+    /// previous owner is asked for writes not yet in the tier.
+    pub handoff_window: Duration,
     /// Connections kept to each node.
     pub node_connections: usize,
     /// Requests one client connection may have in flight.
@@ -92,6 +95,7 @@ impl Default for RouterSettings {
             rate_limit: 0,
             heartbeat_timeout: Duration::from_secs(3),
             hold_down: Duration::from_secs(2),
+            handoff_window: members::HANDOFF_WINDOW,
             node_connections: 2,
             max_inflight: 1024,
             max_connections: 10_000,
@@ -113,6 +117,7 @@ impl From<&RouterConfig> for RouterSettings {
             rate_limit: c.rate_limit,
             heartbeat_timeout: Duration::from_millis(c.heartbeat_timeout_ms),
             hold_down: Duration::from_millis(c.heartbeat_timeout_ms),
+            handoff_window: Duration::from_secs(c.handoff_window_secs),
             node_connections: c.node_connections(),
             max_inflight: c.max_inflight as usize,
             max_connections: c.max_connections as usize,
@@ -201,7 +206,8 @@ impl Router {
                 ))
             });
             Router {
-                members: Members::new(settings.heartbeat_timeout, settings.hold_down, connector),
+                members: Members::new(settings.heartbeat_timeout, settings.hold_down, connector)
+                    .with_handoff_window(settings.handoff_window),
                 settings,
                 limiter,
                 stats: RouterStats::default(),
