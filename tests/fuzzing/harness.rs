@@ -115,11 +115,20 @@ fn loopback() -> SocketAddr {
 }
 
 /// Writes `data` to a fresh connection to `addr`, half-closes it and reads
-/// whatever comes back until the server closes (or [`DRAIN`] passes).
+/// whatever comes back until the server closes (or [`ANSWER`] passes).
 /// Returns the bytes read.
 pub fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    exchange_within(addr, data, ANSWER)
+}
+
+/// A fuzzing input: as [`exchange`], but only waits [`DRAIN`] for the close.
+fn feed(addr: SocketAddr, data: &[u8]) {
+    exchange_within(addr, data, DRAIN);
+}
+
+fn exchange_within(addr: SocketAddr, data: &[u8], wait: Duration) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(DRAIN)).expect("timeout");
+    s.set_read_timeout(Some(wait)).expect("timeout");
     // The server may close first (a refused frame, a bad request): a
     // failed write is an answer too.
     if s.write_all(data).is_ok() {
@@ -133,14 +142,14 @@ pub fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
 /// One input on the router's port, then checks the router still serves.
 pub fn router_port(data: &[u8]) {
     let s = servers();
-    exchange(s.router, data);
+    feed(s.router, data);
     s.check_router();
 }
 
 /// One input on the node's metrics port, then checks it still serves.
 pub fn metrics_http(data: &[u8]) {
     let s = servers();
-    exchange(s.metrics, data);
+    feed(s.metrics, data);
     let answer = exchange(
         s.metrics,
         b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
