@@ -57,7 +57,10 @@ pub enum ClientError {
 /// `status: message`, without saying the status twice when the server's
 /// message already starts with it (`unavailable: no cache node ...`).
 fn server_message(status: Status, message: &str) -> String {
-    if message.starts_with(status.as_str()) {
+    if message
+        .strip_prefix(status.as_str())
+        .is_some_and(|rest| rest.starts_with(':'))
+    {
         message.to_string()
     } else {
         format!("{status}: {message}")

@@ -49,8 +49,9 @@ pub fn render(registry: &Registry) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// Tokio tasks alive in the calling runtime (0 outside one): a leak of
-/// connections or background work shows here first.
+/// Tokio tasks alive in the calling runtime (0 outside one): the serving
+/// runtime, where a leak of connections or requests shows first. (A
+/// node's write-behind uploads run in a runtime of their own.)
 pub fn alive_tasks() -> u64 {
     tokio::runtime::Handle::try_current().map_or(0, |h| h.metrics().num_alive_tasks() as u64)
 }

@@ -181,7 +181,11 @@ impl NodeMetrics {
                 "Entries dropped because they predate the node's latest gain of the key",
             ),
             connections: gauge(&r, "milena_connections", "Client connections open"),
-            tasks: gauge(&r, "milena_tasks", "Tokio tasks alive in the process"),
+            tasks: gauge(
+                &r,
+                "milena_tasks",
+                "Tokio tasks alive in the serving runtime (uploads run apart)",
+            ),
             connections_total: counter(
                 &r,
                 "milena_connections_total",

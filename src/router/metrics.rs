@@ -146,7 +146,7 @@ impl RouterMetrics {
                 "Requests answered unavailable",
             ),
             connections: gauge("milena_router_connections", "Client connections open"),
-            tasks: gauge("milena_tasks", "Tokio tasks alive in the process"),
+            tasks: gauge("milena_tasks", "Tokio tasks alive in the serving runtime"),
             connections_total: counter(
                 "milena_router_connections_total",
                 "Client connections accepted",
