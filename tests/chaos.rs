@@ -437,6 +437,19 @@ fn workload_diag(
         .collect()
 }
 
+/// Stops the workload and collects each writer's key histories.
+async fn stop_writers(
+    stop: &AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<Vec<KeyState>>>,
+) -> Vec<Vec<KeyState>> {
+    stop.store(true, Ordering::Relaxed);
+    let mut histories = Vec::new();
+    for t in tasks {
+        histories.push(t.await.expect("writer"));
+    }
+    histories
+}
+
 /// After the faults: every key reads back as its last acknowledged value.
 async fn verify(cluster: &Cluster, histories: Vec<Vec<KeyState>>) -> (usize, usize, usize) {
     cluster.wait_members(cluster.nodes.len()).await;
@@ -484,11 +497,7 @@ async fn a_node_killed_under_load_loses_no_acknowledged_write() {
     victim.signal("KILL").await;
     let noticed = cluster.wait_members(2).await;
     run_for(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut histories = Vec::new();
-    for t in tasks {
-        histories.push(t.await.expect("writer"));
-    }
+    let histories = stop_writers(&stop, tasks).await;
     // How long after the router noticed did clients still see errors
     // (the goal is none: requests in flight to the dead node are retried
     // on the next owner).
@@ -529,11 +538,7 @@ async fn a_paused_node_is_ejected_rejoins_and_serves_nothing_stale() {
     paused.signal("CONT").await;
     let rejoined = cluster.wait_members(3).await;
     run_for(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut histories = Vec::new();
-    for t in tasks {
-        histories.push(t.await.expect("writer"));
-    }
+    let histories = stop_writers(&stop, tasks).await;
     let (checked, lost, wrong) = verify(&cluster, histories).await;
     println!(
         "SIGSTOP/SIGCONT: {} requests, {} errors in a {:?} window, ejected after {ejected:?}, back after {rejoined:?}; {checked} keys checked: lost {lost}, wrong {wrong}, stale reads {}",
@@ -564,11 +569,7 @@ async fn a_restarted_router_gets_its_nodes_back_without_help() {
     let rejoined = cluster.wait_members(3).await;
     let recovered = down.elapsed();
     run_for(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut histories = Vec::new();
-    for t in tasks {
-        histories.push(t.await.expect("writer"));
-    }
+    let histories = stop_writers(&stop, tasks).await;
     let (checked, lost, wrong) = verify(&cluster, histories).await;
     let requests = tally.requests.load(Ordering::Relaxed);
     println!(
@@ -613,11 +614,7 @@ async fn join_and_leave(MODE: &'static str) {
     let mut leaving = leaving;
     let status = leaving.child.wait().await.expect("exit");
     run_for(Duration::from_millis(1000)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut histories = Vec::new();
-    for t in tasks {
-        histories.push(t.await.expect("writer"));
-    }
+    let histories = stop_writers(&stop, tasks).await;
     let (checked, lost, wrong) = verify(&cluster, histories).await;
     println!(
         "join + leave ({MODE}): {} requests, {} errors, joined in {joined:?}, left in {left:?} (exit {status}); {checked} keys checked: lost {lost}, wrong {wrong}, stale reads {}",
@@ -688,11 +685,7 @@ async fn an_s3_outage_loses_nothing_acknowledged() {
     run_for(Duration::from_secs(5)).await;
     proxy.set_delay(Duration::ZERO);
     run_for(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut histories = Vec::new();
-    for t in tasks {
-        histories.push(t.await.expect("writer"));
-    }
+    let histories = stop_writers(&stop, tasks).await;
     let stopped = stopping.child.wait().await.expect("exit");
     // Everything reads back through the cluster...
     let (checked, lost, wrong) = verify(&cluster, histories.clone()).await;
@@ -847,11 +840,7 @@ async fn bad_clients_are_cut_off_and_nobody_else_notices() {
     let rss_after = rss_kib(&cluster.router.pid());
 
     run_for(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut histories = Vec::new();
-    for t in tasks {
-        histories.push(t.await.expect("writer"));
-    }
+    let histories = stop_writers(&stop, tasks).await;
     let (checked, lost, wrong) = verify(&cluster, histories).await;
     let metrics = reqwest_metrics(&addr).await;
     let protocol_errors = metrics
@@ -1187,11 +1176,7 @@ async fn soak_keeps_memory_connections_and_tasks_flat() {
             steady.push((t, rss));
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut histories = Vec::new();
-    for t in tasks {
-        histories.push(t.await.expect("writer"));
-    }
+    let histories = stop_writers(&stop, tasks).await;
     let (clients, scrapes, churn_errors) = churn.await.expect("churn");
     let after = settle(&cluster, &idle, 4).await;
     let (checked, lost, wrong) = verify(&cluster, histories).await;

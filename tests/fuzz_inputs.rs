@@ -29,35 +29,36 @@ fn kept(target: &str) -> Vec<(String, Vec<u8>)> {
     inputs
 }
 
-#[test]
-fn router_port_survives_its_seeds_and_kept_inputs() {
+/// Feeds `target`'s seeds, then its kept inputs, to `run`.
+fn replay(target: &str, seeds: Vec<Vec<u8>>, run: fn(&[u8])) {
     harness::abort_on_panic();
-    let kept = kept("router_port");
-    for seed in harness::router_seeds() {
-        harness::router_port(&seed);
+    let kept = kept(target);
+    for seed in &seeds {
+        run(seed);
     }
     for (name, input) in &kept {
         eprintln!("replaying {name}");
-        harness::router_port(input);
+        run(input);
     }
     eprintln!(
-        "{} seeds and {} kept inputs replayed",
-        harness::router_seeds().len(),
+        "{target}: {} seeds and {} kept inputs replayed",
+        seeds.len(),
         kept.len()
     );
 }
 
 #[test]
+fn router_port_survives_its_seeds_and_kept_inputs() {
+    replay("router_port", harness::router_seeds(), harness::router_port);
+}
+
+#[test]
 fn metrics_endpoint_survives_its_seeds_and_kept_inputs() {
-    harness::abort_on_panic();
-    let kept = kept("metrics_http");
-    for seed in harness::metrics_seeds() {
-        harness::metrics_http(&seed);
-    }
-    for (name, input) in &kept {
-        eprintln!("replaying {name}");
-        harness::metrics_http(input);
-    }
+    replay(
+        "metrics_http",
+        harness::metrics_seeds(),
+        harness::metrics_http,
+    );
 }
 
 #[test]

@@ -545,18 +545,24 @@ async fn concurrent_misses_share_one_s3_read() {
     node.stop().await;
 }
 
-/// `HANDOFF_WINDOW_SECONDS=0` turns the asking off: the same ring change
-/// as below, and the new owner reads S3 alone, finding the older values —
-/// what the window exists to prevent.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_handoff_window_off_a_new_owner_trusts_s3_alone() {
-    let s3 = S3Server::start("handoff-off");
+/// A ring change in async mode with writes stuck in the old owner's queue.
+struct Handoff {
+    s3: S3Server,
+    proxy: FaultProxy,
+    router: TestRouter,
+    /// The old owner: `v1` of every key in S3, `v2` queued (its S3 is down).
+    a: ClusterNode,
+    /// The node that joined after the `v2` writes.
+    b: ClusterNode,
+    c: Client,
+}
+
+/// Writes `v1` of `keys` keys through A to S3, cuts A off S3, writes
+/// `v2`, then starts B and waits until the router has both.
+async fn queued_at_a_then_b_joins(name: &str, settings: RouterSettings, keys: usize) -> Handoff {
+    let s3 = S3Server::start(name);
     let proxy = FaultProxy::start(s3.addr).await;
-    let router = start_router(RouterSettings {
-        handoff_window: Duration::ZERO,
-        ..test_router_settings()
-    })
-    .await;
+    let router = start_router(settings).await;
     let a = ClusterNode::start_with_tier(
         "127.0.0.1:0",
         &[router.url()],
@@ -565,15 +571,14 @@ async fn with_the_handoff_window_off_a_new_owner_trusts_s3_alone() {
     );
     router.wait_members(&[&a.url()]).await;
     let c = Client::connect(&router.url()).await.expect("connect");
-    const KEYS: usize = 100;
-    for i in 0..KEYS {
+    for i in 0..keys {
         c.put(format!("k{i}").as_bytes(), b"v1", Some(0))
             .await
             .expect("put");
     }
     a.node.writeback.as_ref().expect("tier").flush().await;
     proxy.set_down(true);
-    for i in 0..KEYS {
+    for i in 0..keys {
         c.put(format!("k{i}").as_bytes(), b"v2", Some(0))
             .await
             .expect("put");
@@ -585,6 +590,38 @@ async fn with_the_handoff_window_off_a_new_owner_trusts_s3_alone() {
         TierSpec::S3(s3.settings()),
     );
     router.wait_members(&[&a.url(), &b.url()]).await;
+    Handoff {
+        s3,
+        proxy,
+        router,
+        a,
+        b,
+        c,
+    }
+}
+
+/// `HANDOFF_WINDOW_SECONDS=0` turns the asking off: the same ring change
+/// as below, and the new owner reads S3 alone, finding the older values —
+/// what the window exists to prevent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_handoff_window_off_a_new_owner_trusts_s3_alone() {
+    const KEYS: usize = 100;
+    let Handoff {
+        s3: _s3,
+        proxy,
+        router,
+        a,
+        b,
+        c,
+    } = queued_at_a_then_b_joins(
+        "handoff-off",
+        RouterSettings {
+            handoff_window: Duration::ZERO,
+            ..test_router_settings()
+        },
+        KEYS,
+    )
+    .await;
     let mut older = 0;
     for i in 0..KEYS {
         if c.get(format!("k{i}").as_bytes())
@@ -617,39 +654,15 @@ async fn with_the_handoff_window_off_a_new_owner_trusts_s3_alone() {
 /// new owner wrote since.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_owner_never_bypasses_the_previous_owners_queue() {
-    let s3 = S3Server::start("handoff");
-    let proxy = FaultProxy::start(s3.addr).await;
-    let router = start_router(test_router_settings()).await;
-    let a = ClusterNode::start_with_tier(
-        "127.0.0.1:0",
-        &[router.url()],
-        small_settings(),
-        TierSpec::S3(s3.settings_via(&proxy.endpoint())),
-    );
-    router.wait_members(&[&a.url()]).await;
-    let c = Client::connect(&router.url()).await.expect("connect");
     const KEYS: usize = 200;
-    for i in 0..KEYS {
-        c.put(format!("k{i}").as_bytes(), b"v1", Some(0))
-            .await
-            .expect("put");
-    }
-    a.node.writeback.as_ref().expect("tier").flush().await;
-    // v1 is in S3; v2 stays queued at A.
-    proxy.set_down(true);
-    for i in 0..KEYS {
-        c.put(format!("k{i}").as_bytes(), b"v2", Some(0))
-            .await
-            .expect("put");
-    }
-
-    let b = ClusterNode::start_with_tier(
-        "127.0.0.1:0",
-        &[router.url()],
-        small_settings(),
-        TierSpec::S3(s3.settings()),
-    );
-    router.wait_members(&[&a.url(), &b.url()]).await;
+    let Handoff {
+        s3,
+        proxy,
+        router,
+        a,
+        b,
+        c,
+    } = queued_at_a_then_b_joins("handoff", test_router_settings(), KEYS).await;
     let mut stale = 0;
     for i in 0..KEYS {
         match c
