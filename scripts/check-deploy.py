@@ -4,8 +4,11 @@ the build machines): every YAML file parses; the compose file and the
 Kubernetes manifests set only environment variables the binaries accept
 (read from their --help) and expose the ports their LISTEN_ADDR and
 METRICS_PORT name; the manifests validate against the Kubernetes JSON
-schemas (kubernetes-validate); the Dockerfile ships the binaries where the
-compose and manifest commands expect them.
+schemas (kubernetes-validate); the manifests work on a local cluster (kind,
+minikube: no pull of a locally loaded :latest image) and with IAM roles for
+service accounts (no AWS keys required or shipped in the Secret), and spread
+the cache pods over hosts or zones; the Dockerfile ships the binaries where
+the compose and manifest commands expect them.
 
 Usage: scripts/check-deploy.py BIN_DIR   (directory holding milena-cache and milena-router)
 """
@@ -165,6 +168,59 @@ for kz in kustomization:
     for r in kz["resources"]:
         if not os.path.exists(os.path.join(ROOT, "docker", "k8s", r)):
             fail(f"kustomization lists missing {r}")
+    listed = set(kz["resources"])
+    for path, ds in k8s.items():
+        if not any(d.get("kind") == "Kustomization" for d in ds) and os.path.basename(path) not in listed:
+            fail(f"kustomization does not list {os.path.basename(path)}")
+
+# 4b. Pull policy, optional AWS keys (IRSA), service accounts, spreading.
+secrets = {o["metadata"]["name"]: {**o.get("data", {}), **o.get("stringData", {})}
+           for _, o in objects if o["kind"] == "Secret"}
+accounts = {o["metadata"]["name"] for _, o in objects if o["kind"] == "ServiceAccount"}
+for name, keys in secrets.items():
+    for k in keys:
+        if k.startswith("AWS_"):
+            fail(f"secret {name}: ships {k}: placeholder AWS keys win over IRSA; document how to add them instead")
+for path, o in objects:
+    if o["kind"] not in ("Deployment", "StatefulSet"):
+        continue
+    what = f"{path}: {o['kind']} {o['metadata']['name']}"
+    pod = o["spec"]["template"]["spec"]
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        image = c["image"]
+        tag = image.rsplit("/", 1)[-1].split(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else "latest"
+        policy = c.get("imagePullPolicy")
+        if policy is None:
+            fail(f"{what}: container {c['name']} has no imagePullPolicy (the default for :latest is Always, which a locally loaded image cannot start with)")
+        elif policy == "Always" and tag == "latest" and "@" not in image:
+            fail(f"{what}: container {c['name']} pulls {image} Always: a locally loaded image (kind, minikube) cannot start")
+        for e in c.get("env", []):
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if ref is None:
+                continue
+            if ref["key"].startswith("AWS_") and not ref.get("optional"):
+                fail(f"{what}: {e['name']} from secret {ref['name']} must be optional (IRSA needs no keys)")
+            if not ref.get("optional") and ref["key"] not in secrets.get(ref["name"], {}):
+                fail(f"{what}: {e['name']} needs key {ref['key']} of secret {ref['name']}, which the example Secret lacks")
+    sa = pod.get("serviceAccountName")
+    if sa is not None and sa not in accounts:
+        fail(f"{what}: serviceAccountName {sa} is no ServiceAccount in docker/k8s")
+    if o["kind"] == "StatefulSet" and "milena-cache" in o["metadata"]["name"]:
+        if sa is None:
+            fail(f"{what}: no serviceAccountName (IRSA annotates the cache pods' ServiceAccount)")
+        labels = o["spec"]["template"]["metadata"]["labels"]
+
+        def selects(term):
+            sel = (term.get("labelSelector") or {}).get("matchLabels", {})
+            return bool(sel) and all(labels.get(k) == v for k, v in sel.items())
+
+        anti = (pod.get("affinity") or {}).get("podAntiAffinity") or {}
+        terms = anti.get("requiredDuringSchedulingIgnoredDuringExecution", []) + \
+            [t["podAffinityTerm"] for t in anti.get("preferredDuringSchedulingIgnoredDuringExecution", [])]
+        spread = pod.get("topologySpreadConstraints", [])
+        if not any(selects(t) for t in terms) and not any(selects(t) for t in spread):
+            fail(f"{what}: cache pods need pod anti-affinity or a topology spread over their own labels, "
+                 "or one host failure takes several nodes")
 
 import kubernetes_validate  # noqa: E402  (installed by scripts/test.sh)
 

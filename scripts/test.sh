@@ -4,17 +4,35 @@
 # HTTP). Some tests need outside programs from Debian's packages: promtool
 # (package prometheus) for the metrics tests, memcached and redis-server for
 # the load tester's protocol clients, curl for the documented commands
-# (tests/docs.rs). They are installed here when missing
+# (tests/docs.rs), python3 with python3-venv for the deployment-file checks
+# (tests/deploy.rs). They are installed here when missing
 # (as root, as on CI), and memcached and Redis are started on loopback for
 # the duration of the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The deployment-file checks (scripts/check-deploy.py, run by
+# tests/deploy.rs) use PyYAML and the Kubernetes JSON schemas of
+# kubernetes-validate, from PyPI. They go into a virtual environment under
+# target/, never into the system Python (Debian's refuses `pip install`:
+# externally-managed-environment); Debian's `python3 -m venv` needs the
+# package python3-venv.
+PYENV=$PWD/target/pyenv
+pyenv_ready() { "$PYENV/bin/python3" -c 'import yaml, kubernetes_validate' 2>/dev/null; }
+make_pyenv() { rm -rf "$PYENV" && python3 -m venv "$PYENV"; }
 
 need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+if ! pyenv_ready; then
+  if ! command -v python3 >/dev/null 2>&1; then
+    need+=(python3 python3-venv)
+  elif ! make_pyenv >/dev/null 2>&1; then
+    need+=(python3-venv)
+  fi
+fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing ${need[*]} (Debian packages)"
@@ -26,12 +44,13 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-# The deployment-file checks (tests/deploy.rs) use PyYAML and the
-# Kubernetes JSON schemas of kubernetes-validate, from PyPI.
-if ! python3 -c 'import yaml, kubernetes_validate' 2>/dev/null; then
-  echo "installing PyYAML and kubernetes-validate (PyPI)"
-  python3 -m pip install -q --disable-pip-version-check pyyaml kubernetes-validate
+if ! pyenv_ready; then
+  [ -x "$PYENV/bin/pip" ] || make_pyenv
+  echo "installing PyYAML and kubernetes-validate (PyPI) into $PYENV"
+  "$PYENV/bin/python3" -m pip install -q --disable-pip-version-check pyyaml kubernetes-validate
 fi
+# The venv's python3 comes first on PATH, so the tests' `python3` is it.
+export PATH="$PYENV/bin:$PATH"
 
 # Free loopback ports for memcached and Redis.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
