@@ -23,7 +23,8 @@ fn bench_metrics(c: &mut Criterion) {
     let node = std::sync::Arc::new(Node::new(NodeSettings::default()));
     let now = node.clock.now();
     for i in 0..1000u32 {
-        node.store
+        node.cache
+            .store()
             .put(format!("key:{i}").as_bytes(), &[7u8; 100], 0, now, 0);
     }
     let keys: Vec<Vec<u8>> = (0..BATCH)

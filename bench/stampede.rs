@@ -72,7 +72,7 @@ async fn stampede(coalesce: bool) -> u64 {
         coalesce_misses: coalesce,
         ..NodeSettings::default()
     };
-    let node = Arc::new(Node::with_tier(settings, Clock::new(), Some(tier.clone())));
+    let node = Arc::new(Node::with_tier(settings, Clock::new(), tier.clone()));
     let listener = milena::net::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();

@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
-use milena::gateway::Gateway;
 use milena::grpc::{Channel, GetRequest, PutRequest, RouterClient, RouterServer, Server};
+use milena::router::grpc::Gateway;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 #[tokio::main]

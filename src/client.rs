@@ -75,6 +75,29 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// Whether the request may have taken effect although it failed: the
+    /// connection broke or timed out with it in flight, or the server said
+    /// so (`Internal`: a node failed holding it, a sync write never became
+    /// durable). Puts and deletes are idempotent, so sending them again is
+    /// harmless; a caller that must know reads the key first.
+    pub fn maybe_applied(&self) -> bool {
+        match self {
+            ClientError::Closed | ClientError::Timeout(_) | ClientError::Io(_) => true,
+            ClientError::Server { status, .. } => *status == Status::Internal,
+            ClientError::Address(_) | ClientError::Protocol(_) => false,
+        }
+    }
+
+    /// Whether the server refused the request without applying it, for a
+    /// reason that may pass (`Unavailable`, `RateLimited`): the same request
+    /// can be sent again later as it is.
+    pub fn retry_is_safe(&self) -> bool {
+        matches!(
+            self.status(),
+            Some(Status::Unavailable | Status::RateLimited)
+        )
+    }
 }
 
 /// Connection options.

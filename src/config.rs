@@ -1,9 +1,75 @@
 //! Configuration: every setting is a flag with an environment variable of
-//! the same meaning, documented in `--help`.
+//! the same meaning, documented in `--help`, and its default in
+//! [`defaults`], the one place the library's settings take them from too.
 
 use std::net::SocketAddr;
 
 use clap::Parser;
+
+/// Every setting's default, shared by the flags below and by the library's
+/// `NodeSettings`/`RouterSettings`, so embedding and the binaries agree.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// `LRU_SIZE`.
+    pub const LRU_SIZE: u64 = 100_000;
+    /// `TTL_SECONDS`.
+    pub const TTL_SECONDS: u32 = 3600;
+    /// `MAX_KEY_SIZE`: memcached's limit.
+    pub const MAX_KEY_SIZE: u64 = 250;
+    /// `MAX_VALUE_SIZE` (16 MiB).
+    pub const MAX_VALUE_SIZE: u64 = 16 * 1024 * 1024;
+    /// `MAX_CONNECTIONS`.
+    pub const MAX_CONNECTIONS: u64 = 10_000;
+    /// `HELLO_TIMEOUT_SECONDS`.
+    pub const HELLO_TIMEOUT_SECONDS: u64 = 10;
+    /// `QUEUE_CAPACITY`.
+    pub const QUEUE_CAPACITY: u64 = 100_000;
+    /// `UPLOAD_CONCURRENCY`.
+    pub const UPLOAD_CONCURRENCY: u64 = 64;
+    /// `FLUSH_TIMEOUT_SECONDS`.
+    pub const FLUSH_TIMEOUT_SECONDS: u64 = 30;
+    /// `HEARTBEAT_INTERVAL_MS`.
+    pub const HEARTBEAT_INTERVAL_MS: u64 = 1000;
+    /// `HEARTBEAT_TIMEOUT_MS`: three missed heartbeats at the nodes' default interval.
+    pub const HEARTBEAT_TIMEOUT_MS: u64 = 3000;
+    /// `NODE_CONNECTIONS`.
+    pub const NODE_CONNECTIONS: u64 = 2;
+    /// `MAX_INFLIGHT_PER_CONNECTION`.
+    pub const MAX_INFLIGHT_PER_CONNECTION: u64 = 1024;
+    /// `HANDOFF_WINDOW_SECONDS`: long enough for a previous owner's
+    /// write-behind queue to drain, unless the tier is down for longer.
+    pub const HANDOFF_WINDOW_SECONDS: u64 = 60;
+    /// `NODE_TIMEOUT_MS`.
+    pub const NODE_TIMEOUT_MS: u64 = 5000;
+    /// Room in a frame beside the largest key and value, for the message
+    /// envelope (ids, epochs, a previous owner's address).
+    pub const FRAME_ENVELOPE: u64 = 1024;
+    /// How long a router waits to connect to a node (and finish the hello)
+    /// before counting the node as down: nodes sit on the same network, so
+    /// a second is long.
+    pub const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+}
+
+/// When a node acknowledges a put (`WRITE_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum WriteMode {
+    /// At once; the tier write follows in the background.
+    #[default]
+    Async,
+    /// Once the tier has it.
+    Sync,
+}
+
+/// How log lines are written (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// `milena-cache` settings.
 #[derive(Parser, Debug, Clone)]
@@ -26,7 +92,7 @@ pub struct NodeConfig {
     pub advertise_addr: Option<String>,
 
     /// Most entries held in memory.
-    #[arg(long, env = "LRU_SIZE", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "LRU_SIZE", default_value_t = defaults::LRU_SIZE, value_parser = clap::value_parser!(u64).range(1..))]
     pub lru_size: u64,
 
     /// Most bytes held in memory (keys + values + 64 B per entry); accepts 512MiB, 2GiB, 1000000.
@@ -34,7 +100,7 @@ pub struct NodeConfig {
     pub max_memory: Option<u64>,
 
     /// Default time to live of an entry, in seconds (0 = entries never expire).
-    #[arg(long, env = "TTL_SECONDS", default_value_t = 3600)]
+    #[arg(long, env = "TTL_SECONDS", default_value_t = defaults::TTL_SECONDS)]
     pub ttl_seconds: u32,
 
     /// Port of the Prometheus /metrics endpoint.
@@ -62,15 +128,15 @@ pub struct NodeConfig {
     pub log_level: String,
 
     /// Log format: text (human-readable) or json (one object per line).
-    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// Lock stripes in the store (power of two; default 16 per core).
-    #[arg(long, env = "SHARDS", value_parser = clap::value_parser!(u64).range(1..=65536))]
+    #[arg(long, env = "SHARDS", value_parser = parse_shards)]
     pub shards: Option<u64>,
 
     /// Longest key accepted, in bytes.
-    #[arg(long, env = "MAX_KEY_SIZE", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    #[arg(long, env = "MAX_KEY_SIZE", default_value_t = defaults::MAX_KEY_SIZE, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub max_key_size: u64,
 
     /// Longest value accepted; accepts 1MiB, 16MiB, 1000000.
@@ -78,12 +144,12 @@ pub struct NodeConfig {
     pub max_value_size: u64,
 
     /// Most simultaneous client connections; more are refused with an error.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
 
     /// Seconds a new connection has to send its hello.
-    #[arg(long, env = "HELLO_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub hello_timeout_secs: u64,
+    #[arg(long, env = "HELLO_TIMEOUT_SECONDS", default_value_t = defaults::HELLO_TIMEOUT_SECONDS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub hello_timeout_seconds: u64,
 
     /// Shared secret presented to routers when joining, leaving and heartbeating.
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true, value_parser = parse_secret)]
@@ -98,23 +164,23 @@ pub struct NodeConfig {
     pub data_dir: Option<std::path::PathBuf>,
 
     /// async: acknowledge puts at once and write to the tier behind; sync: once the tier has them.
-    #[arg(long, env = "WRITE_MODE", default_value = "async", value_parser = ["async", "sync"])]
-    pub write_mode: String,
+    #[arg(long, env = "WRITE_MODE", value_enum, default_value_t = WriteMode::Async)]
+    pub write_mode: WriteMode,
 
     /// Keys the write-behind queue may hold; beyond it puts get an error.
-    #[arg(long, env = "QUEUE_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    #[arg(long, env = "QUEUE_CAPACITY", default_value_t = defaults::QUEUE_CAPACITY, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub queue_capacity: u64,
 
     /// Tier uploads in flight at once (S3 takes thousands; each upload is a HEAD and a PUT).
-    #[arg(long, env = "UPLOAD_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    #[arg(long, env = "UPLOAD_CONCURRENCY", default_value_t = defaults::UPLOAD_CONCURRENCY, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub upload_concurrency: u64,
 
     /// Seconds a graceful stop waits for the tier to take the queued writes before exiting without them.
-    #[arg(long, env = "FLUSH_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=86_400))]
-    pub flush_timeout_secs: u64,
+    #[arg(long, env = "FLUSH_TIMEOUT_SECONDS", default_value_t = defaults::FLUSH_TIMEOUT_SECONDS, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub flush_timeout_seconds: u64,
 
     /// Milliseconds between heartbeats to each router.
-    #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+    #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value_t = defaults::HEARTBEAT_INTERVAL_MS, value_parser = clap::value_parser!(u64).range(10..))]
     pub heartbeat_interval_ms: u64,
 }
 
@@ -139,39 +205,39 @@ pub struct RouterConfig {
     pub log_level: String,
 
     /// Log format: text (human-readable) or json (one object per line).
-    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// A node whose last heartbeat is older than this (milliseconds) is ejected.
-    #[arg(long, env = "HEARTBEAT_TIMEOUT_MS", default_value_t = 3000, value_parser = clap::value_parser!(u64).range(10..))]
+    #[arg(long, env = "HEARTBEAT_TIMEOUT_MS", default_value_t = defaults::HEARTBEAT_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(10..))]
     pub heartbeat_timeout_ms: u64,
 
     /// Persistent connections kept to each node.
-    #[arg(long, env = "NODE_CONNECTIONS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
-    node_connections_raw: u64,
+    #[arg(long, env = "NODE_CONNECTIONS", default_value_t = defaults::NODE_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub node_connections: u64,
 
     /// Requests one client connection may have in flight before the router stops reading from it.
-    #[arg(long, env = "MAX_INFLIGHT_PER_CONNECTION", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
-    pub max_inflight: u64,
+    #[arg(long, env = "MAX_INFLIGHT_PER_CONNECTION", default_value_t = defaults::MAX_INFLIGHT_PER_CONNECTION, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_inflight_per_connection: u64,
 
     /// Most simultaneous client connections; more are refused with an error.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
 
     /// Seconds a new connection has to send its hello.
-    #[arg(long, env = "HELLO_TIMEOUT_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub hello_timeout_secs: u64,
+    #[arg(long, env = "HELLO_TIMEOUT_SECONDS", default_value_t = defaults::HELLO_TIMEOUT_SECONDS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub hello_timeout_seconds: u64,
 
     /// Seconds after a ring change during which a key's new owner asks its previous owner for writes not yet in S3 (0 = never ask).
-    #[arg(long, env = "HANDOFF_WINDOW_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=86400))]
-    pub handoff_window_secs: u64,
+    #[arg(long, env = "HANDOFF_WINDOW_SECONDS", default_value_t = defaults::HANDOFF_WINDOW_SECONDS, value_parser = clap::value_parser!(u64).range(0..=86400))]
+    pub handoff_window_seconds: u64,
 
     /// A node that leaves a request unanswered this long (milliseconds) is ejected.
-    #[arg(long, env = "NODE_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
+    #[arg(long, env = "NODE_TIMEOUT_MS", default_value_t = defaults::NODE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(10..))]
     pub node_timeout_ms: u64,
 
     /// Longest key forwarded, in bytes (keep equal to the nodes').
-    #[arg(long, env = "MAX_KEY_SIZE", default_value_t = 250, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    #[arg(long, env = "MAX_KEY_SIZE", default_value_t = defaults::MAX_KEY_SIZE, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub max_key_size: u64,
 
     /// Longest value forwarded (keep equal to the nodes'); accepts 1MiB, 16MiB.
@@ -187,13 +253,6 @@ pub struct RouterConfig {
     pub cluster_token: Option<crate::error::Secret>,
 }
 
-impl RouterConfig {
-    /// `NODE_CONNECTIONS`.
-    pub fn node_connections(&self) -> usize {
-        self.node_connections_raw as usize
-    }
-}
-
 /// Largest `MAX_VALUE_SIZE`: frames carry a 32-bit length.
 pub const VALUE_SIZE_LIMIT: u64 = 1 << 30;
 
@@ -202,6 +261,21 @@ fn parse_value_size(s: &str) -> Result<u64, String> {
     let n = parse_bytes(s)?;
     if n > VALUE_SIZE_LIMIT {
         return Err(format!("'{s}' is more than 1GiB"));
+    }
+    Ok(n)
+}
+
+/// Parses `SHARDS`: a power of two, so a key's stripe is a mask of its
+/// hash; anything else is refused rather than silently rounded.
+fn parse_shards(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number"))?;
+    if !(1..=65536).contains(&n) || !n.is_power_of_two() {
+        return Err(format!(
+            "'{s}' is not a power of two between 1 and 65536 (e.g. 16, 32, 64)"
+        ));
     }
     Ok(n)
 }
@@ -301,6 +375,48 @@ mod tests {
         assert!(parse_bytes("abc").is_err());
         assert!(parse_bytes("5 parsecs").is_err());
         assert!(parse_bytes("99999999999T").is_err());
+    }
+
+    #[test]
+    fn the_value_size_default_is_the_library_default() {
+        assert_eq!(parse_bytes("16MiB"), Ok(defaults::MAX_VALUE_SIZE));
+    }
+
+    #[test]
+    fn shards_must_be_a_power_of_two() {
+        let err = NodeConfig::try_parse_from(["milena-cache", "--shards", "3"])
+            .expect_err("3 is not a power of two");
+        let line = one_line_error("milena-cache", &err);
+        assert!(
+            line.contains("SHARDS") && line.contains("power of two"),
+            "{line}"
+        );
+        let ok = NodeConfig::try_parse_from(["milena-cache", "--shards", "32"]).expect("32");
+        assert_eq!(ok.shards, Some(32));
+    }
+
+    #[test]
+    fn write_mode_lists_its_values() {
+        let err = NodeConfig::try_parse_from(["milena-cache", "--write-mode", "later"])
+            .expect_err("not a mode");
+        let line = one_line_error("milena-cache", &err);
+        assert!(line.contains("WRITE_MODE"), "{line}");
+        let text = err.to_string();
+        assert!(text.contains("async") && text.contains("sync"), "{text}");
+    }
+
+    #[test]
+    fn flags_are_their_variables_in_kebab_case() {
+        use clap::CommandFactory;
+        for cmd in [NodeConfig::command(), RouterConfig::command()] {
+            for arg in cmd.get_arguments() {
+                let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) else {
+                    continue;
+                };
+                let env = env.to_string_lossy().to_ascii_lowercase().replace('_', "-");
+                assert_eq!(long, env, "{} flag --{long}", cmd.get_name());
+            }
+        }
     }
 
     #[test]

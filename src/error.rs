@@ -64,9 +64,17 @@ pub enum WireError {
     /// The router's `RATE_LIMIT` refused the request.
     #[error("rate limited (RATE_LIMIT={0} requests per second)")]
     RateLimited(u32),
-    /// No node can serve the request.
+    /// Not applied: no node can serve the request now; retrying is safe.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// Failed after it may have taken effect (a node failed with the
+    /// request in flight, a sync write that never became durable): the
+    /// client must not assume either way.
+    #[error("may or may not have been applied: {0}")]
+    Indeterminate(String),
+    /// A leave that names no member.
+    #[error("{0}")]
+    NotMember(String),
     /// A membership call with a bad address.
     #[error("invalid node address: {0}")]
     BadAddress(String),
@@ -87,6 +95,7 @@ impl WireError {
             | WireError::EntryTooLarge { .. }
             | WireError::FrameTooLarge(_) => Status::TooLarge,
             WireError::TooManyConnections(_) | WireError::Unavailable(_) => Status::Unavailable,
+            WireError::Indeterminate(_) => Status::Internal,
             WireError::RateLimited(_) => Status::RateLimited,
             WireError::Unauthorized(_) | WireError::WrongToken => Status::Unauthorized,
             WireError::EmptyKey
@@ -98,7 +107,8 @@ impl WireError {
             | WireError::HelloTimeout(_)
             | WireError::RouterOnly(_)
             | WireError::NodeOnly(_)
-            | WireError::BadAddress(_) => Status::BadRequest,
+            | WireError::BadAddress(_)
+            | WireError::NotMember(_) => Status::BadRequest,
         }
     }
 

@@ -2,13 +2,35 @@
 //!
 //! The library holds all the logic; the binaries in `src/bin/` only parse
 //! configuration, bind sockets, install signal handlers and call `run`.
-//! Layers depend downwards only: binaries → `node` → `client`/`net` →
-//! `milena_protocol`.
+//! A tour of the layers, top down (arrows point down only; `node` and
+//! `router` never import each other):
+//!
+//! - `router`: the router. Accepts clients on one port (binary protocol,
+//!   gRPC gateway, HTTP health and metrics), keeps the ring, forwards each
+//!   key to its owner. Its own `mod.rs` gives the tour of its rooms.
+//! - `node`: the cache node. `server` (sockets) → `execute` (the one
+//!   protocol ↔ cache match) → `cache` (memory, write-behind, read-through,
+//!   handoff) → `store` (sharded LRU + TTL) and `tier` (S3, directory, none).
+//! - `client`: the async client of the binary protocol, used by the CLI,
+//!   the load tester, node membership and the router's stats fan-out.
+//! - `grpc`: the gRPC contract generated from `protocol/milena.proto`
+//!   (`RouterClient`, `RouterServer`, the messages).
+//! - `ring`: rendezvous placement, pure functions shared by router and nodes.
+//! - `net` (listeners, accept loop, URLs) and `tls` (rustls acceptors and
+//!   connectors): sockets for everyone above.
+//! - `error`: what a request can fail with, and the one place it becomes a
+//!   wire status.
+//! - `config` (every flag, variable and default), `process` (what a server
+//!   binary's `main` does), `logging`, `metrics` (Prometheus plumbing),
+//!   `shutdown` (signals to a cancellation token) and `backoff` (jittered
+//!   retries).
+//! - `milena_protocol` (re-exported as `protocol`): message types, codec and
+//!   framing; below everything, and free of I/O.
 
+pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod error;
-pub mod gateway;
 pub mod grpc;
 pub mod logging;
 pub mod metrics;

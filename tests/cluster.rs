@@ -80,7 +80,12 @@ async fn ten_thousand_keys_through_the_router() {
         }
     }
     for n in &nodes {
-        assert_eq!(n.node.store.stats().items, want[&n.url()], "{}", n.url());
+        assert_eq!(
+            n.node.cache.store().stats().items,
+            want[&n.url()],
+            "{}",
+            n.url()
+        );
         assert!(want[&n.url()] > 2500, "keys spread evenly: {want:?}");
     }
     assert!(c.delete(b"key-0-0").await.expect("delete"));
@@ -103,7 +108,7 @@ async fn a_killed_node_is_ejected_and_every_request_still_gets_an_answer() {
     let victim = nodes.remove(1);
     let victim_url = victim.url();
     let victim_addr = victim.addr;
-    let held = victim.node.store.stats().items;
+    let held = victim.node.cache.store().stats().items;
     victim.kill().await;
 
     // Requests racing the ejection are retried on the next owner: every one
@@ -306,7 +311,8 @@ async fn no_stale_read_after_ownership_returns() {
     c.put(key.as_bytes(), b"v1", None).await.expect("put v1");
     assert_eq!(
         a.node
-            .store
+            .cache
+            .store()
             .get(key.as_bytes(), a.node.clock.now())
             .as_deref(),
         Some(&b"v1"[..])
@@ -326,7 +332,7 @@ async fn no_stale_read_after_ownership_returns() {
     let got = c.get(key.as_bytes()).await.expect("get");
     assert_ne!(got.as_deref(), Some(&b"v1"[..]), "stale value served");
     assert_eq!(got, None);
-    assert_eq!(a.node.store.stats().counters.stale, 1);
+    assert_eq!(a.node.cache.store().stats().counters.stale, 1);
     // A put after the change is served normally.
     c.put(key.as_bytes(), b"v3", None).await.expect("put v3");
     assert_eq!(

@@ -8,11 +8,11 @@ use std::time::Duration;
 use common::*;
 use milena::client::Client;
 use milena::error::Secret;
-use milena::gateway::TOKEN_METADATA;
 use milena::grpc::{
     DeleteRequest, GetRequest, JoinRequest, LeaveRequest, MembersRequest, PutRequest, RouterClient,
 };
 use milena::router::RouterSettings;
+use milena::router::grpc::TOKEN_METADATA;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,6 +281,66 @@ async fn the_guides_leave_snippet_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(router.router.members.view().ring.len(), 0);
+    node.stop().await;
+    router.stop().await;
+}
+
+/// The guide's snippet names a node `http://localhost:50053` while the node
+/// registered itself as `http://<host name>:50053` (what a node listening
+/// on 0.0.0.0 advertises): it is the same node, and leaving it works. A
+/// leave that names no member is an error listing the members, not a
+/// silent OK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guides_leave_snippet_matches_the_node_by_another_name() {
+    let router = start_router(test_router_settings()).await;
+    let node = start_node(small_settings()).await;
+    let port = node.addr.port();
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let registered = format!("http://{host}:{port}");
+    let c = Client::connect(&router.url()).await.expect("c");
+    c.join(&registered).await.expect("join");
+    let example = std::env::current_exe()
+        .expect("test binary")
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("examples").join("leave"))
+        .expect("examples dir");
+    let run = |node: String| {
+        let (example, router) = (example.clone(), router.url());
+        async move {
+            tokio::process::Command::new(&example)
+                .arg(router)
+                .arg(node)
+                .output()
+                .await
+                .expect("the example runs")
+        }
+    };
+    let stranger = run("http://localhost:1".into()).await;
+    assert!(!stranger.status.success(), "leaving a non-member must fail");
+    let err = String::from_utf8_lossy(&stranger.stderr);
+    assert!(
+        err.contains("not a member") && err.contains(&registered),
+        "the error names the members: {err}"
+    );
+    let out = run(format!("http://localhost:{port}")).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(router.router.members.view().ring.len(), 0);
+    // Over the binary protocol too.
+    let e = c
+        .leave("http://localhost:1")
+        .await
+        .expect_err("not a member");
+    assert!(e.to_string().contains("not a member"), "{e}");
     node.stop().await;
     router.stop().await;
 }

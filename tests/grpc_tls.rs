@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
-use milena::gateway::Gateway;
 use milena::grpc::{Channel, GetRequest, PutRequest, RouterClient, RouterServer, Server};
+use milena::router::grpc::Gateway;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
@@ -103,7 +103,7 @@ async fn put_and_get_over_tls() {
         .into_inner();
     assert_eq!(got.value, b"secret");
     assert_eq!(
-        node.node.store.stats().items,
+        node.node.cache.store().stats().items,
         1,
         "it went through to the node"
     );

@@ -110,7 +110,7 @@ async fn one_client_shared_by_many_tasks() {
     for t in tasks {
         t.await.expect("task");
     }
-    assert_eq!(n.node.store.stats().items, 16 * 200);
+    assert_eq!(n.node.cache.store().stats().items, 16 * 200);
     n.stop().await;
 }
 
@@ -153,13 +153,13 @@ async fn expired_entries_are_reclaimed_in_the_background() {
     .await;
     let now = n.node.clock.now();
     for i in 0..1000u32 {
-        n.node.store.put(&i.to_be_bytes(), b"v", 5, now, 0);
+        n.node.cache.store().put(&i.to_be_bytes(), b"v", 5, now, 0);
     }
-    assert_eq!(n.node.store.stats().items, 1000);
+    assert_eq!(n.node.cache.store().stats().items, 1000);
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(n.node.store.stats().items, 1000);
+    assert_eq!(n.node.cache.store().stats().items, 1000);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let s = n.node.store.stats();
+    let s = n.node.cache.store().stats();
     assert_eq!((s.items, s.counters.expirations), (0, 1000));
     n.stop().await;
 }

@@ -264,7 +264,7 @@ async fn ten_thousand_sync_writes_survive_a_killed_node() {
         t.await.expect("writer");
     }
     let victim = nodes.remove(0);
-    let held = victim.node.store.stats().items;
+    let held = victim.node.cache.store().stats().items;
     assert!(held > 2000, "the victim held its share ({held})");
     victim.kill().await;
     let rest: Vec<String> = nodes.iter().map(ClusterNode::url).collect();
@@ -355,14 +355,12 @@ async fn an_s3_outage_queues_writes_bounded_and_drains_when_back() {
     let node = Node::with_tier(
         settings,
         Clock::new(),
-        Some(Arc::new(
-            S3Tier::connect(s3.settings_via(&proxy.endpoint())).await,
-        )),
+        Arc::new(S3Tier::connect(s3.settings_via(&proxy.endpoint())).await),
     );
     let node = start_node_with(node).await;
     let c = Client::connect(&node.url()).await.expect("connect");
     c.put(b"hot", b"before", Some(0)).await.expect("put");
-    node.node.writeback.as_ref().expect("tier").flush().await;
+    node.node.cache.flush().await;
 
     proxy.set_down(true);
     let mut accepted = 0;
@@ -395,7 +393,7 @@ async fn an_s3_outage_queues_writes_bounded_and_drains_when_back() {
     }
 
     proxy.set_down(false);
-    node.node.writeback.as_ref().expect("tier").flush().await;
+    node.node.cache.flush().await;
     assert_eq!(stat(&c, "tier_queue_depth").await, 0);
     let tier = s3.tier().await;
     for i in 0..64 {
@@ -436,7 +434,7 @@ async fn a_hard_kill_loses_at_most_the_reported_queue() {
             .await
             .expect("put");
     }
-    node.node.writeback.as_ref().expect("tier").flush().await;
+    node.node.cache.flush().await;
     proxy.set_down(true);
     let mut acked = 50;
     for i in 0..100 {
@@ -447,7 +445,7 @@ async fn a_hard_kill_loses_at_most_the_reported_queue() {
             acked += 1;
         }
     }
-    let reported = node.node.writeback.as_ref().expect("tier").depth();
+    let reported = node.node.cache.queue_depth();
     node.kill().await;
     proxy.set_down(false);
     let tier = s3.tier().await;
@@ -480,7 +478,7 @@ async fn a_hard_kill_loses_at_most_the_reported_queue() {
 async fn an_expired_object_is_not_served_after_a_restart() {
     let s3 = S3Server::start("ttl");
     let (clock, ms) = Clock::manual();
-    let node = Node::with_tier(sync_settings(), clock, Some(Arc::new(s3.tier().await)));
+    let node = Node::with_tier(sync_settings(), clock, Arc::new(s3.tier().await));
     let node = start_node_with(node).await;
     let c = Client::connect(&node.url()).await.expect("connect");
     c.put(b"short", b"x", Some(10)).await.expect("put");
@@ -490,7 +488,7 @@ async fn an_expired_object_is_not_served_after_a_restart() {
     let (clock, ms2) = Clock::manual();
     ms2.store(11_000, std::sync::atomic::Ordering::Relaxed);
     drop(ms);
-    let node = Node::with_tier(sync_settings(), clock, Some(Arc::new(s3.tier().await)));
+    let node = Node::with_tier(sync_settings(), clock, Arc::new(s3.tier().await));
     let node = start_node_with(node).await;
     let c = Client::connect(&node.url()).await.expect("connect");
     assert_eq!(c.get(b"short").await.expect("get"), None);
@@ -522,9 +520,7 @@ async fn concurrent_misses_share_one_s3_read() {
     let node = Node::with_tier(
         small_settings(),
         Clock::new(),
-        Some(Arc::new(
-            S3Tier::connect(s3.settings_via(&proxy.endpoint())).await,
-        )),
+        Arc::new(S3Tier::connect(s3.settings_via(&proxy.endpoint())).await),
     );
     let node = start_node_with(node).await;
     let c = Client::connect(&node.url()).await.expect("connect");
@@ -576,7 +572,7 @@ async fn queued_at_a_then_b_joins(name: &str, settings: RouterSettings, keys: us
             .await
             .expect("put");
     }
-    a.node.writeback.as_ref().expect("tier").flush().await;
+    a.node.cache.flush().await;
     proxy.set_down(true);
     for i in 0..keys {
         c.put(format!("k{i}").as_bytes(), b"v2", Some(0))
@@ -635,7 +631,8 @@ async fn with_the_handoff_window_off_a_new_owner_trusts_s3_alone() {
     }
     let peeks = b
         .node
-        .stats
+        .cache
+        .stats()
         .handoff_peeks
         .load(std::sync::atomic::Ordering::Relaxed);
     println!("handoff off: {older} of {KEYS} reads found the older value in S3; {peeks} peeks");
@@ -677,7 +674,8 @@ async fn a_new_owner_never_bypasses_the_previous_owners_queue() {
     }
     let moved = b
         .node
-        .stats
+        .cache
+        .stats()
         .handoff_adopted
         .load(std::sync::atomic::Ordering::Relaxed);
     println!("{moved} of {KEYS} keys moved to the new node and were taken over");
@@ -691,7 +689,8 @@ async fn a_new_owner_never_bypasses_the_previous_owners_queue() {
     let owned_by_b: Vec<usize> = (0..KEYS)
         .filter(|i| {
             b.node
-                .store
+                .cache
+                .store()
                 .get_with(format!("k{i}").as_bytes(), b.node.clock.now(), 0, |_| ())
                 .is_some()
         })
@@ -702,9 +701,9 @@ async fn a_new_owner_never_bypasses_the_previous_owners_queue() {
             .await
             .expect("put");
     }
-    b.node.writeback.as_ref().expect("tier").flush().await;
+    b.node.cache.flush().await;
     proxy.set_down(false);
-    a.node.writeback.as_ref().expect("tier").flush().await;
+    a.node.cache.flush().await;
     let tier = s3.tier().await;
     for i in 0..KEYS {
         let want: &[u8] = if owned_by_b.contains(&i) {
@@ -735,9 +734,7 @@ async fn a_graceful_stop_gives_up_on_a_dead_tier_after_the_flush_timeout() {
     let node = Node::with_tier(
         settings,
         Clock::new(),
-        Some(Arc::new(
-            S3Tier::connect(s3.settings_via(&proxy.endpoint())).await,
-        )),
+        Arc::new(S3Tier::connect(s3.settings_via(&proxy.endpoint())).await),
     );
     let node = start_node_with(node).await;
     proxy.set_down(true);
@@ -745,7 +742,7 @@ async fn a_graceful_stop_gives_up_on_a_dead_tier_after_the_flush_timeout() {
     c.put(b"k", b"v", Some(0)).await.expect("accepted");
     let inner = node.node.clone();
     node.stop().await;
-    assert_eq!(inner.writeback.as_ref().expect("tier").depth(), 1);
+    assert_eq!(inner.cache.queue_depth(), 1);
 }
 
 const CACHE: &str = env!("CARGO_BIN_EXE_milena-cache");
@@ -821,9 +818,7 @@ async fn an_entry_evicted_while_dirty_is_still_served_and_written() {
     let node = Node::with_tier(
         settings,
         Clock::new(),
-        Some(Arc::new(
-            S3Tier::connect(s3.settings_via(&proxy.endpoint())).await,
-        )),
+        Arc::new(S3Tier::connect(s3.settings_via(&proxy.endpoint())).await),
     );
     let node = start_node_with(node).await;
     proxy.set_down(true);
@@ -850,7 +845,7 @@ async fn an_entry_evicted_while_dirty_is_still_served_and_written() {
     }
     assert_eq!(stat(&c, "tier_reads").await, 0, "answered from the queue");
     proxy.set_down(false);
-    node.node.writeback.as_ref().expect("tier").flush().await;
+    node.node.cache.flush().await;
     let tier = s3.tier().await;
     for i in 0..40 {
         match tier.get(format!("k{i}").as_bytes(), 0).await.expect("read") {

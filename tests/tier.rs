@@ -57,7 +57,7 @@ async fn a_killed_node_loses_no_acknowledged_write_in_sync_mode() {
         t.await.expect("writer");
     }
     let victim = nodes.remove(0);
-    let held = victim.node.store.stats().items;
+    let held = victim.node.cache.store().stats().items;
     assert!(held > 100, "the victim held its share ({held})");
     victim.kill().await;
     let rest: Vec<String> = nodes.iter().map(ClusterNode::url).collect();
@@ -177,7 +177,7 @@ async fn concurrent_misses_of_one_cold_key_share_one_tier_read() {
     let n = start_node_with(Node::with_tier(
         small_settings(),
         Clock::new(),
-        Some(tier.clone()),
+        tier.clone(),
     ))
     .await;
     let c = Client::connect(&n.url()).await.expect("connect");
@@ -203,7 +203,7 @@ async fn concurrent_misses_of_one_cold_key_share_one_tier_read() {
     let stats: std::collections::HashMap<String, u64> =
         c.stats().await.expect("stats").into_iter().collect();
     assert_eq!((stats["tier_reads"], stats["tier_read_errors"]), (1, 0));
-    let text = n.node.metrics.scrape(&n.node);
+    let text = n.node.scrape();
     assert!(text.contains("milena_tier_reads_total 1"), "{text}");
     assert!(text.contains("milena_tier_queue_depth 0"), "{text}");
     // Now in memory: no further tier reads.
@@ -241,7 +241,7 @@ async fn a_queued_write_is_never_bypassed_by_a_read_through() {
         },
         ..small_settings()
     };
-    let n = start_node_with(Node::with_tier(settings, Clock::new(), Some(tier))).await;
+    let n = start_node_with(Node::with_tier(settings, Clock::new(), tier)).await;
     let c = Client::connect(&n.url()).await.expect("connect");
     c.put(b"k", b"new", Some(0)).await.expect("put");
     c.put(b"other", b"x", Some(0))
@@ -264,7 +264,7 @@ async fn misses_are_remembered_briefly() {
     let n = start_node_with(Node::with_tier(
         small_settings(),
         Clock::new(),
-        Some(tier.clone()),
+        tier.clone(),
     ))
     .await;
     let c = Client::connect(&n.url()).await.expect("connect");
@@ -283,6 +283,63 @@ async fn misses_are_remembered_briefly() {
         c.get(b"nothing").await.expect("get").as_deref(),
         Some(&b"now something"[..])
     );
+    n.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// One get is one hit or one miss, however the read-through finds its
+/// answer (memory, the remembered miss, the tier): the hit-ratio panel is
+/// right on nodes with a tier too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_counts_one_miss() {
+    let dir = data_dir("one-miss");
+    let seed = DirTier::open(&dir).await.expect("dir");
+    let obj = Object {
+        value: bytes::Bytes::from_static(b"cold"),
+        expires_at: None,
+        version: 1,
+    };
+    seed.put(b"in-tier", &obj).await.expect("seed");
+    let n = start_node_with(Node::with_tier(
+        small_settings(),
+        Clock::new(),
+        Arc::new(DirTier::open(&dir).await.expect("dir")),
+    ))
+    .await;
+    let c = Client::connect(&n.url()).await.expect("connect");
+    let counts = |c: &Client| {
+        let c = c.clone();
+        async move {
+            let s = c.stats().await.expect("stats");
+            let get = |name: &str| {
+                s.iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| *v)
+                    .expect(name)
+            };
+            (get("hits"), get("misses"))
+        }
+    };
+    assert_eq!(c.get(b"missing").await.expect("get"), None);
+    assert_eq!(
+        counts(&c).await,
+        (0, 1),
+        "a first miss, read through the tier"
+    );
+    assert_eq!(c.get(b"missing").await.expect("get"), None);
+    assert_eq!(counts(&c).await, (0, 2), "a remembered miss");
+    assert_eq!(
+        c.get(b"in-tier").await.expect("get").as_deref(),
+        Some(&b"cold"[..])
+    );
+    assert_eq!(counts(&c).await, (0, 3), "a memory miss the tier answered");
+    assert_eq!(
+        c.get(b"in-tier").await.expect("get").as_deref(),
+        Some(&b"cold"[..])
+    );
+    assert_eq!(counts(&c).await, (1, 3), "then a hit");
+    let text = n.node.scrape();
+    assert!(text.contains("milena_cache_misses_total 3"), "{text}");
     n.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -118,7 +118,7 @@ async fn put_and_get_through_router_and_node_over_tls() {
         );
     }
     assert_eq!(
-        node.node.store.stats().items,
+        node.node.cache.store().stats().items,
         100,
         "the node got them over its TLS listener"
     );
@@ -250,7 +250,7 @@ async fn the_guides_tls_snippet_runs() {
                 String::from_utf8_lossy(&out.stdout).trim(),
                 "hello over tls"
             );
-            assert_eq!(node.node.store.stats().items, 1);
+            assert_eq!(node.node.cache.store().stats().items, 1);
             let _ = server.kill().await;
             node.stop().await;
             return;

@@ -27,8 +27,8 @@ pub enum Op<'a> {
         magic: [u8; 4],
         /// Must be [`PROTOCOL_VERSION`].
         version: u16,
-        /// Shared secret for cluster operations (and data operations when a
-        /// client token is configured).
+        /// The cluster token (`CLUSTER_TOKEN`), needed for join, leave and
+        /// heartbeat when the router has one; data operations need none.
         token: Option<&'a str>,
     },
     /// Reads a key.

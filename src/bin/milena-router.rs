@@ -14,7 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     milena::process::run_server(
         "milena-router",
-        |c: &RouterConfig| (&c.log_level, &c.log_format),
+        |c: &RouterConfig| (&c.log_level, c.log_format),
         serve,
     )
 }

@@ -1,5 +1,6 @@
 //! A node's membership in one or more routers' rings: join at start-up
-//! (retrying with capped exponential backoff), heartbeat, leave on shutdown.
+//! (retrying with capped, jittered exponential backoff), heartbeat, leave on
+//! shutdown.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -24,6 +25,58 @@ pub struct Membership {
     pub token: Option<crate::error::Secret>,
     /// TLS client configuration for `https://` routers.
     pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
+}
+
+/// A membership setting that is not a usable URL.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {variable}: {reason}")]
+pub struct AddressError {
+    /// `ROUTER_ADDR` or `ADVERTISE_ADDR`.
+    pub variable: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+impl Membership {
+    /// The membership `cfg` asks for, for a node listening on `bound`:
+    /// `None` without `ROUTER_ADDR` (the node serves direct clients only).
+    pub fn from_config(
+        cfg: &crate::config::NodeConfig,
+        bound: std::net::SocketAddr,
+        tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
+    ) -> Result<Option<Self>, AddressError> {
+        let routers: Vec<String> = cfg
+            .router_addr
+            .iter()
+            .map(|r| r.trim().to_string())
+            .filter(|r| !r.is_empty())
+            .collect();
+        if routers.is_empty() {
+            return Ok(None);
+        }
+        let check = |variable, url: &str| {
+            crate::net::parse_url(url)
+                .map(|_| ())
+                .map_err(|reason| AddressError { variable, reason })
+        };
+        for r in &routers {
+            check("ROUTER_ADDR", r)?;
+        }
+        let advertise = match &cfg.advertise_addr {
+            Some(a) => {
+                check("ADVERTISE_ADDR", a)?;
+                a.clone()
+            }
+            None => default_advertise(bound),
+        };
+        Ok(Some(Membership {
+            routers,
+            advertise,
+            interval: Duration::from_millis(cfg.heartbeat_interval_ms),
+            token: cfg.cluster_token.clone(),
+            tls,
+        }))
+    }
 }
 
 /// First retry delay after a failed join; doubles up to [`MAX_BACKOFF`].
@@ -72,7 +125,7 @@ async fn with_router(
         request_timeout: Some(Duration::from_secs(2)),
         ..ClientOptions::default()
     };
-    let mut backoff = FIRST_BACKOFF;
+    let mut backoff = crate::backoff::Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     let mut client: Option<Client> = None;
     loop {
         // Join (or re-join after losing the router).
@@ -97,16 +150,16 @@ async fn with_router(
                     Ok((c, epoch, members)) => {
                         node.ring_epoch.fetch_max(epoch, Ordering::Relaxed);
                         info!(%router, address = %advertise, members = members.len(), epoch, "joined router");
-                        backoff = FIRST_BACKOFF;
+                        backoff.reset();
                         c
                     }
                     Err(e) => {
-                        error!(%router, error = %e, retry_in = ?backoff, "Failed to join router");
+                        let delay = backoff.next_delay();
+                        error!(%router, error = %e, retry_in = ?delay, "Failed to join router");
                         tokio::select! {
                             _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(delay) => {}
                         }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;
                     }
                 }

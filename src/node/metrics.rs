@@ -12,7 +12,8 @@ use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use super::Node;
+use super::cache::Cache;
+use super::stats::NodeStats;
 use crate::metrics::{latency_buckets, render, sync};
 
 /// Operation labels of `milena_operation_duration_seconds`, indexed by [`OpKind`].
@@ -63,6 +64,7 @@ pub struct NodeMetrics {
     tier_queue_depth: IntGauge,
     tier_writes: IntCounter,
     tier_write_errors: IntCounter,
+    tier_writes_refused: IntCounter,
     tier_coalesced: IntCounter,
     /// Serializes scrapes, so two at once cannot both add the same delta.
     scrape: Mutex<()>,
@@ -227,6 +229,11 @@ impl NodeMetrics {
                 "milena_tier_write_errors_total",
                 "Failed tier writes (each retried)",
             ),
+            tier_writes_refused: counter(
+                &r,
+                "milena_tier_writes_refused_total",
+                "Writes the tier refused for good (never retried; they live in memory only)",
+            ),
             tier_coalesced: counter(
                 &r,
                 "milena_tier_coalesced_total",
@@ -242,13 +249,12 @@ impl NodeMetrics {
         OPERATIONS.map(|op| self.duration.with_label_values(&[op]).local())
     }
 
-    /// Brings every counter up to date from `node` and renders the text
-    /// exposition.
-    pub fn scrape(&self, node: &Node) -> String {
+    /// Brings every counter up to date from the node's request counters
+    /// and its cache, and renders the text exposition.
+    pub fn scrape(&self, s: &NodeStats, cache: &Cache, max_items: usize) -> String {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
-        let s = &node.stats;
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        let st = node.store.stats();
+        let st = cache.store_stats();
         sync(&self.hits, st.counters.hits);
         sync(&self.misses, st.counters.misses);
         sync(&self.evictions, st.counters.evictions);
@@ -256,7 +262,7 @@ impl NodeMetrics {
         sync(&self.stale, st.counters.stale);
         self.items.set(st.items as i64);
         self.bytes.set(st.bytes as i64);
-        self.max_items.set(node.settings.store.max_items as i64);
+        self.max_items.set(max_items as i64);
         self.tasks.set(crate::metrics::alive_tasks() as i64);
         sync(&self.requests, load(&s.requests));
         sync(&self.errors, load(&s.errors));
@@ -268,16 +274,17 @@ impl NodeMetrics {
         for (op, v) in OPERATIONS.iter().zip([gets, puts, deletes, other]) {
             sync(&self.operations.with_label_values(&[op]), v);
         }
-        sync(&self.tier_reads, load(&s.tier_reads));
-        sync(&self.tier_read_errors, load(&s.tier_read_errors));
-        sync(&self.handoff_peeks, load(&s.handoff_peeks));
-        sync(&self.handoff_adopted, load(&s.handoff_adopted));
-        sync(&self.handoff_errors, load(&s.handoff_errors));
-        if let Some(wb) = &node.writeback {
-            let w = wb.stats();
-            self.tier_queue_depth.set(wb.depth() as i64);
+        let c = cache.stats();
+        sync(&self.tier_reads, load(&c.tier_reads));
+        sync(&self.tier_read_errors, load(&c.tier_read_errors));
+        sync(&self.handoff_peeks, load(&c.handoff_peeks));
+        sync(&self.handoff_adopted, load(&c.handoff_adopted));
+        sync(&self.handoff_errors, load(&c.handoff_errors));
+        if let Some(w) = cache.queue_stats() {
+            self.tier_queue_depth.set(cache.queue_depth() as i64);
             sync(&self.tier_writes, w.written.load(Ordering::Relaxed));
             sync(&self.tier_write_errors, w.errors.load(Ordering::Relaxed));
+            sync(&self.tier_writes_refused, w.refused.load(Ordering::Relaxed));
             sync(&self.tier_coalesced, w.coalesced.load(Ordering::Relaxed));
         }
         self.connections.set(load(&s.conns.open) as i64);

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::execute::{Deferred, execute};
 use super::metrics::OpKind;
@@ -36,54 +36,19 @@ const BUF_KEEP: usize = 256 * 1024;
 /// How long a connection may take to receive its last responses once
 /// shutdown has begun.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
-/// How often expired entries are reclaimed in the background.
-const EXPIRE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Serves the binary protocol on `listener` until `shutdown` is cancelled,
 /// then stops accepting, lets every connection finish the batch it is on,
 /// and returns once all of them are closed.
-pub async fn run(listener: TcpListener, node: Arc<Node>, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
-    tracker.spawn(expire_loop(node.clone(), shutdown.clone()));
     let (max, counters) = (node.settings.max_connections, node.stats.conns.clone());
     let token = shutdown.clone();
-    let flush = node.clone();
     net::accept_loop(listener, max, counters, tracker, shutdown, move |stream| {
         let (node, shutdown) = (node.clone(), token.clone());
         async move { serve_connection(stream, &node, &shutdown).await }
     })
     .await;
-    // Every acknowledged write reaches the tier before the node exits.
-    // (Bounded: a tier that stays down must not keep the process alive.)
-    if let Some(wb) = &flush.writeback {
-        info!(depth = wb.depth(), "flushing the write-behind queue");
-        let limit = flush.settings.flush_timeout;
-        match tokio::time::timeout(limit, wb.close()).await {
-            Ok(()) => info!("write-behind queue flushed"),
-            Err(_) => tracing::error!(
-                unwritten = wb.depth(),
-                tier = flush.tier.name(),
-                "the tier did not take the queued writes within FLUSH_TIMEOUT_SECONDS={}; exiting without them",
-                limit.as_secs()
-            ),
-        }
-    }
-}
-
-async fn expire_loop(node: Arc<Node>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(EXPIRE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {
-                let n = node.store.expire(node.clock.now());
-                if n > 0 {
-                    debug!(reclaimed = n, "expired entries reclaimed");
-                }
-            }
-        }
-    }
 }
 
 /// What the frame loop does after a frame.

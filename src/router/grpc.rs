@@ -12,6 +12,10 @@ use milena_protocol::{
 use tokio::sync::{Semaphore, mpsc};
 use tonic::{Request, Response, Status};
 
+use super::Router;
+use super::admit::Access;
+use super::request::{Forward, Kind};
+use crate::error::WireError;
 use crate::grpc::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, JoinRequest, JoinResponse,
     LeaveRequest, LeaveResponse, MembersRequest, MembersResponse, PutRequest, PutResponse,
@@ -19,8 +23,6 @@ use crate::grpc::{
 };
 use crate::net;
 use crate::ring::key_hash;
-use crate::router::Router;
-use crate::router::forward::{Forward, Kind};
 
 /// Metadata entry that carries `CLUSTER_TOKEN` on Join and Leave.
 pub const TOKEN_METADATA: &str = "x-cluster-token";
@@ -45,19 +47,15 @@ impl Gateway {
     }
 
     fn authorize<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
-        let Some(secret) = &self.router.settings.cluster_token else {
-            return Ok(());
-        };
         let offered = req
             .metadata()
             .get(TOKEN_METADATA)
             .and_then(|v| v.to_str().ok());
-        if secret.matches(offered) {
-            Ok(())
-        } else {
-            Err(Status::unauthenticated(format!(
+        match self.router.access(offered) {
+            Ok(Access::Cluster) => Ok(()),
+            Ok(Access::Data) | Err(_) => Err(Status::unauthenticated(format!(
                 "{what} needs the cluster token (CLUSTER_TOKEN) in `{TOKEN_METADATA}` metadata"
-            )))
+            ))),
         }
     }
 
@@ -72,17 +70,9 @@ impl Gateway {
     ) -> Result<Bytes, Status> {
         let router = &self.router;
         router.stats.requests.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = router.settings.check_sizes(key, value) {
-            router.metrics.count(kind, e.status());
-            return Err(Status::invalid_argument(e.to_string()));
-        }
-        if let Err(limit) = router.limiter.admit() {
-            router.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-            router.metrics.count(kind, WireStatus::RateLimited);
-            return Err(Status::resource_exhausted(format!(
-                "rate limited (RATE_LIMIT={limit} requests per second)"
-            )));
-        }
+        router
+            .admit(kind, key, value)
+            .map_err(|e| grpc_status(&e))?;
         let mut frame = Vec::new();
         encode_request(&WireRequest { id: 0, op }, &mut frame);
         let permit = self
@@ -92,21 +82,16 @@ impl Gateway {
             .await
             .map_err(|_| Status::unavailable("the router is shutting down"))?;
         let (reply, mut answer) = mpsc::unbounded_channel();
-        router.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        router
-            .route(Forward {
-                client_id: 0,
-                body: Bytes::from(frame).slice(4..),
-                kind,
-                key_hash: key_hash(key),
-                meta: 0,
-                previous: None,
-                reply,
-                attempt: 0,
-                permit,
-                started: Instant::now(),
-            })
-            .await;
+        let fwd = Forward::new(
+            0,
+            Bytes::from(frame).slice(4..),
+            kind,
+            key_hash(key),
+            reply,
+            permit,
+            Instant::now(),
+        );
+        router.route(fwd).await;
         answer
             .recv()
             .await
@@ -115,15 +100,24 @@ impl Gateway {
     }
 }
 
-/// The gRPC status for a wire error status.
+/// The gRPC status for a wire error status: the one place the two
+/// vocabularies meet. `Unavailable` (not applied, retry) is gRPC's
+/// UNAVAILABLE, which retry policies retry; `Internal` (may have been
+/// applied) is UNKNOWN, which they do not.
 fn to_status(status: WireStatus, message: &str) -> Status {
     match status {
         WireStatus::RateLimited => Status::resource_exhausted(message),
         WireStatus::TooLarge | WireStatus::BadRequest => Status::invalid_argument(message),
         WireStatus::Unavailable => Status::unavailable(message),
         WireStatus::Unauthorized => Status::unauthenticated(message),
-        WireStatus::Ok | WireStatus::NotFound | WireStatus::Internal => Status::internal(message),
+        WireStatus::Internal => Status::unknown(message),
+        WireStatus::Ok | WireStatus::NotFound => Status::internal(message),
     }
+}
+
+/// The gRPC status for an error the router itself gives.
+fn grpc_status(e: &WireError) -> Status {
+    to_status(e.status(), &e.to_string())
 }
 
 /// Decodes a node's (or the router's) answer; errors become gRPC statuses.
@@ -150,7 +144,10 @@ impl router_server::Router for Gateway {
 
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
         self.authorize(&req, "leave")?;
-        self.router.members.leave(&req.get_ref().address);
+        self.router
+            .members
+            .leave(&req.get_ref().address)
+            .map_err(|e| Status::not_found(e.to_string()))?;
         Ok(Response::new(LeaveResponse {}))
     }
 

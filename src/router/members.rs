@@ -133,9 +133,9 @@ impl View {
 }
 
 /// How long after a ring change gets name the keys' previous owners, by
-/// default (`HANDOFF_WINDOW_SECONDS`): long enough for a previous owner's
-/// write-behind queue to drain, unless the tier is down for longer.
-pub const HANDOFF_WINDOW: Duration = Duration::from_secs(60);
+/// default (`HANDOFF_WINDOW_SECONDS`).
+pub const HANDOFF_WINDOW: Duration =
+    Duration::from_secs(crate::config::defaults::HANDOFF_WINDOW_SECONDS);
 
 #[derive(Debug)]
 struct Entry {
@@ -280,11 +280,29 @@ impl Members {
         }
     }
 
-    /// Removes `address` at its own (or an operator's) request.
-    pub fn leave(&self, address: &str) -> Change {
+    /// Removes `address` at its own (or an operator's) request. The
+    /// address may name the member another way (see [`same_node`]); one
+    /// that names no member is an error that lists the members.
+    pub fn leave(&self, address: &str) -> Result<Change, NotMember> {
         let mut t = self.lock();
-        let Some(e) = t.nodes.get_mut(address) else {
-            return Change::Unchanged;
+        let Some(address) = find_member(&t, address) else {
+            let members: Vec<&str> = t
+                .nodes
+                .iter()
+                .filter(|(_, e)| e.up)
+                .map(|(a, _)| a.as_str())
+                .collect();
+            return Err(NotMember {
+                address: crate::logging::escape(address),
+                members: if members.is_empty() {
+                    "none".into()
+                } else {
+                    members.join(", ")
+                },
+            });
+        };
+        let Some(e) = t.nodes.get_mut(&address) else {
+            return Ok(Change::Unchanged);
         };
         let was_up = e.up;
         e.up = false;
@@ -292,11 +310,11 @@ impl Members {
         e.down_since = Some(Instant::now());
         e.handle = None;
         if !was_up {
-            return Change::Unchanged;
+            return Ok(Change::Unchanged);
         }
-        let epoch = self.remove(&mut t, &[address]);
+        let epoch = self.remove(&mut t, &[&address]);
         info!(node = %address, members = live(&t), epoch, "Leave: node left the ring");
-        Change::Changed(epoch)
+        Ok(Change::Changed(epoch))
     }
 
     /// Takes `address` out of the ring because it failed; it may come back
@@ -419,6 +437,86 @@ impl Members {
         }));
         self.changes.send_replace(t.epoch);
     }
+}
+
+/// A leave that names no member.
+#[derive(Debug, thiserror::Error)]
+#[error("{address} is not a member of this router's ring (members: {members})")]
+pub struct NotMember {
+    /// The address asked for (escaped for display).
+    pub address: String,
+    /// The members that are up, comma-separated.
+    pub members: String,
+}
+
+/// The table's key for the member `address` names: the address itself,
+/// else a member on the same port whose host is the same machine under
+/// another name, else, for a loopback name, the only member on that port
+/// (the guide's `localhost` form, as seen from another container).
+fn find_member(t: &Table, address: &str) -> Option<String> {
+    if t.nodes.contains_key(address) {
+        return Some(address.to_string());
+    }
+    let (host, port) = host_port(address)?;
+    let same_port: Vec<(&String, &Entry, String)> = t
+        .nodes
+        .iter()
+        .filter_map(|(a, e)| {
+            let (h, p) = host_port(a)?;
+            (p == port).then_some((a, e, h))
+        })
+        .collect();
+    if let Some((a, _, _)) = same_port
+        .iter()
+        .filter(|(_, _, h)| same_node(h, &host))
+        .max_by_key(|(_, e, _)| e.up)
+    {
+        return Some(a.to_string());
+    }
+    let up: Vec<&String> = same_port
+        .iter()
+        .filter(|(_, e, _)| e.up)
+        .map(|(a, _, _)| *a)
+        .collect();
+    match up.as_slice() {
+        [only] if is_loopback(&host) => Some(only.to_string()),
+        _ => None,
+    }
+}
+
+/// `(host, port)` of a member address, the host lowercased and without
+/// IPv6 brackets.
+fn host_port(address: &str) -> Option<(String, u16)> {
+    let (hostport, _) = crate::net::parse_url(address).ok()?;
+    let (host, port) = hostport.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Some((host.to_ascii_lowercase(), port.parse().ok()?))
+}
+
+/// Whether two host names denote the same machine: equal, or both this
+/// machine (a loopback name or address, or this host's name, which is what
+/// a node listening on `0.0.0.0` advertises).
+fn same_node(a: &str, b: &str) -> bool {
+    a == b || (is_this_machine(a) && is_this_machine(b))
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn is_this_machine(host: &str) -> bool {
+    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let name = NAME.get_or_init(|| {
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+    });
+    is_loopback(host) || host == "0.0.0.0" || name.as_deref() == Some(host)
 }
 
 fn forget_departed(t: &mut Table) {

@@ -4,17 +4,49 @@
 //! time (no label lookups on the path); everything else is copied in from
 //! the router's counters when scraped.
 
-use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use milena_protocol::Status;
 use prometheus::{
     HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use super::Router;
-use super::forward::Kind;
+use super::request::Kind;
 use crate::metrics::{latency_buckets, render, sync};
+
+/// Router-wide counters, copied into the metrics when scraped and listed
+/// by `stats`.
+#[derive(Debug, Default)]
+pub struct RouterStats {
+    /// Client requests read (after hello).
+    pub requests: AtomicU64,
+    /// Requests forwarded to nodes.
+    pub forwarded: AtomicU64,
+    /// Requests answered with an error by the router itself.
+    pub errors: AtomicU64,
+    /// Requests refused by `RATE_LIMIT`.
+    pub rate_limited: AtomicU64,
+    /// Requests re-sent after their node failed.
+    pub retries: AtomicU64,
+    /// Requests answered `unavailable`.
+    pub unavailable: AtomicU64,
+    /// Client connections: open, accepted, refused at `MAX_CONNECTIONS`.
+    pub conns: Arc<crate::net::ConnCounters>,
+    /// Connections closed for a protocol violation.
+    pub protocol_errors: AtomicU64,
+}
+
+/// What a scrape reads from the member table.
+#[derive(Debug, Clone, Copy)]
+pub struct RingGauges {
+    /// Members in the ring.
+    pub members: u64,
+    /// The ring's epoch.
+    pub epoch: u64,
+    /// Nodes ejected since start.
+    pub ejections: u64,
+}
 
 const STATUSES: [Status; 8] = [
     Status::Ok,
@@ -176,16 +208,14 @@ impl RouterMetrics {
         )
     }
 
-    /// Brings every counter up to date from `router` and renders the text
-    /// exposition.
-    pub fn scrape(&self, router: &Router) -> String {
+    /// Brings every counter up to date from the router's counters and
+    /// ring, and renders the text exposition.
+    pub fn scrape(&self, s: &RouterStats, ring: RingGauges) -> String {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
-        let s = &router.stats;
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        let view = router.members.view();
-        self.members.set(view.ring.len() as i64);
-        self.epoch.set(view.epoch as i64);
-        sync(&self.ejections, router.members.ejections());
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        self.members.set(ring.members as i64);
+        self.epoch.set(ring.epoch as i64);
+        sync(&self.ejections, ring.ejections);
         sync(&self.rate_limited, load(&s.rate_limited));
         sync(&self.retries, load(&s.retries));
         sync(&self.unavailable, load(&s.unavailable));

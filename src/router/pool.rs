@@ -7,7 +7,7 @@
 //! back and go straight to that client's writer.
 
 use std::collections::HashMap;
-use std::sync::Weak;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -18,11 +18,48 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::Router;
-use super::forward::Forward;
-use crate::error::WireError;
+use super::metrics::RouterMetrics;
+use super::request::Forward;
+use crate::error::{Secret, WireError};
 use crate::tls::Stream;
 use crate::{client, net};
+
+/// What a node's connections report back. The router implements it (eject
+/// the node, send its requests to the next owner); the pool knows nothing
+/// else of the router.
+pub trait NodeEvents: Send + Sync {
+    /// Node `address`, through its pool `handle_id`, failed for `reason`.
+    fn node_failed(&self, address: &str, handle_id: u64, reason: &str);
+    /// A request its node took and failed to answer: route it again.
+    fn retry(&self, fwd: Forward);
+}
+
+/// Everything a node's connections need from the router.
+pub struct PoolContext {
+    /// Limit on connecting to a node (and its hello).
+    pub connect_timeout: Duration,
+    /// Largest frame accepted from a node.
+    pub max_frame: usize,
+    /// A node that leaves a request unanswered this long, and answers
+    /// nothing else meanwhile, is failed.
+    pub node_timeout: Duration,
+    /// `CLUSTER_TOKEN`, presented in the hello.
+    pub token: Option<Secret>,
+    /// TLS for `https://` nodes.
+    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// Counters and latency histograms.
+    pub metrics: Arc<RouterMetrics>,
+    /// Where failures go.
+    pub events: Arc<dyn NodeEvents>,
+    /// Cancelled when the router stops.
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for PoolContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolContext").finish_non_exhaustive()
+    }
+}
 
 /// How long requests in flight may take to be answered once the router
 /// shuts down.
@@ -59,23 +96,12 @@ static NEXT_HANDLE: AtomicU64 = AtomicU64::new(1);
 
 impl NodeHandle {
     /// Starts `connections` connection tasks to `address`.
-    pub fn spawn(
-        address: &str,
-        connections: usize,
-        router: Weak<Router>,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub fn spawn(address: &str, connections: usize, ctx: Arc<PoolContext>) -> Self {
         let id = NEXT_HANDLE.fetch_add(1, Ordering::Relaxed);
         let conns = (0..connections.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(conn_task(
-                    address.to_string(),
-                    id,
-                    rx,
-                    router.clone(),
-                    shutdown.clone(),
-                ));
+                tokio::spawn(conn_task(address.to_string(), id, rx, ctx.clone()));
                 tx
             })
             .collect();
@@ -113,67 +139,38 @@ async fn conn_task(
     address: String,
     handle_id: u64,
     mut rx: mpsc::Receiver<Forward>,
-    router: Weak<Router>,
-    shutdown: CancellationToken,
+    ctx: Arc<PoolContext>,
 ) {
     let mut inflight: HashMap<u64, (Forward, Instant)> = HashMap::new();
-    let result = match connect(&address, &router).await {
-        Ok((stream, rbuf)) => {
-            serve(
-                &address,
-                stream,
-                rbuf,
-                &mut rx,
-                &mut inflight,
-                &router,
-                &shutdown,
-            )
-            .await
-        }
+    let result = match connect(&address, &ctx).await {
+        Ok((stream, rbuf)) => serve(&address, stream, rbuf, &mut rx, &mut inflight, &ctx).await,
         Err(e) => Err(e),
     };
-    let Some(router) = router.upgrade() else {
-        return;
-    };
     if let Err(e) = result {
-        if shutdown.is_cancelled() {
+        if ctx.shutdown.is_cancelled() {
             return;
         }
-        router.metrics.node_counters(&address).1.inc();
-        router
-            .members
-            .eject_handle(&address, handle_id, &e.to_string());
+        ctx.metrics.node_counters(&address).1.inc();
+        ctx.events.node_failed(&address, handle_id, &e.to_string());
         rx.close();
         // Everything sent to this node, answered or not, goes to the next
         // owner once; get, put and delete are idempotent.
-        for (_, (fwd, _)) in inflight.drain() {
-            router.retry(fwd);
+        for (_, (mut fwd, _)) in inflight.drain() {
+            fwd.maybe_applied = true;
+            ctx.events.retry(fwd);
         }
         while let Ok(fwd) = rx.try_recv() {
-            router.retry(fwd);
+            ctx.events.retry(fwd);
         }
     }
 }
 
-async fn connect(address: &str, router: &Weak<Router>) -> Result<(Stream, BytesMut), ConnError> {
-    let (timeout, max_frame, token, tls_config) = match router.upgrade() {
-        Some(r) => (
-            r.settings.connect_timeout,
-            r.settings.max_frame,
-            r.settings.cluster_token.clone(),
-            r.settings.tls.as_ref().map(|t| t.connector.clone()),
-        ),
-        None => (
-            Duration::from_secs(1),
-            milena_protocol::DEFAULT_MAX_FRAME,
-            None,
-            None,
-        ),
-    };
+async fn connect(address: &str, ctx: &PoolContext) -> Result<(Stream, BytesMut), ConnError> {
+    let timeout = ctx.connect_timeout;
     let (hostport, tls) = net::parse_url(address).map_err(ConnError::Connect)?;
-    let tls_config = match (tls, tls_config) {
+    let tls_config = match (tls, &ctx.tls) {
         (false, _) => None,
-        (true, Some(c)) => Some(c),
+        (true, Some(c)) => Some(c.clone()),
         (true, None) => {
             return Err(ConnError::Connect(
                 "the node's address is https:// but the router has no TLS_CERT/TLS_CA".into(),
@@ -182,7 +179,12 @@ async fn connect(address: &str, router: &Weak<Router>) -> Result<(Stream, BytesM
     };
     let session = async {
         let stream = client::connect_stream(&hostport, tls_config).await?;
-        client::hello(stream, token.as_ref().map(|t| t.expose()), max_frame).await
+        client::hello(
+            stream,
+            ctx.token.as_ref().map(|t| t.expose()),
+            ctx.max_frame,
+        )
+        .await
     };
     let (stream, rbuf, _server) = tokio::time::timeout(timeout, session)
         .await
@@ -198,13 +200,10 @@ async fn serve(
     mut rbuf: BytesMut,
     rx: &mut mpsc::Receiver<Forward>,
     inflight: &mut HashMap<u64, (Forward, Instant)>,
-    router: &Weak<Router>,
-    shutdown: &CancellationToken,
+    ctx: &PoolContext,
 ) -> Result<(), ConnError> {
-    let max_frame = router
-        .upgrade()
-        .map_or(milena_protocol::DEFAULT_MAX_FRAME, |r| r.settings.max_frame);
-    let mut codec = FrameCodec::new(max_frame);
+    let shutdown = &ctx.shutdown;
+    let mut codec = FrameCodec::new(ctx.max_frame);
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut wbuf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut pending: Vec<u8> = Vec::with_capacity(64 * 1024);
@@ -213,24 +212,20 @@ async fn serve(
     let mut open = true;
     let mut answered: Vec<(Forward, bytes::Bytes)> = Vec::new();
     let mut drain_until: Option<tokio::time::Instant> = None;
-    let node_timeout = router
-        .upgrade()
-        .map_or(Duration::from_secs(5), |r| r.settings.node_timeout);
+    let node_timeout = ctx.node_timeout;
     let mut tick = tokio::time::interval((node_timeout / 4).max(Duration::from_millis(10)));
     // When the node last answered anything: a node that answers is alive
     // even while one request waits long (a miss or a sync-mode put waiting
     // on a slow S3 is answered out of order, after the others).
     let mut last_answer = tokio::time::Instant::now();
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (node_requests, node_errors, mut latency) = match router.upgrade() {
-        Some(r) => {
-            let (req, err) = r.metrics.node_counters(address);
-            let hists = ["get", "put", "delete"]
-                .map(|op| r.metrics.forward_duration.with_label_values(&[op]).local());
-            (req, err, hists)
-        }
-        None => return Ok(()),
-    };
+    let (node_requests, node_errors) = ctx.metrics.node_counters(address);
+    let mut latency = ["get", "put", "delete"].map(|op| {
+        ctx.metrics
+            .forward_duration
+            .with_label_values(&[op])
+            .local()
+    });
 
     loop {
         if written == wbuf.len() {
@@ -255,10 +250,7 @@ async fn serve(
                     return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                 }
                 last_answer = tokio::time::Instant::now();
-                let Some(r) = router.upgrade() else {
-                    return Ok(());
-                };
-                let result = decode_answers(&mut codec, &mut rbuf, inflight, &r, &node_requests, &node_errors, &mut latency, &mut answered);
+                let result = decode_answers(&mut codec, &mut rbuf, inflight, &ctx.metrics, &node_requests, &node_errors, &mut latency, &mut answered);
                 // Metrics first, so a client holding its answer sees it counted.
                 for h in &mut latency {
                     h.flush();
@@ -326,7 +318,7 @@ fn decode_answers(
     codec: &mut FrameCodec,
     rbuf: &mut BytesMut,
     inflight: &mut HashMap<u64, (Forward, Instant)>,
-    r: &Router,
+    metrics: &RouterMetrics,
     node_requests: &prometheus::IntCounter,
     node_errors: &prometheus::IntCounter,
     latency: &mut [prometheus::local::LocalHistogram; 3],
@@ -344,7 +336,7 @@ fn decode_answers(
                 "answer to unknown request {id}"
             )));
         };
-        r.metrics.count(fwd.kind, status);
+        metrics.count(fwd.kind, status);
         node_requests.inc();
         if !matches!(status, Status::Ok | Status::NotFound) {
             node_errors.inc();

@@ -303,16 +303,14 @@ impl ClusterNode {
                 };
                 // Built inside the node's runtime: its HTTP connections
                 // die with the node.
-                let tier: Option<Arc<dyn milena::node::tier::Tier>> = match tier {
-                    TierSpec::Dir(d) => Some(Arc::new(
+                let tier: Arc<dyn milena::node::tier::Tier> = match tier {
+                    TierSpec::Dir(d) => Arc::new(
                         milena::node::tier::dir::DirTier::open(d)
                             .await
                             .expect("data dir"),
-                    )),
-                    TierSpec::S3(s) => {
-                        Some(Arc::new(milena::node::tier::s3::S3Tier::connect(s).await))
-                    }
-                    TierSpec::None => None,
+                    ),
+                    TierSpec::S3(s) => Arc::new(milena::node::tier::s3::S3Tier::connect(s).await),
+                    TierSpec::None => Arc::new(milena::node::tier::NoTier),
                 };
                 let node = Arc::new(Node::with_tier(settings, milena::node::Clock::new(), tier));
                 let _ = ready_tx.send((bound, advertise.clone(), node.clone()));

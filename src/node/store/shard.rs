@@ -187,10 +187,24 @@ impl Shard {
 
     /// Looks `key` up and, if live and written in epoch `since` or later,
     /// marks it most recently used and returns its value. An expired or
-    /// stale entry is reclaimed on the spot.
+    /// stale entry is reclaimed on the spot. Counts a hit or a miss.
     pub fn get(&mut self, hash: u64, key: &[u8], now: Millis, since: u64) -> Option<&[u8]> {
+        self.lookup(hash, key, now, since, true)
+    }
+
+    /// As [`Shard::get`]; `count` says whether this lookup is a request's
+    /// hit or miss, or a second look on behalf of a request already counted.
+    pub fn lookup(
+        &mut self,
+        hash: u64,
+        key: &[u8],
+        now: Millis,
+        since: u64,
+        count: bool,
+    ) -> Option<&[u8]> {
+        let miss = u64::from(count);
         let Some(idx) = self.find(hash, key) else {
-            self.counters.misses += 1;
+            self.counters.misses += miss;
             return None;
         };
         let slot = &self.slots[idx as usize];
@@ -201,10 +215,10 @@ impl Shard {
                 self.counters.stale += 1;
             }
             self.remove_at(hash, idx);
-            self.counters.misses += 1;
+            self.counters.misses += miss;
             return None;
         }
-        self.counters.hits += 1;
+        self.counters.hits += miss;
         // With a byte budget the list can be far shorter than the window;
         // a quarter of what it holds now keeps the skip safe.
         let window = self.promote_window.min(self.len as u32 / 4);

@@ -1,10 +1,18 @@
 //! A tier in a local directory (`DATA_DIR`): one file per key, laid out
 //! like the S3 object names, written atomically (temporary file, then
 //! rename). Several nodes on one machine may share the directory, which is
-//! what the one-command local cluster does.
+//! what the one-command local cluster does: a write compares versions and
+//! renames under an exclusive lock on the key's shard directory
+//! (`<shard>/.lock`, `flock`), so two nodes writing one key cannot let the
+//! older version land last. (Advisory locks need a local file system; on
+//! NFS, give each node its own directory or use S3.)
 //!
-//! File format: `MLNO`, a format byte (1), the version (u64 LE), the expiry
-//! in Unix seconds (u64 LE, 0 = never), then the value.
+//! File format: `MLNO`, a format byte (1 = value, 2 = tombstone), the
+//! version (u64 LE), the expiry in Unix seconds (u64 LE, 0 = never), then
+//! the value (empty for a tombstone). A delete leaves a tombstone with its
+//! version, so a delayed older write cannot bring the key back; tombstones
+//! expire after [`TOMBSTONE_LIFETIME`](super::TOMBSTONE_LIFETIME), as
+//! in the S3 tier, and are removed when next read.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +24,13 @@ use super::layout::object_name;
 use super::{Object, ReadOutcome, Tier, TierError, WriteOutcome};
 
 const MAGIC: &[u8; 4] = b"MLNO";
+/// Format byte of a value.
 const FORMAT: u8 = 1;
+/// Format byte of a tombstone (a deleted key, with the delete's version).
+const TOMBSTONE: u8 = 2;
 const HEADER: usize = 4 + 1 + 8 + 8;
+/// The lock file in each shard directory.
+const LOCK_FILE: &str = ".lock";
 
 /// Makes temporary file names unique within the process.
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -39,20 +52,58 @@ impl DirTier {
     fn path(&self, key: &[u8]) -> PathBuf {
         self.root.join(object_name("", key))
     }
+
+    /// The lock serializing writes of `key` (and of its shard's other keys).
+    fn lock_path(&self, key: &[u8]) -> PathBuf {
+        let name = object_name("", key);
+        let shard = name.split('/').next().unwrap_or_default();
+        self.root.join(shard).join(LOCK_FILE)
+    }
 }
 
-fn encode(obj: &Object) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER + obj.value.len());
+/// What a file holds.
+struct Header {
+    version: u64,
+    expires_at: Option<u64>,
+    tombstone: bool,
+}
+
+fn encode(format: u8, version: u64, expires_at: Option<u64>, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + value.len());
     out.extend_from_slice(MAGIC);
-    out.push(FORMAT);
-    out.extend_from_slice(&obj.version.to_le_bytes());
-    out.extend_from_slice(&obj.expires_at.unwrap_or(0).to_le_bytes());
-    out.extend_from_slice(&obj.value);
+    out.push(format);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&expires_at.unwrap_or(0).to_le_bytes());
+    out.extend_from_slice(value);
     out
 }
 
-/// (version, expiry) from a header.
-fn header(path: &Path, bytes: &[u8]) -> Result<(u64, Option<u64>), TierError> {
+/// Holds the exclusive lock on `path` (created if missing) until dropped.
+fn lock(path: &Path) -> Result<std::fs::File, TierError> {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+    };
+    let file = match open() {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // First key of this shard: make its directory, then again.
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            open()?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    file.lock()?;
+    Ok(file)
+}
+
+/// The header of a file.
+fn header(path: &Path, bytes: &[u8]) -> Result<Header, TierError> {
     let corrupt = |reason: &str| TierError::Corrupt {
         name: path.display().to_string(),
         reason: reason.into(),
@@ -60,16 +111,22 @@ fn header(path: &Path, bytes: &[u8]) -> Result<(u64, Option<u64>), TierError> {
     if bytes.len() < HEADER || &bytes[..4] != MAGIC {
         return Err(corrupt("not a Milena object"));
     }
-    if bytes[4] != FORMAT {
-        return Err(corrupt("unknown format version"));
-    }
+    let tombstone = match bytes[4] {
+        FORMAT => false,
+        TOMBSTONE => true,
+        _ => return Err(corrupt("unknown format version")),
+    };
     let word = |at: usize| {
         let mut w = [0u8; 8];
         w.copy_from_slice(&bytes[at..at + 8]);
         u64::from_le_bytes(w)
     };
     let expires = word(13);
-    Ok((word(5), (expires != 0).then_some(expires)))
+    Ok(Header {
+        version: word(5),
+        expires_at: (expires != 0).then_some(expires),
+        tombstone,
+    })
 }
 
 /// The version stored at `path`, if any.
@@ -81,7 +138,7 @@ fn stored_version(path: &Path) -> Result<Option<u64>, TierError> {
     };
     let mut head = [0u8; HEADER];
     f.read_exact(&mut head)?;
-    Ok(Some(header(path, &head)?.0))
+    Ok(Some(header(path, &head)?.version))
 }
 
 /// Runs blocking file work on tokio's blocking pool: one hop per tier
@@ -94,14 +151,21 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| TierError::Io(std::io::Error::other(e)))?
 }
 
-fn write_file(path: &Path, obj: &Object) -> Result<WriteOutcome, TierError> {
-    if stored_version(path)?.is_some_and(|v| v > obj.version) {
+/// Writes `bytes` at `version` as `path`, unless a newer version is
+/// there, holding the shard's lock from the comparison to the rename.
+fn write_file(
+    path: &Path,
+    lock_path: &Path,
+    version: u64,
+    bytes: &[u8],
+) -> Result<WriteOutcome, TierError> {
+    let _locked = lock(lock_path)?;
+    if stored_version(path)?.is_some_and(|v| v > version) {
         return Ok(WriteOutcome::Superseded);
     }
     let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp-{}-{seq}", std::process::id()));
-    let bytes = encode(obj);
-    if let Err(e) = std::fs::write(&tmp, &bytes) {
+    if let Err(e) = std::fs::write(&tmp, bytes) {
         if e.kind() != std::io::ErrorKind::NotFound {
             return Err(e.into());
         }
@@ -109,7 +173,7 @@ fn write_file(path: &Path, obj: &Object) -> Result<WriteOutcome, TierError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(&tmp, &bytes)?;
+        std::fs::write(&tmp, bytes)?;
     }
     if let Err(e) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
@@ -118,35 +182,41 @@ fn write_file(path: &Path, obj: &Object) -> Result<WriteOutcome, TierError> {
     Ok(WriteOutcome::Stored)
 }
 
-fn read_file(path: &Path, now: u64) -> Result<ReadOutcome, TierError> {
+fn read_file(path: &Path, lock_path: &Path, now: u64) -> Result<ReadOutcome, TierError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadOutcome::Absent),
         Err(e) => return Err(e.into()),
     };
-    let (version, expires_at) = header(path, &bytes)?;
+    let head = header(path, &bytes)?;
     let obj = Object {
         value: Bytes::from(bytes).slice(HEADER..),
-        expires_at,
-        version,
+        expires_at: head.expires_at,
+        version: head.version,
     };
     if obj.is_expired(now) {
-        // Lazy clean-up; a failure only leaves the dead file for later.
-        let _ = std::fs::remove_file(path);
-        return Ok(ReadOutcome::Expired);
+        // Lazy clean-up, of this version only (a newer write may have
+        // landed since we read); a failure only leaves the file for later.
+        let _ = remove_if_version(path, lock_path, head.version);
+        return Ok(if head.tombstone {
+            ReadOutcome::Absent
+        } else {
+            ReadOutcome::Expired
+        });
+    }
+    if head.tombstone {
+        return Ok(ReadOutcome::Absent);
     }
     Ok(ReadOutcome::Found(obj))
 }
 
-fn remove_file(path: &Path, version: u64) -> Result<WriteOutcome, TierError> {
-    if stored_version(path)?.is_some_and(|v| v > version) {
-        return Ok(WriteOutcome::Superseded);
+/// Removes `path` if it still holds `version`.
+fn remove_if_version(path: &Path, lock_path: &Path, version: u64) -> Result<(), TierError> {
+    let _locked = lock(lock_path)?;
+    if stored_version(path)? == Some(version) {
+        std::fs::remove_file(path)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(WriteOutcome::Stored),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(WriteOutcome::Stored),
-        Err(e) => Err(e.into()),
-    }
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -156,19 +226,25 @@ impl Tier for DirTier {
     }
 
     async fn get(&self, key: &[u8], now: u64) -> Result<ReadOutcome, TierError> {
-        let path = self.path(key);
-        blocking(move || read_file(&path, now)).await
+        let (path, lock) = (self.path(key), self.lock_path(key));
+        blocking(move || read_file(&path, &lock, now)).await
     }
 
     async fn put(&self, key: &[u8], obj: &Object) -> Result<WriteOutcome, TierError> {
-        let path = self.path(key);
-        let obj = obj.clone();
-        blocking(move || write_file(&path, &obj)).await
+        let (path, lock) = (self.path(key), self.lock_path(key));
+        let bytes = encode(FORMAT, obj.version, obj.expires_at, &obj.value);
+        let version = obj.version;
+        blocking(move || write_file(&path, &lock, version, &bytes)).await
     }
 
     async fn delete(&self, key: &[u8], version: u64) -> Result<WriteOutcome, TierError> {
-        let path = self.path(key);
-        blocking(move || remove_file(&path, version)).await
+        let (path, lock) = (self.path(key), self.lock_path(key));
+        let until = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            + super::TOMBSTONE_LIFETIME.as_secs();
+        let bytes = encode(TOMBSTONE, version, Some(until), b"");
+        blocking(move || write_file(&path, &lock, version, &bytes)).await
     }
 }
 
@@ -184,10 +260,9 @@ mod tests {
         }
     }
 
-    async fn tier(name: &str) -> (DirTier, PathBuf) {
-        let root = std::env::temp_dir().join(format!("milena-dir-{}-{name}", std::process::id()));
-        let _ = tokio::fs::remove_dir_all(&root).await;
-        (DirTier::open(&root).await.expect("open"), root)
+    async fn tier(_name: &str) -> (DirTier, tempfile::TempDir) {
+        let root = tempfile::tempdir().expect("temporary directory");
+        (DirTier::open(root.path()).await.expect("open"), root)
     }
 
     #[tokio::test]
@@ -225,7 +300,7 @@ mod tests {
         ));
         assert_eq!(t.get(b"t", 100).await.expect("get"), ReadOutcome::Expired);
         assert_eq!(t.get(b"t", 0).await.expect("get"), ReadOutcome::Absent);
-        let _ = tokio::fs::remove_dir_all(root).await;
+        drop(root);
     }
 
     #[tokio::test]
@@ -245,7 +320,7 @@ mod tests {
             t.get(&odd[..200], 0).await.expect("get"),
             ReadOutcome::Found(_)
         ));
-        let _ = tokio::fs::remove_dir_all(root).await;
+        drop(root);
     }
 
     #[tokio::test]
@@ -260,7 +335,7 @@ mod tests {
             t.get(b"k", 0).await,
             Err(TierError::Corrupt { .. })
         ));
-        let _ = tokio::fs::remove_dir_all(root).await;
+        drop(root);
     }
 
     #[tokio::test]

@@ -1,11 +1,13 @@
 //! The durable tier behind a node's memory: S3, a local directory, or
 //! nothing. Tiers sit behind one small trait and answer with explicit
-//! outcomes; the node's write-behind queue and read-through path (issue 4)
-//! are their only callers.
+//! outcomes; the node's cache (its write-behind queue and read-through
+//! path) is their only caller, and [`open`] picks one from the
+//! configuration.
 //!
 //! Every object carries its write version and absolute expiry, so an
 //! expired object is never served and an older write never replaces a
-//! newer one.
+//! newer one; a delete leaves a tombstone with its version for the same
+//! reason.
 
 pub mod dir;
 pub mod layout;
@@ -17,6 +19,91 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
+
+/// How long a tombstone guards a deleted key against delayed older writes.
+/// Far longer than any upload is retried.
+pub const TOMBSTONE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Why the configured tier cannot be used (the node does not start).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// `S3_ENDPOINT` is not a URL.
+    #[error("invalid S3_ENDPOINT: {0}")]
+    Endpoint(String),
+    /// The store refused the bucket (name, credentials, region).
+    #[error("cannot use S3_BUCKET={bucket}: {source}")]
+    Bucket {
+        /// `S3_BUCKET`.
+        bucket: String,
+        /// What the store said.
+        source: TierError,
+    },
+    /// The directory cannot be created or used.
+    #[error("cannot use DATA_DIR={dir}: {source}")]
+    Dir {
+        /// `DATA_DIR`.
+        dir: String,
+        /// Why.
+        source: TierError,
+    },
+}
+
+/// The tier the configuration asks for: S3 when `S3_BUCKET` is set, else
+/// the local directory `DATA_DIR`, else none (memory only, with a warning).
+/// An empty value means "not set" (compose files pass `S3_ENDPOINT=` for AWS).
+pub async fn open(cfg: &crate::config::NodeConfig) -> Result<Arc<dyn Tier>, OpenError> {
+    use tracing::{info, warn};
+    let endpoint = cfg.s3_endpoint.clone().filter(|e| !e.is_empty());
+    if let Some(bucket) = cfg.s3_bucket.as_ref().filter(|b| !b.is_empty()) {
+        if let Some(dir) = &cfg.data_dir {
+            warn!(data_dir = %dir.display(), "S3_BUCKET is set: DATA_DIR is ignored");
+        }
+        if let Some(e) = &endpoint {
+            crate::net::parse_url(e).map_err(OpenError::Endpoint)?;
+        }
+        let t = s3::S3Tier::connect(s3::S3Settings {
+            bucket: bucket.clone(),
+            prefix: cfg.s3_prefix.clone(),
+            endpoint: endpoint.clone(),
+            region: cfg.aws_region.clone(),
+            static_credentials: None,
+        })
+        .await;
+        match t.check().await {
+            Ok(None) => {}
+            Ok(Some(why)) => warn!(
+                bucket = %bucket,
+                "S3 is unreachable for now; serving from memory and queueing writes until it answers: {why}"
+            ),
+            Err(source) => {
+                return Err(OpenError::Bucket {
+                    bucket: bucket.clone(),
+                    source,
+                });
+            }
+        }
+        info!(
+            bucket = %bucket,
+            prefix = %cfg.s3_prefix,
+            endpoint = endpoint.as_deref().unwrap_or("AWS"),
+            write_mode = ?cfg.write_mode,
+            "tier: S3"
+        );
+        return Ok(Arc::new(t));
+    }
+    if let Some(dir) = &cfg.data_dir {
+        let t = dir::DirTier::open(dir)
+            .await
+            .map_err(|source| OpenError::Dir {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+        info!(data_dir = %dir.display(), write_mode = ?cfg.write_mode, "tier: local directory");
+        return Ok(Arc::new(t));
+    }
+    warn!("no S3_BUCKET or DATA_DIR: entries live in memory only and are lost with the node");
+    Ok(Arc::new(NoTier))
+}
 
 /// What a tier stores for a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +143,9 @@ pub enum WriteOutcome {
     Superseded,
 }
 
-/// Why a tier operation failed (the caller retries with backoff).
+/// Why a tier operation failed. [`TierError::is_retryable`] tells a
+/// passing outage (retry with backoff) from a write the tier will never
+/// take (give up, count it, tell whoever waits).
 #[derive(Debug, thiserror::Error)]
 pub enum TierError {
     /// Reading or writing failed.
@@ -79,7 +168,32 @@ pub enum TierError {
         name: String,
         /// What the store said.
         message: String,
+        /// Whether the same request may succeed later (a 5xx, a timeout,
+        /// throttling, a refused connection), as opposed to one the store
+        /// will refuse every time (a name it does not accept).
+        retryable: bool,
     },
+}
+
+impl TierError {
+    /// Whether trying the same operation again later may succeed. Outages,
+    /// timeouts, full disks and missing permissions can pass (an operator
+    /// fixes them); a foreign or corrupt object, or a key the tier cannot
+    /// name, fails the same way for ever and must not be retried endlessly.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            TierError::Io(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::IsADirectory
+                    | std::io::ErrorKind::NotADirectory
+                    | std::io::ErrorKind::InvalidFilename
+                    | std::io::ErrorKind::InvalidInput
+                    | std::io::ErrorKind::InvalidData
+            ),
+            TierError::Corrupt { .. } => false,
+            TierError::Service { retryable, .. } => *retryable,
+        }
+    }
 }
 
 /// A durable tier.
@@ -87,6 +201,11 @@ pub enum TierError {
 pub trait Tier: Send + Sync + std::fmt::Debug {
     /// Short name for logs and metrics (`s3`, `dir`, `none`).
     fn name(&self) -> &'static str;
+    /// Whether writes are kept: only then does a node queue writes behind
+    /// and read misses through. `false` for [`NoTier`] alone.
+    fn persists(&self) -> bool {
+        true
+    }
     /// Reads `key`, at `now` (Unix seconds).
     async fn get(&self, key: &[u8], now: u64) -> Result<ReadOutcome, TierError>;
     /// Writes `obj` under `key` unless a newer version is there.
@@ -103,6 +222,9 @@ pub struct NoTier;
 impl Tier for NoTier {
     fn name(&self) -> &'static str {
         "none"
+    }
+    fn persists(&self) -> bool {
+        false
     }
     async fn get(&self, _: &[u8], _: u64) -> Result<ReadOutcome, TierError> {
         Ok(ReadOutcome::Absent)
@@ -165,6 +287,9 @@ impl Timed {
 impl Tier for Timed {
     fn name(&self) -> &'static str {
         self.inner.name()
+    }
+    fn persists(&self) -> bool {
+        self.inner.persists()
     }
     async fn get(&self, key: &[u8], now: u64) -> Result<ReadOutcome, TierError> {
         let t = Instant::now();

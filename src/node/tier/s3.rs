@@ -14,16 +14,16 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
 use super::layout::object_name;
-use super::{Object, ReadOutcome, Tier, TierError, WriteOutcome};
+use super::{Object, ReadOutcome, TOMBSTONE_LIFETIME, Tier, TierError, WriteOutcome};
 
 /// Metadata key of the write version.
 const META_VERSION: &str = "milena-version";
@@ -31,9 +31,6 @@ const META_VERSION: &str = "milena-version";
 const META_EXPIRES: &str = "milena-expires";
 /// Metadata key marking a tombstone (a deleted key).
 const META_DELETED: &str = "milena-deleted";
-/// How long a tombstone guards a deleted key against delayed older writes.
-/// Far longer than any upload is retried.
-pub const TOMBSTONE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Compare-and-swap rounds before a write gives up (and is retried later
 /// by the write-behind queue): only concurrent writers of one key lose one.
 const CAS_ATTEMPTS: usize = 8;
@@ -246,6 +243,7 @@ impl S3Tier {
             op: "put",
             name: name.into(),
             message: format!("still contended after {CAS_ATTEMPTS} conditional attempts"),
+            retryable: true,
         })
     }
 }
@@ -276,15 +274,24 @@ fn http_status<E>(e: &SdkError<E, HttpResponse>) -> Option<u16> {
     e.raw_response().map(|r| r.status().as_u16())
 }
 
-fn service<E: std::error::Error + 'static>(
+fn service<E: std::error::Error + ProvideErrorMetadata + 'static>(
     op: &'static str,
     name: &str,
     e: SdkError<E, HttpResponse>,
 ) -> TierError {
+    // Only a name the store will never take fails the same way every time.
+    // A bare 400 is no proof: an upload cut off on the way (a proxy, a
+    // reset) is answered 400 IncompleteBody, and must be sent again. So is
+    // everything else that may pass: no answer, 5xx, throttling, a 403
+    // while credentials or a policy are being fixed.
+    let permanent = http_status(&e) == Some(414)
+        || matches!(e.code(), Some("KeyTooLongError" | "InvalidObjectName"));
+    let retryable = !permanent;
     TierError::Service {
         op,
         name: name.into(),
         message: DisplayErrorContext(e).to_string(),
+        retryable,
     }
 }
 
@@ -345,6 +352,7 @@ impl Tier for S3Tier {
                 op: "get",
                 name: name.clone(),
                 message: DisplayErrorContext(e).to_string(),
+                retryable: true,
             })?
             .into_bytes();
         Ok(ReadOutcome::Found(Object {

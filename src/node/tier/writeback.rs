@@ -1,14 +1,17 @@
 //! The write-behind queue: puts and deletes are acknowledged from memory and
 //! written to the tier in the background.
 //!
-//! Bounded (a full queue makes writers wait: backpressure, never a drop),
-//! coalescing (a key written again before its upload starts is uploaded
-//! once, with the latest value), concurrent (several uploads at once, never
-//! two for the same key, so they cannot finish out of order), retried with
-//! capped exponential backoff while the tier is down, and flushed on close.
-//! A writer may also wait until its write is durable (`WRITE_MODE=sync`).
+//! Bounded (a full queue refuses new keys, so the writer gets an error:
+//! never a silent drop), coalescing (a key written again before its upload
+//! starts is uploaded once, with the latest value), concurrent (several
+//! uploads at once, never two for the same key, so they cannot finish out
+//! of order), retried with capped, jittered exponential backoff while the
+//! tier is down, and flushed on close. A write the tier refuses for good
+//! (see [`TierError::is_retryable`]) is dropped from the queue, counted and
+//! logged instead of blocking its key for ever. A writer may wait until its
+//! write is durable (`WRITE_MODE=sync`) and learns if it never will be.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -16,9 +19,10 @@ use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::warn;
+use tracing::{debug, error, warn};
 
 use super::{Object, Tier, TierError, WriteOutcome};
+use crate::backoff::Backoff;
 
 /// A write waiting for the tier.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +38,25 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait between retries of one upload.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-type Waiter = oneshot::Sender<()>;
+/// Why a queued write will never reach the tier.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the tier ({tier}) refused the write for good: {reason}")]
+pub struct Refused {
+    /// The tier's name.
+    pub tier: &'static str,
+    /// What it said.
+    pub reason: Arc<str>,
+}
+
+/// Completes once a queued write (or a later one of the same key) is
+/// durable, or with why it never will be. Dropped unanswered if the queue
+/// stops first.
+pub type Durable = oneshot::Receiver<Result<(), Refused>>;
+
+type Waiter = oneshot::Sender<Result<(), Refused>>;
+
+/// Refused keys remembered so each is logged once; cleared when full.
+const REFUSED_LOGGED: usize = 10_000;
 
 #[derive(Default)]
 struct State {
@@ -58,6 +80,9 @@ pub struct WriteBackStats {
     pub errors: AtomicU64,
     /// Writes the tier refused because it held a newer version.
     pub superseded: AtomicU64,
+    /// Writes the tier refused for good (dropped from the queue, never
+    /// retried): they live in memory only.
+    pub refused: AtomicU64,
 }
 
 struct Inner {
@@ -70,6 +95,9 @@ struct Inner {
     progress: Notify,
     stats: WriteBackStats,
     stop: CancellationToken,
+    /// Keys whose refusal was logged (bounded), so a key written again and
+    /// again is not logged again and again.
+    refused_logged: Mutex<HashSet<Vec<u8>>>,
 }
 
 /// The write-behind queue of one node. Cheap to clone.
@@ -179,6 +207,7 @@ impl WriteBack {
             progress: Notify::new(),
             stats: WriteBackStats::default(),
             stop: CancellationToken::new(),
+            refused_logged: Mutex::new(HashSet::new()),
         });
         let tracker = TaskTracker::new();
         for _ in 0..uploaders.max(1) {
@@ -212,41 +241,10 @@ impl WriteBack {
             .or_else(|| s.inflight.get(key).cloned())
     }
 
-    /// Queues `write` for `key`, waiting while the queue is full. Returns a
-    /// receiver that completes once the write (or a later one of the same
-    /// key) is durable.
-    pub async fn enqueue(&self, key: &[u8], write: Pending) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
-        let mut tx = Some(tx);
-        loop {
-            let wait = self.inner.progress.notified();
-            {
-                let mut s = lock(&self.inner.state);
-                if let Some((p, waiters)) = s.pending.get_mut(key) {
-                    *p = write.clone();
-                    waiters.extend(tx.take());
-                    self.inner.stats.coalesced.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                if s.pending.len() + s.inflight.len() < self.inner.capacity {
-                    s.pending.insert(
-                        key.to_vec(),
-                        (write.clone(), tx.take().into_iter().collect()),
-                    );
-                    s.order.push_back(key.to_vec());
-                    break;
-                }
-            }
-            // Full: wait for an upload to finish (backpressure).
-            wait.await;
-        }
-        self.inner.work.notify_one();
-        rx
-    }
-
     /// Queues `write` for `key` if there is room (or the key is already
-    /// queued); `None` when the queue is full, for callers that cannot wait.
-    pub fn try_enqueue(&self, key: &[u8], write: Pending) -> Option<oneshot::Receiver<()>> {
+    /// queued, when it replaces the queued write); `None` when the queue is
+    /// full: the caller answers with an error rather than wait.
+    pub fn try_enqueue(&self, key: &[u8], write: Pending) -> Option<Durable> {
         let (tx, rx) = oneshot::channel();
         {
             let mut s = lock(&self.inner.state);
@@ -319,36 +317,67 @@ async fn uploader(inner: Arc<Inner>) {
             }
         };
         let (key, write, waiters) = job;
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            let result: Result<WriteOutcome, TierError> = match &write {
-                Pending::Put(obj) => inner.tier.put(&key, obj).await,
-                Pending::Delete(v) => inner.tier.delete(&key, *v).await,
-            };
-            match result {
-                Ok(outcome) => {
-                    if outcome == WriteOutcome::Superseded {
-                        inner.stats.superseded.fetch_add(1, Ordering::Relaxed);
-                    }
-                    inner.stats.written.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                Err(e) => {
-                    inner.stats.errors.fetch_add(1, Ordering::Relaxed);
-                    warn!(tier = inner.tier.name(), error = %e, retry_in = ?backoff, "tier write failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-            }
-        }
+        let outcome = upload(&inner, &key, &write).await;
         lock(&inner.state).inflight.remove(&key);
         for w in waiters {
-            let _ = w.send(());
+            let _ = w.send(outcome.clone());
         }
         inner.progress.notify_waiters();
         // The key may have been written again meanwhile; let someone take it.
         inner.work.notify_one();
     }
+}
+
+/// Writes one queued write, retrying while the tier's errors may pass.
+async fn upload(inner: &Inner, key: &[u8], write: &Pending) -> Result<(), Refused> {
+    let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+    loop {
+        let result: Result<WriteOutcome, TierError> = match write {
+            Pending::Put(obj) => inner.tier.put(key, obj).await,
+            Pending::Delete(v) => inner.tier.delete(key, *v).await,
+        };
+        match result {
+            Ok(outcome) => {
+                if outcome == WriteOutcome::Superseded {
+                    inner.stats.superseded.fetch_add(1, Ordering::Relaxed);
+                }
+                inner.stats.written.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(e) if !e.is_retryable() => {
+                inner.stats.errors.fetch_add(1, Ordering::Relaxed);
+                inner.stats.refused.fetch_add(1, Ordering::Relaxed);
+                let tier = inner.tier.name();
+                if first_refusal(inner, key) {
+                    error!(tier, key = %crate::logging::escape_bytes(key), error = %e, "the tier refused a write for good; the key lives in memory only until written again");
+                } else {
+                    debug!(tier, error = %e, "the tier refused a write for good");
+                }
+                return Err(Refused {
+                    tier,
+                    reason: e.to_string().into(),
+                });
+            }
+            Err(e) => {
+                inner.stats.errors.fetch_add(1, Ordering::Relaxed);
+                let delay = backoff.next_delay();
+                warn!(tier = inner.tier.name(), error = %e, retry_in = ?delay, "tier write failed");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Whether `key`'s refusal is the first one logged (bounded memory).
+fn first_refusal(inner: &Inner, key: &[u8]) -> bool {
+    let mut logged = inner
+        .refused_logged
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if logged.len() >= REFUSED_LOGGED {
+        logged.clear();
+    }
+    logged.insert(key.to_vec())
 }
 
 #[cfg(test)]
@@ -359,11 +388,14 @@ mod tests {
     use bytes::Bytes;
     use std::sync::atomic::AtomicU32;
 
-    /// A real directory tier whose first `fail` writes fail and whose writes
-    /// wait for `gate` to open: injected faults and latency, as a proxy would.
+    /// A real directory tier whose first `fail` writes fail, whose writes of
+    /// keys starting with `bad` fail for good (a corrupt object), and whose
+    /// writes wait for `gate` to open: injected faults and latency, as a
+    /// proxy would.
     #[derive(Debug)]
     struct Faulty {
         dir: DirTier,
+        _root: tempfile::TempDir,
         fail: AtomicU32,
         puts: AtomicU32,
         gate: tokio::sync::Semaphore,
@@ -384,6 +416,12 @@ mod tests {
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             self.puts.fetch_add(1, Ordering::Relaxed);
+            if key.starts_with(b"bad") {
+                return Err(TierError::Corrupt {
+                    name: String::from_utf8_lossy(key).into_owned(),
+                    reason: "not a Milena object".into(),
+                });
+            }
             if self.fail.load(Ordering::Relaxed) > 0 {
                 self.fail.fetch_sub(1, Ordering::Relaxed);
                 return Err(std::io::Error::other("injected failure").into());
@@ -395,11 +433,11 @@ mod tests {
         }
     }
 
-    async fn faulty(name: &str, fail: u32, open: usize) -> Arc<Faulty> {
-        let root = std::env::temp_dir().join(format!("milena-wb-{}-{name}", std::process::id()));
-        let _ = tokio::fs::remove_dir_all(&root).await;
+    async fn faulty(fail: u32, open: usize) -> Arc<Faulty> {
+        let root = tempfile::tempdir().expect("temporary directory");
         Arc::new(Faulty {
-            dir: DirTier::open(root).await.expect("dir"),
+            dir: DirTier::open(root.path()).await.expect("dir"),
+            _root: root,
             fail: AtomicU32::new(fail),
             puts: AtomicU32::new(0),
             gate: tokio::sync::Semaphore::new(open),
@@ -414,12 +452,16 @@ mod tests {
         })
     }
 
+    fn enqueue(wb: &WriteBack, key: &[u8], write: Pending) -> Durable {
+        wb.try_enqueue(key, write).expect("room in the queue")
+    }
+
     #[tokio::test]
     async fn writes_reach_the_tier_and_close_flushes() {
-        let tier = faulty("flush", 0, 1000).await;
+        let tier = faulty(0, 1000).await;
         let wb = WriteBack::new(tier.clone(), 100, 4);
         for i in 0..50u64 {
-            drop(wb.enqueue(format!("k{i}").as_bytes(), put(b"v", i)).await);
+            drop(enqueue(&wb, format!("k{i}").as_bytes(), put(b"v", i)));
         }
         wb.close().await;
         assert_eq!(wb.depth(), 0);
@@ -433,15 +475,16 @@ mod tests {
 
     #[tokio::test]
     async fn repeated_writes_of_a_key_are_coalesced_and_the_latest_wins() {
-        let tier = faulty("coalesce", 0, 0).await; // uploads blocked for now
+        let tier = faulty(0, 0).await; // uploads blocked for now
         let wb = WriteBack::new(tier.clone(), 100, 1);
-        drop(wb.enqueue(b"other", put(b"x", 1)).await); // occupies the uploader
+        drop(enqueue(&wb, b"other", put(b"x", 1))); // occupies the uploader
         tokio::task::yield_now().await;
         for v in 1..=100u64 {
-            drop(
-                wb.enqueue(b"k", put(if v == 100 { b"last" } else { b"old" }, v))
-                    .await,
-            );
+            drop(enqueue(
+                &wb,
+                b"k",
+                put(if v == 100 { b"last" } else { b"old" }, v),
+            ));
         }
         assert_eq!(
             wb.peek(b"k"),
@@ -460,10 +503,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failing_tier_is_retried_until_the_write_lands() {
-        let tier = faulty("retry", 5, 1000).await;
+        let tier = faulty(5, 1000).await;
         let wb = WriteBack::new(tier.clone(), 10, 1);
-        let durable = wb.enqueue(b"k", put(b"v", 1)).await;
-        durable.await.expect("durable after retries");
+        let durable = enqueue(&wb, b"k", put(b"v", 1));
+        durable
+            .await
+            .expect("answered")
+            .expect("durable after retries");
         assert_eq!(wb.stats().errors.load(Ordering::Relaxed), 5);
         assert!(matches!(
             tier.get(b"k", 0).await.expect("get"),
@@ -472,21 +518,56 @@ mod tests {
         wb.close().await;
     }
 
+    /// A write the tier refuses for good is given up at once: it neither
+    /// blocks its key nor the other keys behind it, its waiter learns why,
+    /// and closing the queue does not wait for it. (Virtual time: a queue
+    /// that retried for ever would run into the hour below.)
+    #[tokio::test(start_paused = true)]
+    async fn a_permanent_error_is_not_retried_for_ever() {
+        let tier = faulty(0, 1000).await;
+        let wb = WriteBack::new(tier.clone(), 10, 1);
+        let bad = enqueue(&wb, b"bad-key", put(b"v", 1));
+        let good = enqueue(&wb, b"good-key", put(b"v", 1));
+        let refused = bad.await.expect("answered").expect_err("refused for good");
+        assert!(
+            refused.to_string().contains("not a Milena object"),
+            "{refused}"
+        );
+        good.await
+            .expect("answered")
+            .expect("the next key is written");
+        tokio::time::timeout(Duration::from_secs(3600), wb.close())
+            .await
+            .expect("close does not wait on a refused write");
+        assert_eq!(wb.stats().refused.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            tier.puts.load(Ordering::Relaxed),
+            2,
+            "no retry of the refused write"
+        );
+        // Written again, it is tried again (and refused again), not ignored.
+        let again = WriteBack::new(tier.clone(), 10, 1);
+        let bad = enqueue(&again, b"bad-key", put(b"v", 2));
+        assert!(bad.await.expect("answered").is_err());
+        again.close().await;
+    }
+
     #[tokio::test]
-    async fn a_full_queue_makes_writers_wait_instead_of_dropping() {
-        let tier = faulty("full", 0, 0).await;
+    async fn a_full_queue_refuses_new_keys_instead_of_dropping() {
+        let tier = faulty(0, 0).await;
         let wb = WriteBack::new(tier.clone(), 2, 1);
-        drop(wb.enqueue(b"a", put(b"1", 1)).await);
-        drop(wb.enqueue(b"b", put(b"2", 1)).await);
-        let wb2 = wb.clone();
-        let third = tokio::spawn(async move {
-            drop(wb2.enqueue(b"c", put(b"3", 1)).await);
-        });
-        tokio::task::yield_now().await;
-        assert!(!third.is_finished(), "the third write must wait for room");
+        drop(enqueue(&wb, b"a", put(b"1", 1)));
+        drop(enqueue(&wb, b"b", put(b"2", 1)));
+        assert!(
+            wb.try_enqueue(b"c", put(b"3", 1)).is_none(),
+            "the third key must be refused, not queued past the bound"
+        );
+        // A key already queued is still taken: it replaces its queued write.
+        drop(enqueue(&wb, b"b", put(b"2b", 2)));
         assert_eq!(wb.depth(), 2);
         tier.gate.add_permits(1000);
-        third.await.expect("queued once room was made");
+        wb.flush().await;
+        drop(enqueue(&wb, b"c", put(b"3", 1)));
         wb.close().await;
         assert_eq!(tier.puts.load(Ordering::Relaxed), 3, "nothing dropped");
     }

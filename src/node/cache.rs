@@ -1,0 +1,515 @@
+//! A node's cache: memory in front of the durable tier. It owns the store,
+//! the negative cache of tier misses, the write-behind queue, the tier, the
+//! single-flight map of reads through to it and the handoff asks to a key's
+//! previous owner, and answers in outcomes, never in wire messages: the
+//! `execute` step turns those into responses.
+//!
+//! Memory only is the [`NoTier`](super::tier::NoTier) tier: it keeps
+//! nothing, so the cache starts no queue and a memory miss is final.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use super::clock::{Clock, wall_micros};
+use super::peers::Peers;
+use super::settings::{NodeSettings, WriteMode};
+use super::store::{PutOutcome, Store, StoreConfig, StoreStats};
+use super::tier::writeback::{Background, Durable, Pending, WriteBack, WriteBackStats};
+use super::tier::{Object, ReadOutcome, Tier, TierError, TierTimes, Timed};
+
+/// How long a tier miss is remembered (seconds): long enough that a hot
+/// missing key does not send every get to the tier, short enough that a
+/// key another node writes shows up soon.
+pub const NEGATIVE_TTL_SECS: u32 = 1;
+/// Most tier misses remembered at once.
+const NEGATIVE_ENTRIES: usize = 10_000;
+/// Stripes of the negative cache: few entries, little contention.
+const NEGATIVE_SHARDS: usize = 16;
+
+/// The result of one read through to the tier, shared by every request
+/// that missed the same key meanwhile.
+#[derive(Debug, Clone)]
+pub enum ReadThrough {
+    /// The value (already inserted into memory).
+    Found(Bytes),
+    /// The tier has nothing live for the key.
+    Missing,
+    /// The tier could not be read.
+    Failed(String),
+}
+
+/// A read through to the tier, under way.
+pub type ReadFuture = Pin<Box<dyn Future<Output = ReadThrough> + Send + 'static>>;
+
+/// What a get found at once.
+pub enum Lookup {
+    /// In memory: the value went to the caller's closure.
+    Hit,
+    /// Not in memory, and there is no tier to ask: a final miss.
+    Miss,
+    /// Not in memory: the answer comes from the tier (or the queue, or the
+    /// key's previous owner) when this completes.
+    ReadThrough(ReadFuture),
+}
+
+/// When a write is acknowledged.
+#[derive(Debug)]
+pub enum Ack {
+    /// Now: in memory, and queued for the tier if there is one.
+    Now,
+    /// Once this completes (`WRITE_MODE=sync`).
+    WhenDurable(Durable),
+}
+
+/// Why the cache refused a write.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The entry does not fit in one stripe's share of `MAX_MEMORY`.
+    #[error("entry of {len} bytes does not fit in the memory budget (MAX_MEMORY)")]
+    EntryTooLarge {
+        /// Key + value length.
+        len: usize,
+    },
+    /// The write-behind queue is full (the tier is down or slow).
+    #[error(
+        "the write-behind queue is full (QUEUE_CAPACITY={capacity}); the tier ({tier}) may be down"
+    )]
+    QueueFull {
+        /// `QUEUE_CAPACITY`.
+        capacity: usize,
+        /// The tier's name.
+        tier: &'static str,
+    },
+}
+
+/// Counters of the read-through and handoff paths.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    /// Reads through to the tier (after a memory miss).
+    pub tier_reads: AtomicU64,
+    /// Tier reads that failed.
+    pub tier_read_errors: AtomicU64,
+    /// Misses on which a key's previous owner was asked for a write it had
+    /// not yet made durable.
+    pub handoff_peeks: AtomicU64,
+    /// Of those, answers newer than the tier's copy, taken over.
+    pub handoff_adopted: AtomicU64,
+    /// Of those, previous owners that could not be asked.
+    pub handoff_errors: AtomicU64,
+    /// Tier latency, by operation.
+    pub tier_times: Arc<TierTimes>,
+}
+
+type Waiters = Vec<oneshot::Sender<ReadThrough>>;
+
+/// Memory in front of the tier. Shared by every connection (`Arc`).
+pub struct Cache {
+    store: Store,
+    /// Keys the tier recently did not have.
+    negative: Store,
+    tier: Arc<dyn Tier>,
+    /// Writes on their way to the tier; `None` exactly when the tier keeps
+    /// nothing.
+    queue: Option<WriteBack>,
+    /// The low-priority threads the uploads run on; dropped last.
+    _background: Option<Background>,
+    /// Tier reads under way, so concurrent misses of one key share one read.
+    reads: Mutex<HashMap<Vec<u8>, Waiters>>,
+    /// Connections to other nodes, to ask a key's previous owner on a miss.
+    peers: Peers,
+    clock: Clock,
+    default_ttl: u32,
+    write_mode: WriteMode,
+    queue_capacity: usize,
+    coalesce_misses: bool,
+    flush_timeout: std::time::Duration,
+    stats: CacheStats,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("store", &self.store)
+            .field("tier", &self.tier.name())
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    /// A cache sized by `settings` in front of `tier`, timing tier calls
+    /// into `tier_histogram`. Must be called inside a tokio runtime when
+    /// the tier persists (the uploaders start).
+    pub fn new(
+        settings: &NodeSettings,
+        clock: Clock,
+        tier: Arc<dyn Tier>,
+        tier_histogram: prometheus::HistogramVec,
+    ) -> Self {
+        let stats = CacheStats::default();
+        let persists = tier.persists();
+        let tier: Arc<dyn Tier> =
+            Arc::new(Timed::new(tier, tier_histogram, stats.tier_times.clone()));
+        // Uploads run on their own low-priority threads when they can be
+        // started; otherwise beside the requests.
+        let background = persists.then(|| {
+            let threads = std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1));
+            Background::start(threads)
+                .map_err(|e| tracing::warn!("uploads share the request threads: {e}"))
+                .ok()
+        });
+        let background = background.flatten();
+        let queue = persists.then(|| {
+            WriteBack::start(
+                tier.clone(),
+                settings.queue_capacity,
+                settings.uploaders,
+                background.as_ref().and_then(|b| b.handle()),
+            )
+        });
+        let negative = Store::new(
+            StoreConfig {
+                max_items: NEGATIVE_ENTRIES,
+                max_bytes: None,
+                shards: NEGATIVE_SHARDS,
+                exact_lru: false,
+            },
+            clock.now(),
+        );
+        Cache {
+            store: Store::new(settings.store, clock.now()),
+            negative,
+            tier,
+            queue,
+            _background: background,
+            reads: Mutex::new(HashMap::new()),
+            peers: Peers::new(settings.tls.as_ref().map(|t| t.connector.clone())),
+            clock,
+            default_ttl: settings.default_ttl,
+            write_mode: settings.write_mode,
+            queue_capacity: settings.queue_capacity,
+            coalesce_misses: settings.coalesce_misses,
+            flush_timeout: settings.flush_timeout,
+            stats,
+        }
+    }
+
+    /// The in-memory store (for counters and tests).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Store totals: items, bytes, hits, misses, evictions...
+    pub fn store_stats(&self) -> StoreStats {
+        self.store.stats()
+    }
+
+    /// The tier's name (`s3`, `dir`, `none`).
+    pub fn tier_name(&self) -> &'static str {
+        self.tier.name()
+    }
+
+    /// Read-through and handoff counters.
+    pub fn stats(&self) -> &CacheStats {
+        &self.stats
+    }
+
+    /// Keys waiting for the tier or being uploaded.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.as_ref().map_or(0, WriteBack::depth)
+    }
+
+    /// The write-behind queue's counters, if there is a queue.
+    pub fn queue_stats(&self) -> Option<&WriteBackStats> {
+        self.queue.as_ref().map(WriteBack::stats)
+    }
+
+    /// Looks `key` up for a request that may only see entries written since
+    /// ring epoch `since`. A hit calls `on_hit` with the value while the
+    /// stripe is locked, so the caller can encode it without a copy; a miss
+    /// with a tier returns the read through it, which also asks
+    /// `previous` (the key's previous owner, right after a ring change) for
+    /// a write it has not made durable yet.
+    pub fn get(
+        self: &Arc<Self>,
+        key: &[u8],
+        since: u64,
+        previous: Option<&str>,
+        on_hit: impl FnOnce(&[u8]),
+    ) -> Lookup {
+        if self
+            .store
+            .get_with(key, self.clock.now(), since, on_hit)
+            .is_some()
+        {
+            return Lookup::Hit;
+        }
+        if self.queue.is_none() {
+            return Lookup::Miss;
+        }
+        Lookup::ReadThrough(Box::pin(self.clone().read_through(
+            key.to_vec(),
+            since,
+            previous.map(str::to_string),
+        )))
+    }
+
+    /// Stores `key` = `value` for `ttl` seconds (`None`: the default TTL),
+    /// as written in ring epoch `epoch`, and queues it for the tier.
+    pub fn put(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<u32>,
+        epoch: u64,
+    ) -> Result<Ack, CacheError> {
+        let ttl = ttl.unwrap_or(self.default_ttl);
+        match self.store.put(key, value, ttl, self.clock.now(), epoch) {
+            PutOutcome::Stored { .. } => {}
+            PutOutcome::TooLarge => {
+                return Err(CacheError::EntryTooLarge {
+                    len: key.len() + value.len(),
+                });
+            }
+        }
+        if self.queue.is_none() {
+            return Ok(Ack::Now);
+        }
+        let obj = Object {
+            value: Bytes::copy_from_slice(value),
+            expires_at: (ttl > 0).then(|| self.clock.unix_secs() + u64::from(ttl)),
+            version: epoch.max(wall_micros()),
+        };
+        self.persist(key, Pending::Put(obj))
+    }
+
+    /// Removes `key` from memory and queues its removal from the tier.
+    /// Returns whether memory held it, and when the removal is acknowledged.
+    pub fn delete(&self, key: &[u8]) -> Result<(bool, Ack), CacheError> {
+        let existed = self.store.delete(key, self.clock.now());
+        if self.queue.is_none() {
+            return Ok((existed, Ack::Now));
+        }
+        let ack = self.persist(key, Pending::Delete(wall_micros()))?;
+        Ok((existed, ack))
+    }
+
+    /// Whether there is a tier behind memory, so a key memory lacks may
+    /// still exist.
+    pub fn persists(&self) -> bool {
+        self.queue.is_some()
+    }
+
+    /// The write of `key` this node accepted and has not yet made durable,
+    /// if any (what a key's new owner asks its previous owner for).
+    pub fn peek(&self, key: &[u8]) -> Option<Pending> {
+        self.queue.as_ref().and_then(|q| q.peek(key))
+    }
+
+    /// Reclaims every expired entry; returns how many.
+    pub fn expire(&self) -> u64 {
+        self.store.expire(self.clock.now())
+    }
+
+    /// Waits until every write queued so far is durable, for at most
+    /// `FLUSH_TIMEOUT_SECONDS`; returns whether it got there.
+    pub async fn flush(&self) -> bool {
+        let Some(q) = &self.queue else {
+            return true;
+        };
+        tokio::time::timeout(self.flush_timeout, q.flush())
+            .await
+            .is_ok()
+    }
+
+    /// Flushes the queue (bounded by `FLUSH_TIMEOUT_SECONDS`: a tier that
+    /// stays down must not keep the process alive) and stops the uploaders.
+    pub async fn close(&self) {
+        let Some(q) = &self.queue else {
+            return;
+        };
+        tracing::info!(depth = q.depth(), "flushing the write-behind queue");
+        let limit = self.flush_timeout;
+        match tokio::time::timeout(limit, q.close()).await {
+            Ok(()) => tracing::info!("write-behind queue flushed"),
+            Err(_) => tracing::error!(
+                unwritten = q.depth(),
+                tier = self.tier.name(),
+                "the tier did not take the queued writes within FLUSH_TIMEOUT_SECONDS={}; exiting without them",
+                limit.as_secs()
+            ),
+        }
+    }
+
+    /// Queues `write`; in sync mode the acknowledgement waits until the
+    /// tier has it. A full queue is an error, never a silent drop.
+    fn persist(&self, key: &[u8], write: Pending) -> Result<Ack, CacheError> {
+        let Some(queue) = &self.queue else {
+            return Ok(Ack::Now);
+        };
+        self.negative.delete(key, self.clock.now());
+        let durable = queue.try_enqueue(key, write).ok_or(CacheError::QueueFull {
+            capacity: self.queue_capacity,
+            tier: self.tier.name(),
+        })?;
+        Ok(match self.write_mode {
+            WriteMode::Async => Ack::Now,
+            WriteMode::Sync => Ack::WhenDurable(durable),
+        })
+    }
+
+    /// Answers a memory miss from the queue of unwritten writes, else from
+    /// the tier (and, right after a ring change, from the key's previous
+    /// owner's unwritten writes, whichever is newer), with one tier read
+    /// however many requests missed the key at once.
+    async fn read_through(
+        self: Arc<Self>,
+        key: Vec<u8>,
+        since: u64,
+        previous: Option<String>,
+    ) -> ReadThrough {
+        if let Some(known) = self.settled(&key, since) {
+            return known;
+        }
+        let (tx, rx) = oneshot::channel();
+        let leader = {
+            let mut reads = self.reads();
+            match reads.get_mut(&key) {
+                Some(waiters) => {
+                    waiters.push(tx);
+                    // Not coalescing: every miss reads the tier itself.
+                    !self.coalesce_misses
+                }
+                None => {
+                    reads.insert(key.clone(), vec![tx]);
+                    true
+                }
+            }
+        };
+        if leader {
+            // A leader that just finished may have filled memory (or the
+            // negative cache) and left between our checks above and our
+            // registering: look again before going to the tier.
+            let result = match self.settled(&key, since) {
+                Some(known) => known,
+                None => self.read_tier(&key, previous.as_deref()).await,
+            };
+            let waiters = self.reads().remove(&key).unwrap_or_default();
+            for w in waiters {
+                let _ = w.send(result.clone());
+            }
+        }
+        rx.await
+            .unwrap_or_else(|_| ReadThrough::Failed("the tier read was abandoned".into()))
+    }
+
+    fn reads(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Waiters>> {
+        self.reads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One read of the tier, beside an ask of the key's previous owner.
+    async fn read_tier(&self, key: &[u8], previous: Option<&str>) -> ReadThrough {
+        let now = self.clock.unix_secs();
+        self.stats.tier_reads.fetch_add(1, Ordering::Relaxed);
+        let tier_read = self.tier.get(key, now);
+        let (stored, dirty) = match previous {
+            None => (tier_read.await, None),
+            Some(prev) => {
+                self.stats.handoff_peeks.fetch_add(1, Ordering::Relaxed);
+                let (stored, peeked) = tokio::join!(tier_read, self.peers.peek(prev, key));
+                let dirty = peeked.unwrap_or_else(|e| {
+                    self.stats.handoff_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(previous = %prev, error = %e, "could not ask a key's previous owner");
+                    None
+                });
+                (stored, dirty)
+            }
+        };
+        self.resolve(key, now, stored, dirty)
+    }
+
+    /// What the node already knows about `key` without the tier: a value in
+    /// memory (written since it gained the key), a write still queued, or a
+    /// miss remembered since it gained the key.
+    fn settled(&self, key: &[u8], since: u64) -> Option<ReadThrough> {
+        let mut value = None;
+        self.store.peek_with(key, self.clock.now(), since, |v| {
+            value = Some(Bytes::copy_from_slice(v));
+        });
+        if let Some(v) = value {
+            return Some(ReadThrough::Found(v));
+        }
+        match self.peek(key) {
+            Some(Pending::Put(obj)) => return Some(ReadThrough::Found(obj.value)),
+            Some(Pending::Delete(_)) => return Some(ReadThrough::Missing),
+            None => {}
+        }
+        self.negative
+            .get_with(key, self.clock.now(), since, |_| ())
+            .map(|()| ReadThrough::Missing)
+    }
+
+    /// The outcome of a read-through from what the tier holds and what the
+    /// key's previous owner had not yet written (the newer version wins; a
+    /// previous owner's write that wins is taken over, so it is not lost if
+    /// that node dies before uploading it). Fills memory or the negative
+    /// cache.
+    fn resolve(
+        &self,
+        key: &[u8],
+        now: u64,
+        stored: Result<ReadOutcome, TierError>,
+        dirty: Option<Pending>,
+    ) -> ReadThrough {
+        let stored_version = match &stored {
+            Ok(ReadOutcome::Found(obj)) => obj.version,
+            _ => 0,
+        };
+        let dirty_version = match &dirty {
+            Some(Pending::Put(obj)) => obj.version,
+            Some(Pending::Delete(v)) => *v,
+            None => 0,
+        };
+        let stored = match dirty {
+            Some(write) if dirty_version > stored_version || stored.is_err() => {
+                self.stats.handoff_adopted.fetch_add(1, Ordering::Relaxed);
+                if let Some(q) = &self.queue {
+                    // If the queue is full the previous owner still has it.
+                    let _ = q.try_enqueue(key, write.clone());
+                }
+                match write {
+                    Pending::Put(obj) if !obj.is_expired(now) => Ok(ReadOutcome::Found(obj)),
+                    _ => Ok(ReadOutcome::Absent),
+                }
+            }
+            _ => stored,
+        };
+        match stored {
+            Ok(ReadOutcome::Found(obj)) => {
+                let ttl = obj.expires_at.map_or(0, |t| {
+                    t.saturating_sub(now).clamp(1, u64::from(u32::MAX)) as u32
+                });
+                // Fresh from the durable copy: tag it with the current time,
+                // so no ownership epoch counts it as stale.
+                self.store
+                    .put(key, &obj.value, ttl, self.clock.now(), wall_micros());
+                ReadThrough::Found(obj.value)
+            }
+            Ok(ReadOutcome::Absent | ReadOutcome::Expired) => {
+                self.negative
+                    .put(key, b"", NEGATIVE_TTL_SECS, self.clock.now(), wall_micros());
+                ReadThrough::Missing
+            }
+            Err(e) => {
+                self.stats.tier_read_errors.fetch_add(1, Ordering::Relaxed);
+                ReadThrough::Failed(e.to_string())
+            }
+        }
+    }
+}

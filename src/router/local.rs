@@ -1,0 +1,80 @@
+//! What the router answers itself: ping, members and membership changes
+//! (join, leave, heartbeat), and refusals of node-only operations.
+
+use bytes::Bytes;
+use milena_protocol::{Body, Op, Response, Status, encode_response};
+use std::sync::atomic::Ordering;
+
+use super::Router;
+use crate::error::WireError;
+use crate::net;
+
+/// Operations the router answers itself.
+pub fn answer(router: &Router, id: u64, op: &Op<'_>) -> Bytes {
+    let mut out = Vec::new();
+    let result = match *op {
+        Op::Ping => {
+            respond(id, Body::Empty, &mut out);
+            Ok(())
+        }
+        Op::Members => {
+            members_response(router, id, &mut out);
+            Ok(())
+        }
+        Op::Join { address } => valid_address(address).map(|()| {
+            router.members.join(address);
+            members_response(router, id, &mut out)
+        }),
+        Op::Heartbeat { address } => valid_address(address).map(|()| {
+            router.members.heartbeat(address);
+            members_response(router, id, &mut out)
+        }),
+        Op::Leave { address } => match router.members.leave(address) {
+            Ok(_) => {
+                respond(id, Body::Empty, &mut out);
+                Ok(())
+            }
+            Err(e) => Err(WireError::NotMember(e.to_string())),
+        },
+        Op::Hello { .. } => Err(WireError::DuplicateHello),
+        Op::RoutedGet { .. } => Err(WireError::NodeOnly("routed get")),
+        Op::RoutedPut { .. } => Err(WireError::NodeOnly("routed put")),
+        Op::Peek { .. } => Err(WireError::NodeOnly("peek")),
+        Op::HandoffGet { .. } => Err(WireError::NodeOnly("handoff get")),
+        // Handled by the caller; never answered here.
+        Op::Get { .. } | Op::Put { .. } | Op::Delete { .. } | Op::Stats => Err(
+            WireError::Undecodable("operation answered in the wrong place".into()),
+        ),
+    };
+    if let Err(e) = result {
+        router.stats.errors.fetch_add(1, Ordering::Relaxed);
+        e.respond(id, &mut out);
+    }
+    Bytes::from(out).slice(4..)
+}
+
+pub fn respond(id: u64, body: Body<'_>, out: &mut Vec<u8>) {
+    encode_response(
+        &Response {
+            id,
+            status: Status::Ok,
+            body,
+        },
+        out,
+    );
+}
+
+fn members_response(router: &Router, id: u64, out: &mut Vec<u8>) {
+    let view = router.members.view();
+    let body = Body::Members {
+        epoch: view.epoch,
+        addresses: view.ring.addresses().collect(),
+    };
+    respond(id, body, out);
+}
+
+fn valid_address(address: &str) -> Result<(), WireError> {
+    net::parse_url(address)
+        .map(|_| ())
+        .map_err(WireError::BadAddress)
+}

@@ -1,0 +1,76 @@
+//! A client connection's writer: answers as they come, in whatever order
+//! nodes give them, gathered into as few writes as possible.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::request::Answer;
+use crate::tls::Stream;
+
+/// How long a connection may take to receive its last answers once
+/// shutdown has begun.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// Answers gathered into one write at most.
+const BATCH_BYTES: usize = 256 * 1024;
+/// A buffer that grew past this for a large answer is given back, so an
+/// idle connection does not pin it.
+const BUF_KEEP: usize = 1024 * 1024;
+
+/// Writes answers as they come, gathering whatever is queued into one write.
+pub async fn write_loop(
+    mut wr: WriteHalf<Stream>,
+    mut rx: mpsc::UnboundedReceiver<Answer>,
+    shutdown: CancellationToken,
+) {
+    // Grows with the first answers; an idle connection holds almost nothing.
+    let mut buf: Vec<u8> = Vec::new();
+    // Slots of the answers in `buf`, freed once they are written.
+    let mut slots: Vec<OwnedSemaphorePermit> = Vec::new();
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_GRACE).await;
+    };
+    tokio::pin!(grace);
+    loop {
+        let first = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            _ = &mut grace => break,
+        };
+        take(&mut buf, &mut slots, first);
+        while buf.len() < BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(m) => take(&mut buf, &mut slots, m),
+                Err(_) => break,
+            }
+        }
+        let write = tokio::select! {
+            r = wr.write_all(&buf) => r,
+            _ = &mut grace => break,
+        };
+        if write.is_err() {
+            break;
+        }
+        slots.clear();
+        buf.clear();
+        if buf.capacity() > BUF_KEEP {
+            buf = Vec::new();
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+fn take(buf: &mut Vec<u8>, slots: &mut Vec<OwnedSemaphorePermit>, (body, slot): Answer) {
+    push_framed(buf, &body);
+    slots.extend(slot);
+}
+
+fn push_framed(buf: &mut Vec<u8>, body: &[u8]) {
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(body);
+}
