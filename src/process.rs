@@ -14,7 +14,11 @@ use crate::config::one_line_error;
 /// the level and format `log` picks, runs `serve` on a multi-threaded runtime,
 /// and exits 0, or 1 after logging the error. `log` picks the level and the
 /// format from the configuration.
-pub fn run_server<C, F, Fut, E>(name: &str, log: fn(&C) -> (&str, &str), serve: F) -> ExitCode
+pub fn run_server<C, F, Fut, E>(
+    name: &str,
+    log: fn(&C) -> (&str, crate::config::LogFormat),
+    serve: F,
+) -> ExitCode
 where
     C: Parser,
     F: FnOnce(C) -> Fut,
@@ -47,7 +51,7 @@ where
     match runtime.block_on(serve(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("error: {e:#}");
+            tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
     }

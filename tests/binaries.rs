@@ -110,11 +110,13 @@ async fn cli_reports_an_unreachable_server() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let out = cli(&format!("http://127.0.0.1:{port}"), &["get", "k"], None).await;
+    let addr = format!("http://127.0.0.1:{port}");
+    let out = cli(&addr, &["get", "k"], None).await;
     assert_ne!(out.code, 0);
     assert!(
-        out.stderr.starts_with("error: connection error"),
-        "{}",
+        out.stderr
+            .starts_with(&format!("error: cannot reach {addr} (connection error")),
+        "the error names the address it tried: {}",
         out.stderr
     );
 
@@ -417,6 +419,7 @@ async fn the_local_cluster_survives_killing_a_node() {
         .spawn()
         .expect("spawn local-cluster.sh");
     let mut out = BufReader::new(script.stdout.take().expect("stdout")).lines();
+    let mut banner = String::new();
     loop {
         let line = out
             .next_line()
@@ -426,6 +429,23 @@ async fn the_local_cluster_survives_killing_a_node() {
         if line.starts_with("Milena is running") {
             break;
         }
+    }
+    // The rest of the banner: the commands it prints use the real port.
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(std::time::Duration::from_millis(200), out.next_line()).await
+    {
+        banner.push_str(&line);
+        banner.push('\n');
+    }
+    assert!(
+        banner.contains(&format!("--addr http://localhost:{base} members"))
+            || (base == 50050 && banner.contains("localhost:50050")),
+        "{banner}"
+    );
+    // Nodes start once the router listens: a healthy start logs no failure.
+    for i in 1..=3 {
+        let log = std::fs::read_to_string(logs.join(format!("node{i}.log"))).expect("node log");
+        assert!(!log.contains("Failed to join router"), "node{i}: {log}");
     }
     let router = format!("http://127.0.0.1:{base}");
     let c = Client::connect(&router).await.expect("connect");

@@ -47,7 +47,7 @@ async fn the_operations_guide_commands_work_as_written() {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).expect("work dir");
     let mut script = String::from(
-        "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true' EXIT\nrm -rf /tmp/milena-data\n",
+        "set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null || true; rm -rf /tmp/milena-data' EXIT\nrm -rf /tmp/milena-data\n",
     );
     for (i, b) in blocks.iter().enumerate() {
         script.push_str(&format!("echo '--- block {}'\n", i + 1));

@@ -115,7 +115,17 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
         tls,
         ..Default::default()
     };
-    let client = Client::connect_with(&cli.addr, opts).await?;
+    let client = match Client::connect_with(&cli.addr, opts).await {
+        Ok(c) => c,
+        Err(e) => {
+            // Say where: a wrong port or a forgotten MILENA_ADDR is the usual cause.
+            eprintln!(
+                "error: cannot reach {} ({e}); set --addr or MILENA_ADDR",
+                cli.addr
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let mut stdout = std::io::stdout().lock();
     match cli.cmd {
         Cmd::Get { key } => match client.get(key.as_bytes()).await? {
