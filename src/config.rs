@@ -151,6 +151,10 @@ pub struct NodeConfig {
     #[arg(long, env = "HELLO_TIMEOUT_SECONDS", default_value_t = defaults::HELLO_TIMEOUT_SECONDS, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub hello_timeout_seconds: u64,
 
+    /// Requests one connection may have waiting on the tier (misses, sync puts) before the node stops reading from it.
+    #[arg(long, env = "MAX_INFLIGHT_PER_CONNECTION", default_value_t = defaults::MAX_INFLIGHT_PER_CONNECTION, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_inflight_per_connection: u64,
+
     /// Shared secret presented to routers when joining, leaving and heartbeating.
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true, value_parser = parse_secret)]
     pub cluster_token: Option<crate::error::Secret>,

@@ -122,6 +122,9 @@ async fn a_graceful_stop_flushes_async_writes() {
 struct Counting {
     dir: DirTier,
     reads: AtomicU32,
+    /// Reads under way now, and the most at once.
+    active: AtomicU32,
+    max_active: AtomicU32,
     gate: tokio::sync::Semaphore,
 }
 
@@ -131,6 +134,8 @@ impl Counting {
         Arc::new(Counting {
             dir: DirTier::open(dir).await.expect("dir"),
             reads: AtomicU32::new(0),
+            active: AtomicU32::new(0),
+            max_active: AtomicU32::new(0),
             gate: tokio::sync::Semaphore::new(open),
         })
     }
@@ -143,12 +148,15 @@ impl Tier for Counting {
     }
     async fn get(&self, key: &[u8], now: u64) -> Result<ReadOutcome, TierError> {
         self.reads.fetch_add(1, Ordering::Relaxed);
-        let _pass = self
-            .gate
-            .acquire()
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        self.dir.get(key, now).await
+        let now_active = self.active.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max_active.fetch_max(now_active, Ordering::Relaxed);
+        let pass = self.gate.acquire().await;
+        let result = match pass {
+            Ok(_pass) => self.dir.get(key, now).await,
+            Err(e) => Err(std::io::Error::other(e.to_string()).into()),
+        };
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        result
     }
     async fn put(&self, key: &[u8], obj: &Object) -> Result<WriteOutcome, TierError> {
         self.dir.put(key, obj).await
@@ -341,5 +349,102 @@ async fn one_request_counts_one_miss() {
     let text = n.node.scrape();
     assert!(text.contains("milena_cache_misses_total 3"), "{text}");
     n.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A client pipelining misses of distinct keys against a slow tier holds
+/// at most MAX_INFLIGHT_PER_CONNECTION of them in the node at once: the
+/// node stops reading that connection, and everyone else is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_holds_at_most_its_inflight_cap_of_tier_waits() {
+    let dir = data_dir("inflight");
+    let tier = Counting::new(&dir, 0).await; // every read waits
+    let settings = NodeSettings {
+        max_inflight: 8,
+        ..small_settings()
+    };
+    let n = start_node_with(Node::with_tier(settings, Clock::new(), tier.clone())).await;
+    let c = Client::connect(&n.url()).await.expect("connect");
+    let gets: Vec<_> = (0..100)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move { c.get(format!("cold-{i}").as_bytes()).await })
+        })
+        .collect();
+    // Until the cap is reached (bounded: the node reads what was sent).
+    for _ in 0..1000 {
+        if tier.reads.load(Ordering::Relaxed) >= 8 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let other = Client::connect(&n.url()).await.expect("another client");
+    other.ping().await.expect("others are served meanwhile");
+    tier.gate.add_permits(1000);
+    for g in gets {
+        assert_eq!(g.await.expect("task").expect("get"), None);
+    }
+    assert_eq!(
+        tier.max_active.load(Ordering::Relaxed),
+        8,
+        "tier reads at once from one connection"
+    );
+    n.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A delete says whether the key existed, on a node with a tier too: from
+/// memory or the queue when they know, else from the tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_says_whether_the_key_existed() {
+    let dir = data_dir("delete-truth");
+    let seed = DirTier::open(&dir).await.expect("dir");
+    let obj = Object {
+        value: bytes::Bytes::from_static(b"cold"),
+        expires_at: None,
+        version: 1,
+    };
+    seed.put(b"only-in-tier", &obj).await.expect("seed");
+    for mode in [WriteMode::Async, WriteMode::Sync] {
+        let settings = NodeSettings {
+            write_mode: mode,
+            ..small_settings()
+        };
+        let n = start_node_with(Node::with_tier(
+            settings,
+            Clock::new(),
+            Arc::new(DirTier::open(&dir).await.expect("dir")),
+        ))
+        .await;
+        let c = Client::connect(&n.url()).await.expect("connect");
+        let never = format!("never-{mode:?}");
+        assert!(
+            !c.delete(never.as_bytes()).await.expect("del"),
+            "{mode:?}: never written"
+        );
+        let hot = format!("hot-{mode:?}");
+        c.put(hot.as_bytes(), b"v", None).await.expect("put");
+        assert!(
+            c.delete(hot.as_bytes()).await.expect("del"),
+            "{mode:?}: in memory"
+        );
+        assert!(
+            !c.delete(hot.as_bytes()).await.expect("del"),
+            "{mode:?}: already deleted"
+        );
+        if mode == WriteMode::Async {
+            assert!(
+                c.delete(b"only-in-tier").await.expect("del"),
+                "in the tier only"
+            );
+            n.node.cache.flush().await;
+        }
+        assert!(
+            !c.delete(b"only-in-tier").await.expect("del"),
+            "{mode:?}: gone from the tier"
+        );
+        assert_eq!(c.get(b"only-in-tier").await.expect("get"), None);
+        n.stop().await;
+    }
     let _ = std::fs::remove_dir_all(dir);
 }

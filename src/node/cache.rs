@@ -88,6 +88,32 @@ pub enum CacheError {
     },
 }
 
+/// What a delete did, or what it waits for.
+pub enum Removal {
+    /// Known now: whether the key existed, and when the removal is
+    /// acknowledged.
+    Done(bool, Ack),
+    /// Neither memory nor the queue knew the key: the tier is read first
+    /// (nothing is queued until then, so a failed read applied nothing).
+    ReadFirst(DeleteFuture),
+}
+
+/// A delete reading the tier first: whether the key existed, and when the
+/// removal is acknowledged.
+pub type DeleteFuture =
+    Pin<Box<dyn Future<Output = Result<(bool, Ack), DeleteError>> + Send + 'static>>;
+
+/// Why a delete that read the tier first failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    /// The tier could not be read: nothing was applied.
+    #[error("the tier could not be read: {0}")]
+    TierRead(String),
+    /// The queue was full by then.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
 /// Counters of the read-through and handoff paths.
 #[derive(Debug, Default)]
 pub struct CacheStats {
@@ -289,15 +315,44 @@ impl Cache {
         self.persist(key, Pending::Put(obj))
     }
 
-    /// Removes `key` from memory and queues its removal from the tier.
-    /// Returns whether memory held it, and when the removal is acknowledged.
-    pub fn delete(&self, key: &[u8]) -> Result<(bool, Ack), CacheError> {
-        let existed = self.store.delete(key, self.clock.now());
+    /// Removes `key` from memory and queues its removal from the tier
+    /// (a tombstone, so an older write still on its way cannot bring it
+    /// back). Says whether the key existed: from memory or the queue when
+    /// they know, else from the tier, read first.
+    pub fn delete(self: &Arc<Self>, key: &[u8]) -> Result<Removal, CacheError> {
+        let now = self.clock.now();
+        let in_memory = self.store.delete(key, now);
         if self.queue.is_none() {
-            return Ok((existed, Ack::Now));
+            return Ok(Removal::Done(in_memory, Ack::Now));
         }
-        let ack = self.persist(key, Pending::Delete(wall_micros()))?;
-        Ok((existed, ack))
+        let version = wall_micros();
+        let known = match self.peek(key) {
+            _ if in_memory => Some(true),
+            Some(Pending::Put(_)) => Some(true),
+            Some(Pending::Delete(_)) => Some(false),
+            None => self.negative.peek_with(key, now, 0, |_| false),
+        };
+        if let Some(existed) = known {
+            let ack = self.persist(key, Pending::Delete(version))?;
+            return Ok(Removal::Done(existed, ack));
+        }
+        let cache = self.clone();
+        let key = key.to_vec();
+        Ok(Removal::ReadFirst(Box::pin(async move {
+            cache.stats.tier_reads.fetch_add(1, Ordering::Relaxed);
+            let existed = match cache.tier.get(&key, cache.clock.unix_secs()).await {
+                Ok(ReadOutcome::Found(_)) => true,
+                Ok(ReadOutcome::Absent | ReadOutcome::Expired) => false,
+                Err(e) => {
+                    cache.stats.tier_read_errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(DeleteError::TierRead(e.to_string()));
+                }
+            };
+            // Queued now, but with the version of the request's arrival:
+            // a put of the key that arrived meanwhile is newer and wins.
+            let ack = cache.persist(&key, Pending::Delete(version))?;
+            Ok((existed, ack))
+        })))
     }
 
     /// Whether there is a tier behind memory, so a key memory lacks may

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use milena_protocol::{Body, Op, Response, Status, encode_response};
 
-use super::cache::{Ack, CacheError, Lookup, ReadThrough};
+use super::cache::{Ack, CacheError, Lookup, ReadThrough, Removal};
 use super::tier::writeback::Pending;
 use super::{Node, Tally};
 use crate::error::WireError;
@@ -204,36 +204,49 @@ fn put(
     Ok(acknowledge(id, ack, Status::Ok))
 }
 
-fn delete(node: &Node, id: u64, key: &[u8]) -> Result<Answer, WireError> {
+fn delete(node: &Arc<Node>, id: u64, key: &[u8]) -> Result<Answer, WireError> {
     check_key(node, key)?;
-    let (existed, ack) = node.cache.delete(key)?;
-    // With a tier, the key may live there even when memory lacks it.
-    let status = if existed || node.cache.persists() {
-        Status::Ok
-    } else {
-        Status::NotFound
-    };
-    Ok(acknowledge(id, ack, status))
+    let existed = |e: bool| if e { Status::Ok } else { Status::NotFound };
+    match node.cache.delete(key)? {
+        Removal::Done(e, ack) => Ok(acknowledge(id, ack, existed(e))),
+        Removal::ReadFirst(read) => Ok(Answer::Later(Box::pin(async move {
+            match read.await {
+                Ok((e, ack)) => settle(id, ack, existed(e)).await,
+                Err(e) => {
+                    let mut out = Vec::new();
+                    WireError::Unavailable(e.to_string()).respond(id, &mut out);
+                    out
+                }
+            }
+        }))),
+    }
 }
 
 /// Answers a write with `status` now, or once it is durable.
 fn acknowledge(id: u64, ack: Ack, status: Status) -> Answer {
+    match ack {
+        Ack::Now => Answer::Status(status),
+        later => Answer::Later(Box::pin(settle(id, later, status))),
+    }
+}
+
+/// The answer to a write once its acknowledgement is due.
+async fn settle(id: u64, ack: Ack, status: Status) -> Vec<u8> {
+    let mut out = Vec::new();
     let durable = match ack {
-        Ack::Now => return Answer::Status(status),
+        Ack::Now => {
+            respond(id, status, Body::Empty, &mut out);
+            return out;
+        }
         Ack::WhenDurable(durable) => durable,
     };
-    Answer::Later(Box::pin(async move {
-        let mut out = Vec::new();
-        match durable.await {
-            Ok(Ok(())) => respond(id, status, Body::Empty, &mut out),
-            // In memory, maybe served, but not durable: the client cannot
-            // tell whether the write "happened", so it must not assume either.
-            Ok(Err(refused)) => WireError::Indeterminate(refused.to_string()).respond(id, &mut out),
-            Err(_) => {
-                WireError::Indeterminate("the node stopped before the write was durable".into())
-                    .respond(id, &mut out)
-            }
-        }
-        out
-    }))
+    match durable.await {
+        Ok(Ok(())) => respond(id, status, Body::Empty, &mut out),
+        // In memory, maybe served, but not durable: the client cannot
+        // tell whether the write "happened", so it must not assume either.
+        Ok(Err(refused)) => WireError::Indeterminate(refused.to_string()).respond(id, &mut out),
+        Err(_) => WireError::Indeterminate("the node stopped before the write was durable".into())
+            .respond(id, &mut out),
+    }
+    out
 }

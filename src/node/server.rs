@@ -95,14 +95,22 @@ async fn serve_connection(
     let hello_deadline = tokio::time::sleep(hello_timeout);
     tokio::pin!(hello_deadline);
 
-    // Set when a batch stopped early to flush a large answer: frames may
-    // still wait in `rbuf`, so process them before reading again.
+    // Set when a batch stopped early (to flush a large answer, or at the
+    // in-flight cap): frames may still wait in `rbuf`, so process them
+    // before reading again.
     let mut backlog = false;
+    // Answers being prepared by the tier for this connection. At
+    // `MAX_INFLIGHT_PER_CONNECTION` the connection stops reading (and
+    // decoding) until some arrive, so a client pipelining misses against a
+    // slow tier holds a bounded number of tasks, not one per frame sent.
+    let max_inflight = node.settings.max_inflight;
+    let mut inflight = 0usize;
     loop {
         if backlog && shutdown.is_cancelled() {
             break;
         }
-        let n = if backlog {
+        let room = inflight < max_inflight;
+        let n = if backlog && room {
             1
         } else {
             tokio::select! {
@@ -118,14 +126,16 @@ async fn serve_connection(
             late = late_rx.recv() => {
                 // The channel stays open while `late_tx` lives (this loop).
                 if let Some(mut answers) = late {
+                    inflight = inflight.saturating_sub(1);
                     while let Ok(more) = late_rx.try_recv() {
+                        inflight = inflight.saturating_sub(1);
                         answers.extend_from_slice(&more);
                     }
                     write_batch(&mut stream, &answers, shutdown).await?;
                 }
                 continue;
             }
-            r = stream.read_buf(&mut rbuf) => r?,
+            r = stream.read_buf(&mut rbuf), if room && !backlog => r?,
             }
         };
         backlog = false;
@@ -144,7 +154,7 @@ async fn serve_connection(
         loop {
             // Bound the answer buffer: a batch of small gets for large
             // values would otherwise grow it to gigabytes before one write.
-            if wbuf.len() >= WBUF_FLUSH {
+            if wbuf.len() >= WBUF_FLUSH || inflight >= max_inflight {
                 backlog = true;
                 break;
             }
@@ -153,6 +163,7 @@ async fn serve_connection(
                     let later;
                     (flow, later) = handle_frame(node, &frame, &mut greeted, &mut wbuf, &mut tally);
                     if let Some(work) = later {
+                        inflight += 1;
                         let tx = late_tx.clone();
                         tokio::spawn(async move {
                             let _ = tx.send(work.await);

@@ -24,6 +24,9 @@ pub struct NodeSettings {
     /// How long a new connection may take to send its hello (and finish
     /// its TLS handshake).
     pub hello_timeout: Duration,
+    /// Requests one connection may have waiting on the tier
+    /// (`MAX_INFLIGHT_PER_CONNECTION`).
+    pub max_inflight: usize,
     /// TLS for the listener and for connections to routers.
     pub tls: Option<crate::tls::Tls>,
     /// When puts are acknowledged (`WRITE_MODE`).
@@ -63,6 +66,7 @@ impl Default for NodeSettings {
             max_value: defaults::MAX_VALUE_SIZE as usize,
             max_connections: defaults::MAX_CONNECTIONS as usize,
             hello_timeout: Duration::from_secs(defaults::HELLO_TIMEOUT_SECONDS),
+            max_inflight: defaults::MAX_INFLIGHT_PER_CONNECTION as usize,
             tls: None,
             write_mode: WriteMode::default(),
             queue_capacity: defaults::QUEUE_CAPACITY as usize,
@@ -89,6 +93,7 @@ impl From<&NodeConfig> for NodeSettings {
             max_value: c.max_value_size as usize,
             max_connections: c.max_connections as usize,
             hello_timeout: Duration::from_secs(c.hello_timeout_seconds),
+            max_inflight: c.max_inflight_per_connection as usize,
             tls: None,
             write_mode: c.write_mode,
             queue_capacity: c.queue_capacity as usize,

@@ -33,6 +33,17 @@ pub enum Pending {
     Delete(u64),
 }
 
+impl Pending {
+    /// The write's version: a newer one replaces an older one, never the
+    /// other way round.
+    pub fn version(&self) -> u64 {
+        match self {
+            Pending::Put(obj) => obj.version,
+            Pending::Delete(v) => *v,
+        }
+    }
+}
+
 /// First retry delay after a tier error; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// Longest wait between retries of one upload.
@@ -249,7 +260,12 @@ impl WriteBack {
         {
             let mut s = lock(&self.inner.state);
             if let Some((p, waiters)) = s.pending.get_mut(key) {
-                *p = write;
+                // The newer write wins, whichever arrived last: a delete
+                // that had to read the tier first, or a previous owner's
+                // write taken over, may come in after a newer one.
+                if write.version() >= p.version() {
+                    *p = write;
+                }
                 waiters.push(tx);
                 self.inner.stats.coalesced.fetch_add(1, Ordering::Relaxed);
             } else if s.pending.len() + s.inflight.len() < self.inner.capacity {
