@@ -13,6 +13,8 @@ use std::path::PathBuf;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 
+include!("support/s3_atomic.rs");
+
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
@@ -30,10 +32,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let access = arg(&args, "--access-key").unwrap_or_else(|| "milena".into());
     let secret = arg(&args, "--secret-key").unwrap_or_else(|| "milena-secret".into());
     std::fs::create_dir_all(root.join(&bucket))?;
-    let mut b = s3s::service::S3ServiceBuilder::new(
+    // Conditional writes decided atomically, as S3 does (s3s-fs alone
+    // checks and writes in two steps).
+    let mut b = s3s::service::S3ServiceBuilder::new(Serialized::new(
         s3s_fs::FileSystem::new(&root)
             .map_err(|e| format!("cannot serve {}: {e:?}", root.display()))?,
-    );
+    ));
     b.set_auth(s3s::auth::SimpleAuth::from_single(access, secret));
     let service = b.build();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;

@@ -40,10 +40,7 @@ impl S3Server {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join(BUCKET)).expect("bucket dir");
         let fs = s3s_fs::FileSystem::new(&root).expect("s3s-fs");
-        let fs = Serialized {
-            fs,
-            writes: tokio::sync::RwLock::new(()),
-        };
+        let fs = Serialized::new(fs);
         let mut b = s3s::service::S3ServiceBuilder::new(fs);
         b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = b.build();
@@ -146,67 +143,7 @@ impl Drop for S3Server {
     }
 }
 
-/// `s3s-fs` with its writes one at a time, and no read during a write. It
-/// checks `If-Match` and `If-None-Match` and then writes, as two steps (two
-/// conditional writes of one object can both pass the check), and keeps an
-/// object's body and metadata in two files (a read during a write can see
-/// the new ETag with the old metadata). AWS S3 and MinIO decide and write
-/// atomically and never show a torn object; the lock gives the tests that.
-struct Serialized {
-    fs: s3s_fs::FileSystem,
-    writes: tokio::sync::RwLock<()>,
-}
-
-#[async_trait::async_trait]
-impl s3s::S3 for Serialized {
-    async fn head_bucket(
-        &self,
-        req: s3s::S3Request<s3s::dto::HeadBucketInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadBucketOutput>> {
-        let _reading = self.writes.read().await;
-        self.fs.head_bucket(req).await
-    }
-
-    async fn head_object(
-        &self,
-        req: s3s::S3Request<s3s::dto::HeadObjectInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadObjectOutput>> {
-        let _reading = self.writes.read().await;
-        self.fs.head_object(req).await
-    }
-
-    async fn get_object(
-        &self,
-        req: s3s::S3Request<s3s::dto::GetObjectInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetObjectOutput>> {
-        let _reading = self.writes.read().await;
-        self.fs.get_object(req).await
-    }
-
-    async fn put_object(
-        &self,
-        req: s3s::S3Request<s3s::dto::PutObjectInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
-        let _one = self.writes.write().await;
-        self.fs.put_object(req).await
-    }
-
-    async fn delete_object(
-        &self,
-        req: s3s::S3Request<s3s::dto::DeleteObjectInput>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectOutput>> {
-        let _one = self.writes.write().await;
-        self.fs.delete_object(req).await
-    }
-
-    async fn list_objects_v2(
-        &self,
-        req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
-    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
-        let _reading = self.writes.read().await;
-        self.fs.list_objects_v2(req).await
-    }
-}
+include!("../../examples/support/s3_atomic.rs");
 
 /// A TCP proxy that can refuse service (S3 "down": live connections cut,
 /// new ones closed at once) or add latency to every chunk it forwards.
