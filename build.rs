@@ -4,6 +4,9 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=protocol/milena.proto");
     let fds = protox::compile(["milena.proto"], ["protocol"])?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // Our codec: prost's, with undecodable requests as INVALID_ARGUMENT.
+    tonic_prost_build::configure()
+        .codec_path("crate::grpc::Codec")
+        .compile_fds(fds)?;
     Ok(())
 }

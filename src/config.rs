@@ -42,6 +42,13 @@ pub mod defaults {
     pub const HANDOFF_WINDOW_SECONDS: u64 = 60;
     /// `NODE_TIMEOUT_MS`.
     pub const NODE_TIMEOUT_MS: u64 = 5000;
+    /// `MAX_BUFFERED_BYTES`: what all connections together may hold of
+    /// requests still arriving (256 MiB: sixteen of the largest puts).
+    pub const MAX_BUFFERED_BYTES: u64 = 256 * 1024 * 1024;
+    /// `FRAME_TIMEOUT_SECONDS`: how long a request that has started to
+    /// arrive may take to finish (a 16 MiB put over a 10 Mbit/s link takes
+    /// 13 s).
+    pub const FRAME_TIMEOUT_SECONDS: u64 = 30;
     /// Room in a frame beside the largest key and value, for the message
     /// envelope (ids, epochs, a previous owner's address).
     pub const FRAME_ENVELOPE: u64 = 1024;
@@ -61,15 +68,7 @@ pub enum WriteMode {
     Sync,
 }
 
-/// How log lines are written (`LOG_FORMAT`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use crate::logging::LogFormat;
 
 /// `milena-cache` settings.
 #[derive(Parser, Debug, Clone)]
@@ -151,6 +150,14 @@ pub struct NodeConfig {
     #[arg(long, env = "HELLO_TIMEOUT_SECONDS", default_value_t = defaults::HELLO_TIMEOUT_SECONDS, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub hello_timeout_seconds: u64,
 
+    /// Bytes all connections together may hold of requests still arriving (large frames, gRPC bodies); beyond it, reads wait. Accepts 256MiB, 1GiB.
+    #[arg(long, env = "MAX_BUFFERED_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
+    pub max_buffered_bytes: u64,
+
+    /// Seconds a request that has started to arrive may take to finish before the connection is closed.
+    #[arg(long, env = "FRAME_TIMEOUT_SECONDS", default_value_t = defaults::FRAME_TIMEOUT_SECONDS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub frame_timeout_seconds: u64,
+
     /// Requests one connection may have waiting on the tier (misses, sync puts) before the node stops reading from it.
     #[arg(long, env = "MAX_INFLIGHT_PER_CONNECTION", default_value_t = defaults::MAX_INFLIGHT_PER_CONNECTION, value_parser = clap::value_parser!(u64).range(1..=65536))]
     pub max_inflight_per_connection: u64,
@@ -231,6 +238,14 @@ pub struct RouterConfig {
     /// Seconds a new connection has to send its hello.
     #[arg(long, env = "HELLO_TIMEOUT_SECONDS", default_value_t = defaults::HELLO_TIMEOUT_SECONDS, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub hello_timeout_seconds: u64,
+
+    /// Bytes all connections together may hold of requests still arriving (large frames, gRPC bodies); beyond it, reads wait. Accepts 256MiB, 1GiB.
+    #[arg(long, env = "MAX_BUFFERED_BYTES", default_value = "256MiB", value_parser = parse_bytes)]
+    pub max_buffered_bytes: u64,
+
+    /// Seconds a request that has started to arrive may take to finish before the connection is closed.
+    #[arg(long, env = "FRAME_TIMEOUT_SECONDS", default_value_t = defaults::FRAME_TIMEOUT_SECONDS, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub frame_timeout_seconds: u64,
 
     /// Seconds after a ring change during which a key's new owner asks its previous owner for writes not yet in S3 (0 = never ask).
     #[arg(long, env = "HANDOFF_WINDOW_SECONDS", default_value_t = defaults::HANDOFF_WINDOW_SECONDS, value_parser = clap::value_parser!(u64).range(0..=86400))]
@@ -384,6 +399,7 @@ mod tests {
     #[test]
     fn the_value_size_default_is_the_library_default() {
         assert_eq!(parse_bytes("16MiB"), Ok(defaults::MAX_VALUE_SIZE));
+        assert_eq!(parse_bytes("256MiB"), Ok(defaults::MAX_BUFFERED_BYTES));
     }
 
     #[test]

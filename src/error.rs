@@ -49,6 +49,11 @@ pub enum WireError {
     /// A second hello on the same connection.
     #[error("hello already received on this connection")]
     DuplicateHello,
+    /// A request started to arrive and did not finish in time.
+    #[error(
+        "a request started more than {0} seconds ago and has not finished arriving (FRAME_TIMEOUT_SECONDS)"
+    )]
+    FrameTimeout(u64),
     /// No hello arrived in time.
     #[error("no hello within {0} seconds")]
     HelloTimeout(u64),
@@ -72,6 +77,13 @@ pub enum WireError {
     /// client must not assume either way.
     #[error("may or may not have been applied: {0}")]
     Indeterminate(String),
+    /// Membership changes arrive faster than the router admits them.
+    #[error("rate limited: more than {0} membership changes per second; try again shortly")]
+    MembershipRateLimited(u32),
+    /// A join named something that is not a reachable cache node claiming
+    /// that address.
+    #[error("cannot join: {0}")]
+    NotANode(String),
     /// A leave that names no member.
     #[error("{0}")]
     NotMember(String),
@@ -96,7 +108,7 @@ impl WireError {
             | WireError::FrameTooLarge(_) => Status::TooLarge,
             WireError::TooManyConnections(_) | WireError::Unavailable(_) => Status::Unavailable,
             WireError::Indeterminate(_) => Status::Internal,
-            WireError::RateLimited(_) => Status::RateLimited,
+            WireError::RateLimited(_) | WireError::MembershipRateLimited(_) => Status::RateLimited,
             WireError::Unauthorized(_) | WireError::WrongToken => Status::Unauthorized,
             WireError::EmptyKey
             | WireError::Undecodable(_)
@@ -105,10 +117,12 @@ impl WireError {
             | WireError::Version(_)
             | WireError::DuplicateHello
             | WireError::HelloTimeout(_)
+            | WireError::FrameTimeout(_)
             | WireError::RouterOnly(_)
             | WireError::NodeOnly(_)
             | WireError::BadAddress(_)
             | WireError::NotMember(_) => Status::BadRequest,
+            WireError::NotANode(_) => Status::Unavailable,
         }
     }
 

@@ -22,12 +22,14 @@
 //!   wire status.
 //! - `config` (every flag, variable and default), `process` (what a server
 //!   binary's `main` does), `logging`, `metrics` (Prometheus plumbing),
-//!   `shutdown` (signals to a cancellation token) and `backoff` (jittered
-//!   retries).
+//!   `shutdown` (signals to a cancellation token), `backoff` (jittered
+//!   retries) and `budget` (the process-wide byte budget for requests
+//!   still arriving).
 //! - `milena_protocol` (re-exported as `protocol`): message types, codec and
 //!   framing; below everything, and free of I/O.
 
 pub mod backoff;
+pub mod budget;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -4,15 +4,23 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// How log lines are written (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Installs a subscriber filtered by `level`, which may be a plain level
 /// (`info`) or a full filter (`milena=debug,info`). JSON writes one object
 /// per line; text is human-readable, plain when not on a terminal so
 /// `grep Join router.log` matches.
 pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
-    let filter =
-        EnvFilter::try_new(level).map_err(|e| format!("invalid LOG_LEVEL '{level}': {e}"))?;
+    let filter = EnvFilter::try_new(filter_for(level))
+        .map_err(|e| format!("invalid LOG_LEVEL '{level}': {e}"))?;
     let result = match format {
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
@@ -26,6 +34,38 @@ pub fn init(level: &str, format: LogFormat) -> Result<(), String> {
             .try_init(),
     };
     result.map_err(|e| format!("cannot install logger: {e}"))
+}
+
+/// Libraries kept at `info` when `LOG_LEVEL` is a bare `debug` or `trace`:
+/// the AWS SDK logs the access key id (and signing details) at debug, and
+/// the HTTP stacks drown the node's own lines. Naming one in a full filter
+/// (`LOG_LEVEL=debug,aws_config=debug`) still turns it up.
+const QUIET_TARGETS: [&str; 8] = [
+    "aws_config",
+    "aws_sigv4",
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_sdk_s3",
+    "h2",
+    "hyper",
+    "hyper_util",
+];
+
+/// The filter for `LOG_LEVEL`: a bare level, with [`QUIET_TARGETS`] at
+/// `info` at most, or the user's own full filter as given.
+fn filter_for(level: &str) -> String {
+    let bare = matches!(
+        level.trim().to_ascii_lowercase().as_str(),
+        "debug" | "trace"
+    );
+    if !bare {
+        return level.to_string();
+    }
+    let mut filter = level.trim().to_string();
+    for target in QUIET_TARGETS {
+        filter.push_str(&format!(",{target}=info"));
+    }
+    filter
 }
 
 /// Most bytes of a client-supplied value shown in a log line.
@@ -51,6 +91,21 @@ pub fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_aws_sdk_stays_at_info_under_a_bare_debug() {
+        let f = filter_for("debug");
+        assert!(
+            f.starts_with("debug,") && f.contains("aws_config=info"),
+            "{f}"
+        );
+        assert!(EnvFilter::try_new(&f).is_ok());
+        assert_eq!(filter_for("info"), "info");
+        assert_eq!(
+            filter_for("debug,aws_config=debug"),
+            "debug,aws_config=debug"
+        );
+    }
 
     #[test]
     fn client_values_cannot_forge_log_lines() {

@@ -113,33 +113,83 @@ pub fn resolve(addr: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("'{addr}' resolves to no address"))
 }
 
+/// Longest URL accepted for a member, router or endpoint address.
+pub const MAX_URL_LEN: usize = 300;
+
 /// Splits a Milena URL (`http://host:port`, `milena://host:port` or a bare
 /// `host:port`) into `host:port` and whether it asks for TLS (`https://`).
+/// Strict, since addresses come from the network (joins): the host is a
+/// DNS name (letters, digits, `-`, `.`, `_`), an IPv4 literal or a
+/// bracketed IPv6 literal, the port a number from 1 to 65535, and the whole
+/// at most [`MAX_URL_LEN`] bytes.
 pub fn parse_url(url: &str) -> Result<(String, bool), String> {
-    let (rest, tls) = if let Some(r) = url.strip_prefix("https://") {
-        (r, true)
-    } else if let Some(r) = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("milena://"))
-    {
-        (r, false)
+    if url.len() > MAX_URL_LEN {
+        return Err(format!(
+            "an address of {} bytes is longer than {MAX_URL_LEN}",
+            url.len()
+        ));
+    }
+    let shown = || crate::logging::escape(url);
+    let lower = url.get(..10).unwrap_or(url).to_ascii_lowercase();
+    let (rest, tls) = if lower.starts_with("https://") {
+        (&url[8..], true)
+    } else if lower.starts_with("http://") {
+        (&url[7..], false)
+    } else if lower.starts_with("milena://") {
+        (&url[9..], false)
     } else if url.contains("://") {
         return Err(format!(
-            "unsupported scheme in '{url}' (use http://, https:// or host:port)"
+            "unsupported scheme in '{}' (use http://, https:// or host:port)",
+            shown()
         ));
     } else {
         (url, false)
     };
-    let hostport = rest.trim_end_matches('/');
-    if hostport.is_empty() || hostport.contains('/') || !hostport.contains(':') {
-        return Err(format!("'{url}' is not of the form http://host:port"));
+    let hostport = rest.strip_suffix('/').unwrap_or(rest);
+    let not_a_url = || format!("'{}' is not of the form http://host:port", shown());
+    let (host, port) = hostport.rsplit_once(':').ok_or_else(not_a_url)?;
+    let valid_host = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    };
+    if !valid_host {
+        return Err(not_a_url());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 && port.bytes().all(|b| b.is_ascii_digit()) => {}
+        _ => {
+            return Err(format!("'{}' has no valid port (1 to 65535)", shown()));
+        }
     }
     Ok((hostport.to_string(), tls))
+}
+
+/// The one spelling of a member address: `http://` or `https://`, the
+/// host lowercased, no trailing slash (`localhost:5/`, `HTTP://LocalHost:5`
+/// and `milena://localhost:5` are all `http://localhost:5`), so one
+/// listener cannot be several members under several spellings.
+pub fn canonical_url(url: &str) -> Result<String, String> {
+    let (hostport, tls) = parse_url(url)?;
+    let scheme = if tls { "https" } else { "http" };
+    Ok(format!("{scheme}://{}", hostport.to_ascii_lowercase()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_spelling_per_address() {
+        for spelling in ["localhost:5", "http://localhost:5/", "milena://LocalHost:5"] {
+            assert_eq!(canonical_url(spelling).as_deref(), Ok("http://localhost:5"));
+        }
+        assert_eq!(canonical_url("https://A:1").as_deref(), Ok("https://a:1"));
+    }
 
     #[test]
     fn urls() {
@@ -152,8 +202,31 @@ mod tests {
             parse_url("1.2.3.4:5").ok(),
             Some(("1.2.3.4:5".into(), false))
         );
+        assert_eq!(
+            parse_url("http://[::1]:7").ok(),
+            Some(("[::1]:7".into(), false))
+        );
         assert!(parse_url("ftp://a:1").is_err());
         assert!(parse_url("http://nohost").is_err());
         assert!(parse_url("http://a:1/path").is_err());
+    }
+
+    #[test]
+    fn hostile_addresses_are_refused() {
+        let huge = format!("http://{}:1", "h".repeat(100_000));
+        for bad in [
+            ":1",
+            "http://:0",
+            "http://h:0",
+            "http://h:99999",
+            "http://h:+5",
+            "a b:1",
+            "http://h\nINFO forged:1",
+            "http://h:1//",
+            "http://[zz]:1",
+            huge.as_str(),
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad:.40}");
+        }
     }
 }

@@ -487,3 +487,23 @@ async fn the_local_cluster_survives_killing_a_node() {
     script.wait().await.expect("script exits");
     let _ = std::fs::remove_dir_all(&logs);
 }
+
+/// A MAX_KEY_SIZE the tier cannot name is refused at start, with the
+/// limit, instead of failing those writes for ever later.
+#[tokio::test]
+async fn a_key_size_the_tier_cannot_store_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let out = Command::new(CACHE)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("DATA_DIR", dir.path())
+        .env("MAX_KEY_SIZE", "8192")
+        .output()
+        .await
+        .expect("milena-cache runs");
+    assert_eq!(out.status.code(), Some(1));
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        log.contains("MAX_KEY_SIZE=8192 is more than the dir tier can store"),
+        "{log}"
+    );
+}

@@ -272,17 +272,25 @@ async fn a_node_that_stops_heartbeating_is_ejected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_that_refuses_connections_is_ejected() {
+async fn a_node_that_refuses_connections_never_enters_the_ring() {
     let router = start_router(test_router_settings()).await;
     let c = Client::connect(&router.url()).await.expect("connect");
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    c.join(&format!("http://127.0.0.1:{port}"))
+    let epoch = router.router.members.view().epoch;
+    let err = c
+        .join(&format!("http://127.0.0.1:{port}"))
         .await
-        .expect("join");
-    router.wait_members(&[]).await;
+        .expect_err("nothing listens there");
+    assert_eq!(err.status(), Some(Status::Unavailable), "{err}");
+    assert!(err.to_string().contains("cannot join"), "{err}");
+    assert_eq!(
+        router.router.members.view().epoch,
+        epoch,
+        "the ring never changed"
+    );
     let err = c.get(b"k").await.expect_err("no node");
     assert_eq!(err.status(), Some(Status::Unavailable), "{err}");
     router.stop().await;
@@ -588,7 +596,7 @@ async fn a_hung_node_times_out_and_its_requests_move_on() {
                         status: Status::Ok,
                         body: milena::protocol::Body::Hello {
                             version: 1,
-                            server: "hung",
+                            server: "node milena/hung",
                         },
                     },
                     &mut out,

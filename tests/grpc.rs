@@ -303,7 +303,9 @@ async fn the_guides_leave_snippet_matches_the_node_by_another_name() {
         .unwrap_or_else(|| "localhost".into());
     let registered = format!("http://{host}:{port}");
     let c = Client::connect(&router.url()).await.expect("c");
-    c.join(&registered).await.expect("join");
+    // As a node listening on 0.0.0.0 registers (set in the table directly:
+    // a join would first check that the host name reaches this node).
+    router.router.members.join(&registered);
     let example = std::env::current_exe()
         .expect("test binary")
         .parent()
@@ -342,6 +344,89 @@ async fn the_guides_leave_snippet_matches_the_node_by_another_name() {
         .expect_err("not a member");
     assert!(e.to_string().contains("not a member"), "{e}");
     node.stop().await;
+    router.stop().await;
+}
+
+/// Values up to MAX_VALUE_SIZE go through the gateway as through the
+/// binary protocol (tonic's own limit is 4 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_value_goes_through_grpc_up_to_max_value_size() {
+    let router = start_router(test_router_settings()).await;
+    let settings = milena::node::NodeSettings {
+        max_value: 16 * 1024 * 1024,
+        ..small_settings()
+    };
+    let node = ClusterNode::start("127.0.0.1:0", &[router.url()], settings);
+    router.wait_members(&[&node.url()]).await;
+    let mut g = RouterClient::connect(router.url())
+        .await
+        .expect("connect")
+        .max_decoding_message_size(32 << 20)
+        .max_encoding_message_size(32 << 20);
+    let value = vec![7u8; 5 << 20];
+    g.put(PutRequest {
+        key: b"big".to_vec(),
+        value: value.clone(),
+        ttl_seconds: 0,
+    })
+    .await
+    .expect("a 5 MiB put");
+    let got = g
+        .get(GetRequest {
+            key: b"big".to_vec(),
+        })
+        .await
+        .expect("a 5 MiB get")
+        .into_inner();
+    assert_eq!(got.value.len(), value.len());
+    node.stop().await;
+    router.stop().await;
+}
+
+/// A Join address must be a real `scheme://host:port`, bounded and valid
+/// UTF-8; anything else is INVALID_ARGUMENT and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_join_addresses_are_invalid_arguments() {
+    let router = start_router(test_router_settings()).await;
+    let mut g = RouterClient::connect(router.url()).await.expect("connect");
+    let huge = format!("http://{}:1", "h".repeat(100_000));
+    for address in [
+        ":1",
+        "http://:0",
+        "http://host:99999",
+        "http://host:0",
+        "a b:1",
+        "http://ho\nst:1",
+        "http://host:1/path",
+        "ftp://host:1",
+        huge.as_str(),
+    ] {
+        let e = g
+            .join(JoinRequest {
+                address: address.to_string(),
+            })
+            .await
+            .expect_err(address);
+        assert_eq!(e.code(), Code::InvalidArgument, "{address:.60}: {e}");
+    }
+    // Not UTF-8 at all: field 1 (address), 3 bytes 0xff 0xfe 0xfd.
+    let channel = tonic::transport::Channel::from_shared(router.url())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut raw = tonic::client::Grpc::new(channel);
+    raw.ready().await.expect("ready");
+    let e = raw
+        .unary(
+            tonic::Request::new(bytes::Bytes::from_static(&[0x0a, 0x03, 0xff, 0xfe, 0xfd])),
+            "/milena.Router/Join".parse().expect("path"),
+            RawCodec,
+        )
+        .await
+        .expect_err("invalid UTF-8");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert_eq!(router.router.members.view().ring.len(), 0);
     router.stop().await;
 }
 

@@ -283,3 +283,53 @@ async fn real_tiers_persist() {
         assert!(p.a.persists(), "{}", p.a.name());
     }
 }
+
+/// Keys whose names share a prefix both live in a directory: a key's file
+/// never sits where a longer key needs a directory (crafted pairs of keys
+/// used to jam every uploader with EISDIR/ENOTDIR for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dir_paths_of_keys_sharing_a_prefix_never_collide() {
+    let p = dir_pair().await;
+    use milena::node::tier::layout::object_name;
+    let short = vec![b'a'; 150]; // exactly one 200-character segment
+    let shard = |k: &[u8]| object_name("", k)[..2].to_string();
+    // A longer key with the same first 150 bytes, in the same shard: as
+    // S3 names, the short one's name is a directory of the long one's.
+    let long = (0u32..)
+        .map(|i| {
+            let mut k = vec![b'a'; 150];
+            k.extend_from_slice(format!("-{i:08}").as_bytes());
+            k
+        })
+        .find(|k| shard(k) == shard(&short))
+        .expect("a key in the same shard");
+    assert!(object_name("", &long).starts_with(&format!("{}/", object_name("", &short))));
+    for (v, (first, second)) in [(10, (&short, &long)), (20, (&long, &short))] {
+        p.a.put(first, &obj("first", v, None)).await.expect("put");
+        p.a.put(second, &obj("second", v, None)).await.expect("put");
+        assert_eq!(
+            value_of(&read(&p.b, first).await),
+            Some(("first".into(), v))
+        );
+        assert_eq!(
+            value_of(&read(&p.b, second).await),
+            Some(("second".into(), v))
+        );
+        p.a.delete(first, v + 1).await.expect("delete");
+        p.a.delete(second, v + 1).await.expect("delete");
+    }
+}
+
+/// The directory tier says how long a key it can name; the node refuses to
+/// start with a larger MAX_KEY_SIZE instead of failing those writes.
+#[tokio::test]
+async fn the_dir_tier_knows_its_longest_key() {
+    let p = dir_pair().await;
+    let limit = p.a.max_key().expect("a limit");
+    assert!(limit > 2000 && limit < 3100, "{limit}");
+    let key = vec![0xffu8; limit];
+    p.a.put(&key, &obj("fits", 1, None))
+        .await
+        .expect("the longest key fits");
+    assert_eq!(value_of(&read(&p.b, &key).await), Some(("fits".into(), 1)));
+}

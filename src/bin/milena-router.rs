@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use milena::config::RouterConfig;
 use milena::router::{Router, RouterSettings};
-use tracing::info;
+use tracing::{info, warn};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -25,6 +25,13 @@ async fn serve(cfg: RouterConfig) -> anyhow::Result<()> {
     let shutdown = milena::shutdown::on_signals().context("cannot install signal handlers")?;
     let mut settings = RouterSettings::from(&cfg);
     settings.tls = cfg.tls.load()?;
+    if let Some(warning) = milena::router::admit::exposure_warning(
+        listener.local_addr()?,
+        cfg.cluster_token.is_some(),
+        cfg.tls.tls_client_auth,
+    ) {
+        warn!("{warning}");
+    }
     let router = Router::new(settings, shutdown.clone());
     info!(
         addr = %listener.local_addr()?,

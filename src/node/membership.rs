@@ -62,13 +62,17 @@ impl Membership {
         for r in &routers {
             check("ROUTER_ADDR", r)?;
         }
+        // The spelling routers keep (so the node finds itself in their
+        // member lists, and its hello names the address they check).
         let advertise = match &cfg.advertise_addr {
-            Some(a) => {
-                check("ADVERTISE_ADDR", a)?;
-                a.clone()
-            }
+            Some(a) => a.clone(),
             None => default_advertise(bound),
         };
+        check("ADVERTISE_ADDR", &advertise)?;
+        let advertise = crate::net::canonical_url(&advertise).map_err(|reason| AddressError {
+            variable: "ADVERTISE_ADDR",
+            reason,
+        })?;
         Ok(Some(Membership {
             routers,
             advertise,

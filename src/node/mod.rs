@@ -48,7 +48,14 @@ pub struct Node {
     pub metrics: metrics::NodeMetrics,
     /// Memory and the tier behind it.
     pub cache: Arc<Cache>,
+    /// What the node says it is in its hello answer: `node milena/<version>`
+    /// and, in a cluster, the address it advertises, so a router can check
+    /// that the listener a join names is that node.
+    hello_name: std::sync::OnceLock<String>,
 }
+
+/// A node's hello answer before it knows its advertised address.
+const SERVER_NAME: &str = concat!("node milena/", env!("CARGO_PKG_VERSION"));
 
 impl Node {
     /// A memory-only node on tokio's clock.
@@ -78,7 +85,19 @@ impl Node {
             stats: NodeStats::default(),
             ring_epoch: AtomicU64::new(0),
             metrics,
+            hello_name: std::sync::OnceLock::new(),
         }
+    }
+
+    /// What the node says it is in its hello answer.
+    pub fn hello_name(&self) -> &str {
+        self.hello_name.get().map_or(SERVER_NAME, String::as_str)
+    }
+
+    /// Names the address this node advertises in its hello answers (once;
+    /// a node has one identity for its life).
+    pub fn set_advertise(&self, advertise: &str) {
+        let _ = self.hello_name.set(format!("{SERVER_NAME} {advertise}"));
     }
 
     /// Renders `/metrics`.
@@ -164,6 +183,7 @@ pub async fn run_in_cluster(
     membership: Membership,
     shutdown: CancellationToken,
 ) {
+    node.set_advertise(&membership.advertise);
     let serving = CancellationToken::new();
     let server = tokio::spawn(run(listener, node.clone(), serving.clone()));
     membership::maintain(node.clone(), membership, shutdown).await;

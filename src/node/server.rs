@@ -19,13 +19,12 @@ use tracing::debug;
 use super::execute::{Deferred, execute};
 use super::metrics::OpKind;
 use super::{Node, Tally};
+use crate::budget::{self, Receiving};
 use crate::error::{WireError, check_hello, hello_response};
 use crate::net;
 use crate::tls::Stream;
 use prometheus::local::LocalHistogram;
 
-/// What a node says it is in its hello answer.
-const SERVER_NAME: &str = concat!("node milena/", env!("CARGO_PKG_VERSION"));
 /// Initial read and write buffer capacity per connection.
 const BUF_CAPACITY: usize = 16 * 1024;
 /// Answers gathered before a batch is written out early.
@@ -105,9 +104,18 @@ async fn serve_connection(
     // slow tier holds a bounded number of tasks, not one per frame sent.
     let max_inflight = node.settings.max_inflight;
     let mut inflight = 0usize;
+    let mut receiving = Receiving::new(node.settings.frame_timeout);
     loop {
         if backlog && shutdown.is_cancelled() {
             break;
+        }
+        // A large frame is read only with room in the node-wide budget;
+        // without it the connection waits here (backpressure).
+        if let Some(bytes) = receiving.to_hold(&rbuf) {
+            tokio::select! {
+                held = node.settings.buffered.hold(bytes) => receiving.hold(held),
+                _ = shutdown.cancelled() => break,
+            }
         }
         let room = inflight < max_inflight;
         let n = if backlog && room {
@@ -121,6 +129,13 @@ async fn serve_connection(
                 node.stats.errors.fetch_add(1, Ordering::Relaxed);
                 WireError::HelloTimeout(hello_timeout.as_secs()).respond(0, &mut wbuf);
                 stream.write_all(&wbuf).await?;
+                break;
+            }
+            _ = budget::until(receiving.deadline()) => {
+                node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                node.stats.errors.fetch_add(1, Ordering::Relaxed);
+                WireError::FrameTimeout(receiving.timeout().as_secs()).respond(0, &mut wbuf);
+                let _ = write_batch(&mut stream, &wbuf, shutdown).await;
                 break;
             }
             late = late_rx.recv() => {
@@ -151,6 +166,7 @@ async fn serve_connection(
         // that carried its answer out: two clock reads per batch.
         let batch_start = std::time::Instant::now();
         let mut flow = Flow::Continue;
+        let mut completed = false;
         loop {
             // Bound the answer buffer: a batch of small gets for large
             // values would otherwise grow it to gigabytes before one write.
@@ -160,6 +176,7 @@ async fn serve_connection(
             }
             match codec.decode_frame(&mut rbuf) {
                 Ok(Some(frame)) => {
+                    completed = true;
                     let later;
                     (flow, later) = handle_frame(node, &frame, &mut greeted, &mut wbuf, &mut tally);
                     if let Some(work) = later {
@@ -187,6 +204,7 @@ async fn serve_connection(
                 }
             }
         }
+        receiving.decoded(&rbuf, completed);
         // Counters first, so a client that has its answer sees them counted.
         let batch = tally;
         node.stats.fold(&mut tally);
@@ -277,7 +295,7 @@ fn handle_frame(
     let err = match check_hello(&req.op) {
         Ok(_token) => {
             *greeted = true;
-            hello_response(req.id, SERVER_NAME, out);
+            hello_response(req.id, node.hello_name(), out);
             return (Flow::Continue, None);
         }
         Err(e) => e,

@@ -21,6 +21,12 @@ pub struct NodeSettings {
     pub max_value: usize,
     /// Most simultaneous client connections.
     pub max_connections: usize,
+    /// What all connections together may hold of requests still arriving
+    /// (`MAX_BUFFERED_BYTES`); shared by every connection.
+    pub buffered: crate::budget::ByteBudget,
+    /// How long a request that has started to arrive may take to finish
+    /// (`FRAME_TIMEOUT_SECONDS`).
+    pub frame_timeout: Duration,
     /// How long a new connection may take to send its hello (and finish
     /// its TLS handshake).
     pub hello_timeout: Duration,
@@ -66,6 +72,8 @@ impl Default for NodeSettings {
             max_value: defaults::MAX_VALUE_SIZE as usize,
             max_connections: defaults::MAX_CONNECTIONS as usize,
             hello_timeout: Duration::from_secs(defaults::HELLO_TIMEOUT_SECONDS),
+            buffered: crate::budget::ByteBudget::new(defaults::MAX_BUFFERED_BYTES),
+            frame_timeout: Duration::from_secs(defaults::FRAME_TIMEOUT_SECONDS),
             max_inflight: defaults::MAX_INFLIGHT_PER_CONNECTION as usize,
             tls: None,
             write_mode: WriteMode::default(),
@@ -93,6 +101,8 @@ impl From<&NodeConfig> for NodeSettings {
             max_value: c.max_value_size as usize,
             max_connections: c.max_connections as usize,
             hello_timeout: Duration::from_secs(c.hello_timeout_seconds),
+            buffered: crate::budget::ByteBudget::new(c.max_buffered_bytes),
+            frame_timeout: Duration::from_secs(c.frame_timeout_seconds),
             max_inflight: c.max_inflight_per_connection as usize,
             tls: None,
             write_mode: c.write_mode,

@@ -1,8 +1,46 @@
 //! The one admission path every front (binary protocol, gRPC) shares:
 //! cluster credentials at connection or call time, then, per data request,
-//! size limits and `RATE_LIMIT`, counted alike whichever way it came in.
+//! size limits and `RATE_LIMIT`, counted alike whichever way it came in;
+//! and, for joins, the checks an address passes before it enters the ring.
 
+use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use super::members::Change;
+use super::pool;
+
+/// Joins that change the ring, admitted per second across the router: a
+/// cluster's nodes joining at once fit in the burst; a flood of bogus
+/// joins cannot churn the ring (each change makes every node re-check the
+/// keys it gained).
+pub const MEMBERSHIP_CHANGES_PER_SECOND: u32 = 20;
+/// Joins admitted at once before the rate applies.
+pub const MEMBERSHIP_BURST: u32 = 64;
+
+/// The limiter of membership changes.
+pub fn membership_limiter() -> DefaultDirectRateLimiter {
+    let rate = NonZeroU32::new(MEMBERSHIP_CHANGES_PER_SECOND).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(MEMBERSHIP_BURST).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+}
+
+/// The warning a router gives when anyone who can reach its port could
+/// join or remove nodes: it listens beyond loopback with neither
+/// `CLUSTER_TOKEN` nor client certificates.
+pub fn exposure_warning(
+    listen: std::net::SocketAddr,
+    token: bool,
+    client_certificates: bool,
+) -> Option<String> {
+    if listen.ip().is_loopback() || token || client_certificates {
+        return None;
+    }
+    Some(format!(
+        "LISTEN_ADDR={listen} is reachable beyond this machine and neither CLUSTER_TOKEN nor TLS_CLIENT_AUTH is set: anyone who can reach it can join a node (and receive keys and values) or remove nodes; set CLUSTER_TOKEN on the router and every node"
+    ))
+}
 
 use super::Router;
 use super::request::Kind;
@@ -46,6 +84,41 @@ impl Router {
             self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
         }
         checked
+    }
+
+    /// Admits `address` into the ring once it has shown to be a reachable
+    /// Milena cache node that says it is that address (see
+    /// [`pool::probe`]). A member already up under that address (or another
+    /// spelling of it) is simply refreshed.
+    pub async fn join_checked(&self, address: &str) -> Result<Change, WireError> {
+        let address = crate::net::canonical_url(address).map_err(WireError::BadAddress)?;
+        if let Some(member) = self.members.up_member(&address) {
+            return Ok(self.members.join(&member));
+        }
+        if self.membership_changes.check().is_err() {
+            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(WireError::MembershipRateLimited(
+                MEMBERSHIP_CHANGES_PER_SECOND,
+            ));
+        }
+        pool::probe(&address, &self.pool)
+            .await
+            .map_err(WireError::NotANode)?;
+        Ok(self.members.join(&address))
+    }
+
+    /// Removes the member `address` names (see `Members::leave`), counting
+    /// a leave that changes the ring against the membership rate limit.
+    pub fn leave_checked(&self, address: &str) -> Result<Change, WireError> {
+        if self.members.up_member(address).is_some() && self.membership_changes.check().is_err() {
+            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            return Err(WireError::MembershipRateLimited(
+                MEMBERSHIP_CHANGES_PER_SECOND,
+            ));
+        }
+        self.members
+            .leave(address)
+            .map_err(|e| WireError::NotMember(e.to_string()))
     }
 
     fn check_sizes(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), WireError> {

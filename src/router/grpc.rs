@@ -9,12 +9,12 @@ use bytes::Bytes;
 use milena_protocol::{
     Body, Op, Request as WireRequest, Status as WireStatus, decode_response, encode_request,
 };
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
 use super::Router;
 use super::admit::Access;
-use super::request::{Forward, Kind};
+use super::request::{Forward, Kind, replies};
 use crate::error::WireError;
 use crate::grpc::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, JoinRequest, JoinResponse,
@@ -81,7 +81,7 @@ impl Gateway {
             .acquire_owned()
             .await
             .map_err(|_| Status::unavailable("the router is shutting down"))?;
-        let (reply, mut answer) = mpsc::unbounded_channel();
+        let (reply, mut answer) = replies(router.settings.buffered.clone());
         let fwd = Forward::new(
             0,
             Bytes::from(frame).slice(4..),
@@ -138,16 +138,21 @@ impl router_server::Router for Gateway {
         let address = &req.get_ref().address;
         net::parse_url(address)
             .map_err(|e| Status::invalid_argument(format!("invalid node address: {e}")))?;
-        self.router.members.join(address);
+        self.router
+            .join_checked(address)
+            .await
+            .map_err(|e| grpc_status(&e))?;
         Ok(Response::new(JoinResponse {}))
     }
 
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
         self.authorize(&req, "leave")?;
         self.router
-            .members
-            .leave(&req.get_ref().address)
-            .map_err(|e| Status::not_found(e.to_string()))?;
+            .leave_checked(&req.get_ref().address)
+            .map_err(|e| match e {
+                WireError::NotMember(m) => Status::not_found(m),
+                e => grpc_status(&e),
+            })?;
         Ok(Response::new(LeaveResponse {}))
     }
 

@@ -2,6 +2,7 @@
 //! gateway, everything else gets the health line or `/metrics`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use tower_service::Service;
 
 use super::Router;
 use super::grpc::Gateway;
+use crate::budget::{ByteBudget, Held};
 use crate::grpc::RouterServer;
 use crate::metrics;
 use crate::tls::Stream;
@@ -25,8 +27,17 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// `curl` sends them at once; a client slower than this is holding the
 /// connection, not using it.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Streams one HTTP/2 connection may have open at once.
-const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Streams one HTTP/2 connection may have open at once: a gRPC client
+/// multiplexes its calls, but a hundred partial bodies is already a lot of
+/// memory to hold for one peer.
+const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// An HTTP connection with no request under way for this long is closed
+/// (a client that sent only the HTTP/2 preface held its slot for ever).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// HTTP/2 pings on quiet connections, and how long an answer may take:
+/// a peer that vanished is noticed even while a call is open.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one HTTP connection (either version) until it ends or `shutdown`.
 pub async fn serve_http(
@@ -34,15 +45,30 @@ pub async fn serve_http(
     router: Arc<Router>,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
-    let grpc = RouterServer::new(Gateway::new(router.clone()));
+    // Messages as large as the binary protocol's frames (tonic's own
+    // default, 4 MiB, would refuse values MAX_VALUE_SIZE allows).
+    let limit = router.settings.max_frame;
+    let grpc = RouterServer::new(Gateway::new(router.clone()))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    // Request bodies this connection holds, against its cap and the
+    // router-wide budget; and whether a request is under way.
+    let received = Arc::new(AtomicUsize::new(0));
+    let activity = Arc::new(Activity::default());
+    let cap = 2 * router.settings.max_frame;
+    let seen = activity.clone();
     let service = hyper::service::service_fn(move |req: HttpRequest<hyper::body::Incoming>| {
         let (router, mut grpc) = (router.clone(), grpc.clone());
+        let (received, activity) = (received.clone(), seen.clone());
         async move {
+            let _busy = activity.start();
             let is_grpc = req
                 .headers()
                 .get(hyper::header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
             if is_grpc {
+                let budget = router.settings.buffered.clone();
+                let req = req.map(|body| Metered::new(body, received, cap, budget));
                 grpc.call(req).await
             } else {
                 Ok(http_answer(&router, &req).map(tonic::body::Body::new))
@@ -59,16 +85,151 @@ pub async fn serve_http(
     builder
         .http2()
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL))
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .timer(hyper_util::rt::TokioTimer::new());
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => r.map_err(std::io::Error::other),
-        _ = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(DRAIN_GRACE, conn).await;
-            Ok(())
+    let mut tick = tokio::time::interval(IDLE_TIMEOUT / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return r.map_err(std::io::Error::other),
+            _ = tick.tick() => {
+                if !activity.idle_for(IDLE_TIMEOUT) {
+                    continue;
+                }
+            }
+            _ = shutdown.cancelled() => {}
         }
+        // Shutting down, or idle too long: finish what is under way.
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(DRAIN_GRACE, conn).await;
+        return Ok(());
+    }
+}
+
+/// Requests under way on one HTTP connection, and when the last ended.
+#[derive(Debug)]
+struct Activity {
+    busy: AtomicUsize,
+    since: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            busy: AtomicUsize::new(0),
+            since: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+}
+
+impl Activity {
+    /// Marks a request under way until the guard drops.
+    fn start(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    fn idle_for(&self, limit: Duration) -> bool {
+        let since = *self.since.lock().unwrap_or_else(|e| e.into_inner());
+        self.busy.load(Ordering::Relaxed) == 0 && since.elapsed() >= limit
+    }
+}
+
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.since.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request body that counts what it has received against its
+/// connection's cap and the router-wide byte budget, and gives both back
+/// when the request is done with it: a peer holding many streams of
+/// partial messages is refused past the bounds instead of filling memory.
+struct Metered {
+    inner: hyper::body::Incoming,
+    received: Arc<AtomicUsize>,
+    cap: usize,
+    budget: ByteBudget,
+    held: Option<Held>,
+    taken: usize,
+}
+
+impl Metered {
+    fn new(
+        inner: hyper::body::Incoming,
+        received: Arc<AtomicUsize>,
+        cap: usize,
+        budget: ByteBudget,
+    ) -> Self {
+        Metered {
+            inner,
+            received,
+            cap,
+            budget,
+            held: None,
+            taken: 0,
+        }
+    }
+}
+
+impl hyper::body::Body for Metered {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        let frame = match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            let n = data.len();
+            this.taken += n;
+            if this.received.fetch_add(n, Ordering::Relaxed) + n > this.cap {
+                return Poll::Ready(Some(Err(format!(
+                    "this connection's request bodies passed {} bytes",
+                    this.cap
+                )
+                .into())));
+            }
+            match (this.budget.try_hold(n), &mut this.held) {
+                (Some(h), Some(held)) => held.merge(h),
+                (Some(h), slot) => *slot = Some(h),
+                (None, _) => {
+                    return Poll::Ready(Some(Err(
+                        "the router's buffer budget (MAX_BUFFERED_BYTES) is spent; try again"
+                            .into(),
+                    )));
+                }
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        self.received.fetch_sub(self.taken, Ordering::Relaxed);
     }
 }
 

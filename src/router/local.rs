@@ -21,21 +21,20 @@ pub fn answer(router: &Router, id: u64, op: &Op<'_>) -> Bytes {
             members_response(router, id, &mut out);
             Ok(())
         }
-        Op::Join { address } => valid_address(address).map(|()| {
-            router.members.join(address);
-            members_response(router, id, &mut out)
-        }),
-        Op::Heartbeat { address } => valid_address(address).map(|()| {
-            router.members.heartbeat(address);
-            members_response(router, id, &mut out)
-        }),
-        Op::Leave { address } => match router.members.leave(address) {
-            Ok(_) => {
-                respond(id, Body::Empty, &mut out);
-                Ok(())
-            }
-            Err(e) => Err(WireError::NotMember(e.to_string())),
-        },
+        Op::Join { .. } => Err(WireError::Undecodable(
+            "join is answered in the wrong place".into(),
+        )),
+        Op::Heartbeat { address } => valid_address(address)
+            .and_then(|()| {
+                router
+                    .members
+                    .heartbeat(address)
+                    .map_err(|e| WireError::NotMember(e.to_string()))
+            })
+            .map(|_| members_response(router, id, &mut out)),
+        Op::Leave { address } => router
+            .leave_checked(address)
+            .map(|_| respond(id, Body::Empty, &mut out)),
         Op::Hello { .. } => Err(WireError::DuplicateHello),
         Op::RoutedGet { .. } => Err(WireError::NodeOnly("routed get")),
         Op::RoutedPut { .. } => Err(WireError::NodeOnly("routed put")),
@@ -71,6 +70,20 @@ fn members_response(router: &Router, id: u64, out: &mut Vec<u8>) {
         addresses: view.ring.addresses().collect(),
     };
     respond(id, body, out);
+}
+
+/// Answers a join, once the address has been checked (which takes a
+/// connection to it: never on a connection's read loop).
+pub async fn join(router: &Router, id: u64, address: &str) -> Bytes {
+    let mut out = Vec::new();
+    match router.join_checked(address).await {
+        Ok(_) => members_response(router, id, &mut out),
+        Err(e) => {
+            router.stats.errors.fetch_add(1, Ordering::Relaxed);
+            e.respond(id, &mut out);
+        }
+    }
+    Bytes::from(out).slice(4..)
 }
 
 fn valid_address(address: &str) -> Result<(), WireError> {

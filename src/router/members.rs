@@ -244,39 +244,53 @@ impl Members {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds (or re-admits) `address`.
+    /// Adds (or re-admits) `address`, which the caller has checked (see
+    /// `Router::join_checked`). A member known under another spelling of
+    /// the same address is that member.
     pub fn join(&self, address: &str) -> Change {
         let mut t = self.lock();
         let now = Instant::now();
-        if let Some(e) = t.nodes.get_mut(address)
+        let address = find_equivalent(&t, address).unwrap_or_else(|| address.to_string());
+        if let Some(e) = t.nodes.get_mut(&address)
             && e.up
         {
             e.last_seen = now;
             return Change::Unchanged;
         }
-        let epoch = self.bring_up(&mut t, address, now);
-        info!(node = %address, members = live(&t), epoch, "Join: node joined the ring");
+        let known = t.nodes.contains_key(&address);
+        let epoch = self.bring_up(&mut t, &address, now);
+        if known {
+            info!(node = %address, members = live(&t), epoch, "Join: node rejoined the ring");
+        } else {
+            info!(node = %address, members = live(&t), epoch, "Join: node joined the ring");
+        }
         Change::Changed(epoch)
     }
 
-    /// Records a heartbeat. An unknown node is admitted (the router may
-    /// have restarted); an ejected one only after the hold-down; one that
-    /// left, never (it must join again).
-    pub fn heartbeat(&self, address: &str) -> Change {
+    /// The key of the member `address` names, if it is up.
+    pub fn up_member(&self, address: &str) -> Option<String> {
+        let t = self.lock();
+        find_equivalent(&t, address).filter(|a| t.nodes.get(a).is_some_and(|e| e.up))
+    }
+
+    /// Records a heartbeat of a member. A heartbeat never admits anyone:
+    /// an unknown or ejected node gets an error and joins again (which
+    /// checks it); one that left stays out (an operator's leave sticks
+    /// while the node is being shut down) and sees it in the member list.
+    pub fn heartbeat(&self, address: &str) -> Result<Change, NotMember> {
         let mut t = self.lock();
         let now = Instant::now();
-        match t.nodes.get_mut(address) {
+        let key = find_equivalent(&t, address);
+        match key.as_ref().and_then(|k| t.nodes.get_mut(k)) {
             Some(e) if e.up => {
                 e.last_seen = now;
-                Change::Unchanged
+                Ok(Change::Unchanged)
             }
-            Some(e) if e.left => Change::Unchanged,
-            Some(e) if e.down_since.is_some_and(|d| now < d + self.hold_down) => Change::Unchanged,
-            _ => {
-                let epoch = self.bring_up(&mut t, address, now);
-                info!(node = %address, members = live(&t), epoch, "Join: node rejoined the ring on heartbeat");
-                Change::Changed(epoch)
-            }
+            Some(e) if e.left => Ok(Change::Unchanged),
+            _ => Err(NotMember {
+                address: crate::logging::escape(address),
+                members: "join first".into(),
+            }),
         }
     }
 
@@ -295,9 +309,9 @@ impl Members {
             return Err(NotMember {
                 address: crate::logging::escape(address),
                 members: if members.is_empty() {
-                    "none".into()
+                    "it has no members".into()
                 } else {
-                    members.join(", ")
+                    format!("members: {}", members.join(", "))
                 },
             });
         };
@@ -441,7 +455,7 @@ impl Members {
 
 /// A leave that names no member.
 #[derive(Debug, thiserror::Error)]
-#[error("{address} is not a member of this router's ring (members: {members})")]
+#[error("{address} is not a member of this router's ring ({members})")]
 pub struct NotMember {
     /// The address asked for (escaped for display).
     pub address: String,
@@ -454,8 +468,31 @@ pub struct NotMember {
 /// another name, else, for a loopback name, the only member on that port
 /// (the guide's `localhost` form, as seen from another container).
 fn find_member(t: &Table, address: &str) -> Option<String> {
+    if let Some(key) = find_equivalent(t, address) {
+        return Some(key);
+    }
+    let (host, port) = host_port(address)?;
+    let up: Vec<&String> = t
+        .nodes
+        .iter()
+        .filter(|(a, e)| e.up && host_port(a).is_some_and(|(_, p)| p == port))
+        .map(|(a, _)| a)
+        .collect();
+    match up.as_slice() {
+        [only] if is_loopback(&host) => Some(only.to_string()),
+        _ => None,
+    }
+}
+
+/// The table's key for `address` itself, or for the same address spelt
+/// another way: the same port on the same machine under another name.
+fn find_equivalent(t: &Table, address: &str) -> Option<String> {
     if t.nodes.contains_key(address) {
         return Some(address.to_string());
+    }
+    let canonical = crate::net::canonical_url(address).ok()?;
+    if t.nodes.contains_key(&canonical) {
+        return Some(canonical);
     }
     let (host, port) = host_port(address)?;
     let same_port: Vec<(&String, &Entry, String)> = t
@@ -466,22 +503,11 @@ fn find_member(t: &Table, address: &str) -> Option<String> {
             (p == port).then_some((a, e, h))
         })
         .collect();
-    if let Some((a, _, _)) = same_port
+    same_port
         .iter()
         .filter(|(_, _, h)| same_node(h, &host))
         .max_by_key(|(_, e, _)| e.up)
-    {
-        return Some(a.to_string());
-    }
-    let up: Vec<&String> = same_port
-        .iter()
-        .filter(|(_, e, _)| e.up)
-        .map(|(a, _, _)| *a)
-        .collect();
-    match up.as_slice() {
-        [only] if is_loopback(&host) => Some(only.to_string()),
-        _ => None,
-    }
+        .map(|(a, _, _)| a.to_string())
 }
 
 /// `(host, port)` of a member address, the host lowercased and without

@@ -85,6 +85,8 @@ pub struct RouterMetrics {
     tasks: IntGauge,
     protocol_errors: IntCounter,
     scrape: Mutex<()>,
+    /// Connections using each node's series.
+    node_users: Mutex<std::collections::HashMap<String, usize>>,
 }
 
 impl RouterMetrics {
@@ -189,6 +191,7 @@ impl RouterMetrics {
             ),
             registry: r,
             scrape: Mutex::new(()),
+            node_users: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -200,12 +203,34 @@ impl RouterMetrics {
         self.by_status[k][s].inc();
     }
 
-    /// The request and error counters of node `address`.
+    /// The request and error counters of node `address`, for one of its
+    /// connections; [`RouterMetrics::release_node`] when that connection
+    /// ends, so a node gone for good leaves no series behind.
     pub fn node_counters(&self, address: &str) -> (IntCounter, IntCounter) {
+        *self
+            .node_users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(address.to_string())
+            .or_default() += 1;
         (
             self.node_requests.with_label_values(&[address]),
             self.node_errors.with_label_values(&[address]),
         )
+    }
+
+    /// One connection to `address` ended; its series go with the last one.
+    pub fn release_node(&self, address: &str) {
+        let mut users = self.node_users.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(n) = users.get_mut(address) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            users.remove(address);
+            let _ = self.node_requests.remove_label_values(&[address]);
+            let _ = self.node_errors.remove_label_values(&[address]);
+        }
     }
 
     /// Brings every counter up to date from the router's counters and

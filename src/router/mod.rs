@@ -54,6 +54,10 @@ pub struct Router {
     pub metrics: Arc<RouterMetrics>,
     /// Cancelled when the router shuts down (stops node connections too).
     pub shutdown: CancellationToken,
+    /// What node connections (and join probes) need.
+    pub pool: Arc<PoolContext>,
+    /// Membership changes admitted (see [`admit::MEMBERSHIP_CHANGES_PER_SECOND`]).
+    pub membership_changes: governor::DefaultDirectRateLimiter,
 }
 
 impl Router {
@@ -82,6 +86,7 @@ impl Router {
                 shutdown: shutdown.clone(),
             });
             let conns = settings.node_connections;
+            let probes = ctx.clone();
             let connector: Connector = Arc::new(move |address: &str| {
                 Arc::new(NodeHandle::spawn(address, conns, ctx.clone()))
             });
@@ -93,6 +98,8 @@ impl Router {
                 stats: RouterStats::default(),
                 metrics,
                 shutdown,
+                pool: probes,
+                membership_changes: admit::membership_limiter(),
             }
         })
     }

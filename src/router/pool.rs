@@ -142,15 +142,19 @@ async fn conn_task(
     ctx: Arc<PoolContext>,
 ) {
     let mut inflight: HashMap<u64, (Forward, Instant)> = HashMap::new();
+    let counters = ctx.metrics.node_counters(&address);
     let result = match connect(&address, &ctx).await {
-        Ok((stream, rbuf)) => serve(&address, stream, rbuf, &mut rx, &mut inflight, &ctx).await,
+        Ok((stream, rbuf, _)) => serve(stream, rbuf, &mut rx, &mut inflight, &ctx, &counters).await,
         Err(e) => Err(e),
     };
+    if result.is_err() && !ctx.shutdown.is_cancelled() {
+        counters.1.inc();
+    }
+    ctx.metrics.release_node(&address);
     if let Err(e) = result {
         if ctx.shutdown.is_cancelled() {
             return;
         }
-        ctx.metrics.node_counters(&address).1.inc();
         ctx.events.node_failed(&address, handle_id, &e.to_string());
         rx.close();
         // Everything sent to this node, answered or not, goes to the next
@@ -165,7 +169,38 @@ async fn conn_task(
     }
 }
 
-async fn connect(address: &str, ctx: &PoolContext) -> Result<(Stream, BytesMut), ConnError> {
+/// Checks that `address` (canonical) is a Milena cache node that says it
+/// is that address, before it may enter the ring: a listener that is not
+/// reachable, not a node (a router, another service), or a node known by
+/// another address is refused, so it can neither take keys nor, by coming
+/// and going, invalidate every node's cached entries.
+pub async fn probe(address: &str, ctx: &PoolContext) -> Result<(), String> {
+    let (_, _, server) = connect(address, ctx).await.map_err(|e| e.to_string())?;
+    let mut words = server.split_whitespace();
+    if words.next() != Some("node") {
+        return Err(format!(
+            "{address} is not a Milena cache node (its hello says '{}')",
+            crate::logging::escape(&server)
+        ));
+    }
+    let _version = words.next();
+    // A node in a cluster names the address it advertises; one started
+    // without routers names none and is taken at the address given.
+    if let Some(claimed) = words.next()
+        && net::canonical_url(claimed).as_deref() != Ok(address)
+    {
+        return Err(format!(
+            "the node at {address} says it is {}: join it by that address",
+            crate::logging::escape(claimed)
+        ));
+    }
+    Ok(())
+}
+
+async fn connect(
+    address: &str,
+    ctx: &PoolContext,
+) -> Result<(Stream, BytesMut, String), ConnError> {
     let timeout = ctx.connect_timeout;
     let (hostport, tls) = net::parse_url(address).map_err(ConnError::Connect)?;
     let tls_config = match (tls, &ctx.tls) {
@@ -186,21 +221,21 @@ async fn connect(address: &str, ctx: &PoolContext) -> Result<(Stream, BytesMut),
         )
         .await
     };
-    let (stream, rbuf, _server) = tokio::time::timeout(timeout, session)
+    let (stream, rbuf, server) = tokio::time::timeout(timeout, session)
         .await
         .map_err(|_| ConnError::Connect(format!("timed out after {timeout:?}")))?
         .map_err(|e| ConnError::Connect(e.to_string()))?;
     debug!(node = %address, "connected to node");
-    Ok((stream, rbuf))
+    Ok((stream, rbuf, server))
 }
 
 async fn serve(
-    address: &str,
     stream: Stream,
     mut rbuf: BytesMut,
     rx: &mut mpsc::Receiver<Forward>,
     inflight: &mut HashMap<u64, (Forward, Instant)>,
     ctx: &PoolContext,
+    (node_requests, node_errors): &(prometheus::IntCounter, prometheus::IntCounter),
 ) -> Result<(), ConnError> {
     let shutdown = &ctx.shutdown;
     let mut codec = FrameCodec::new(ctx.max_frame);
@@ -219,7 +254,6 @@ async fn serve(
     // on a slow S3 is answered out of order, after the others).
     let mut last_answer = tokio::time::Instant::now();
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (node_requests, node_errors) = ctx.metrics.node_counters(address);
     let mut latency = ["get", "put", "delete"].map(|op| {
         ctx.metrics
             .forward_duration
@@ -250,7 +284,7 @@ async fn serve(
                     return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                 }
                 last_answer = tokio::time::Instant::now();
-                let result = decode_answers(&mut codec, &mut rbuf, inflight, &ctx.metrics, &node_requests, &node_errors, &mut latency, &mut answered);
+                let result = decode_answers(&mut codec, &mut rbuf, inflight, &ctx.metrics, node_requests, node_errors, &mut latency, &mut answered);
                 // Metrics first, so a client holding its answer sees it counted.
                 for h in &mut latency {
                     h.flush();

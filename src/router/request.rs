@@ -3,11 +3,13 @@
 //! (binary, gRPC) makes these; the pool carries them to nodes.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 
+use crate::budget::{ByteBudget, Held};
 use crate::error::WireError;
 
 /// An answer for a client connection's writer: the frame body, and the
@@ -15,8 +17,153 @@ use crate::error::WireError;
 /// cannot make the router queue more than its slots' worth of answers).
 pub type Answer = (Bytes, Option<OwnedSemaphorePermit>);
 
-/// Where a client connection's responses go.
-pub type ReplyTx = mpsc::UnboundedSender<Answer>;
+/// Where a client connection's answers go, counting the bytes queued and
+/// not yet written, so the connection can stop reading from a client that
+/// does not read its answers.
+#[derive(Debug, Clone)]
+pub struct ReplyTx {
+    tx: mpsc::UnboundedSender<Answer>,
+    queued: Arc<Queued>,
+}
+
+/// A client connection's writer end of [`ReplyTx`].
+#[derive(Debug)]
+pub struct ReplyRx {
+    rx: mpsc::UnboundedReceiver<Answer>,
+    queued: Arc<Queued>,
+}
+
+#[derive(Debug)]
+struct Queued {
+    bytes: AtomicUsize,
+    written: Notify,
+    /// The process-wide budget answers beyond [`FREE_ANSWER_BYTES`] draw on.
+    budget: ByteBudget,
+    /// What this connection holds of it, given back once its queue drains.
+    held: std::sync::Mutex<Option<Held>>,
+}
+
+/// Answer bytes a connection may have queued without drawing on the
+/// process-wide budget: a client reading at its own pace stays under it.
+pub const FREE_ANSWER_BYTES: usize = 1 << 20;
+
+/// A connection's answer channel; answers queued beyond
+/// [`FREE_ANSWER_BYTES`] hold room in `budget` until written.
+pub fn replies(budget: ByteBudget) -> (ReplyTx, ReplyRx) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(Queued {
+        bytes: AtomicUsize::new(0),
+        written: Notify::new(),
+        budget,
+        held: std::sync::Mutex::new(None),
+    });
+    (
+        ReplyTx {
+            tx,
+            queued: queued.clone(),
+        },
+        ReplyRx { rx, queued },
+    )
+}
+
+impl ReplyTx {
+    /// Queues an answer for the client; gives it back if the connection
+    /// is gone. Past [`FREE_ANSWER_BYTES`] queued, an answer needs room in
+    /// the process-wide budget; without it, the client gets a short error
+    /// in its place (it is not reading what it asked for, and the router
+    /// will not hold unbounded memory for it).
+    pub fn send(&self, answer: Answer) -> Result<(), Answer> {
+        let answer = self.within_budget(answer);
+        let n = answer.0.len();
+        self.queued.bytes.fetch_add(n, Ordering::Relaxed);
+        self.tx.send(answer).map_err(|e| {
+            self.queued.bytes.fetch_sub(n, Ordering::Relaxed);
+            e.0
+        })
+    }
+
+    fn within_budget(&self, (body, slot): Answer) -> Answer {
+        let n = body.len();
+        if self.queued() + n <= FREE_ANSWER_BYTES {
+            return (body, slot);
+        }
+        let Some(more) = self.queued.budget.try_hold(n) else {
+            let id = milena_protocol::peek_id(&body).unwrap_or(0);
+            let err = WireError::Unavailable(format!(
+                "{} bytes of answers are waiting unread on this connection and the router's buffer budget (MAX_BUFFERED_BYTES) is spent: read answers before asking for more",
+                self.queued()
+            ));
+            return (err.body(id), slot);
+        };
+        let mut held = self.queued.held.lock().unwrap_or_else(|e| e.into_inner());
+        match held.as_mut() {
+            Some(h) => h.merge(more),
+            None => *held = Some(more),
+        }
+        (body, slot)
+    }
+
+    /// Answer bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.queued.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at most `cap` answer bytes are queued.
+    pub async fn until_at_most(&self, cap: usize) {
+        loop {
+            // Created before the check: a write in between still wakes it.
+            let written = self.queued.written.notified();
+            if self.queued() <= cap {
+                return;
+            }
+            written.await;
+        }
+    }
+}
+
+impl ReplyRx {
+    /// The next answer; `None` once every sender is gone.
+    pub async fn recv(&mut self) -> Option<Answer> {
+        self.rx.recv().await
+    }
+
+    /// An answer already queued, if any.
+    pub fn try_recv(&mut self) -> Option<Answer> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Records that `bytes` of answers were written out.
+    pub fn written(&self, bytes: usize) {
+        let left = self
+            .queued
+            .bytes
+            .fetch_sub(bytes, Ordering::Relaxed)
+            .saturating_sub(bytes);
+        if left <= FREE_ANSWER_BYTES {
+            // Drained back under the free allowance: give the budget back.
+            self.queued
+                .held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+        }
+        self.queued.written.notify_waiters();
+    }
+
+    /// The writer is done (the client is gone or shutdown's grace ran
+    /// out): later answers are refused, and a reader waiting for room
+    /// goes on (to find the connection closed).
+    pub fn close(&mut self) {
+        self.rx.close();
+        self.queued.bytes.store(0, Ordering::Relaxed);
+        self.queued
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        self.queued.written.notify_waiters();
+    }
+}
 
 /// Which data operation a forward carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -115,9 +115,8 @@ async fn serve_tls(
 mod tests {
     use super::*;
     use crate::router::RouterSettings;
-    use crate::router::request::Answer;
+    use crate::router::request::replies;
     use crate::router::writer::write_loop;
-    use tokio::sync::mpsc;
     /// Every open connection is one of these futures: its size is paid by
     /// each of 10,000 idle clients.
     #[tokio::test]
@@ -134,7 +133,7 @@ mod tests {
         let (_, wr) = tokio::io::split(Stream::Plain(
             TcpStream::connect(addr).await.expect("connect"),
         ));
-        let (_tx, rx) = mpsc::unbounded_channel::<Answer>();
+        let (_tx, rx) = replies(crate::budget::ByteBudget::new(1 << 20));
         let writer = write_loop(wr, rx, shutdown.clone());
         let (conn, writer) = (std::mem::size_of_val(&conn), std::mem::size_of_val(&writer));
         println!("serve_connection {conn} B, write_loop {writer} B");

@@ -8,18 +8,25 @@ use std::sync::atomic::Ordering;
 use bytes::{Bytes, BytesMut};
 use milena_protocol::{FrameCodec, FrameError, Op, decode_request, peek_id};
 use tokio::io::AsyncReadExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::Router;
 use super::admit::Access;
-use super::request::{Answer, Forward, Kind, ReplyTx};
+use super::request::{Forward, Kind, ReplyTx, replies};
 use super::writer::write_loop;
 use super::{cluster_stats, local};
+use crate::budget::{self, Receiving};
 use crate::error::{WireError, check_hello, hello_response};
 use crate::ring::key_hash;
 use crate::tls::Stream;
+
+/// Answer bytes a client may have waiting to be written before the router
+/// stops reading its requests: a client that pipelines gets of large values
+/// and does not read holds this much, not its in-flight cap times the
+/// value size. (One answer larger than this still goes out.)
+const MAX_QUEUED_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 
 /// What the router says it is in its hello answer.
 const SERVER_NAME: &str = concat!("router milena/", env!("CARGO_PKG_VERSION"));
@@ -32,7 +39,7 @@ pub async fn serve_binary(
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
     let (mut rd, wr) = tokio::io::split(stream);
-    let (tx, rx) = mpsc::unbounded_channel::<Answer>();
+    let (tx, rx) = replies(router.settings.buffered.clone());
     let writer = tokio::spawn(write_loop(wr, rx, shutdown.clone()));
     // Bounds what one client can have queued anywhere in the router.
     let slots = Arc::new(Semaphore::new(router.settings.max_inflight));
@@ -44,25 +51,60 @@ pub async fn serve_binary(
     let hello_deadline = tokio::time::sleep(router.settings.hello_timeout);
     tokio::pin!(hello_deadline);
 
+    let mut receiving = Receiving::new(router.settings.frame_timeout);
+    let mut backlog = false;
     'conn: loop {
-        let n = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            _ = &mut hello_deadline, if session.access.is_none() => {
-                router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                let secs = router.settings.hello_timeout.as_secs();
-                let _ = tx.send((WireError::HelloTimeout(secs).body(0), None));
-                break;
+        // A large frame is read only with room in the router-wide budget;
+        // without it the connection waits here (backpressure).
+        if let Some(bytes) = receiving.to_hold(&rbuf) {
+            tokio::select! {
+                held = router.settings.buffered.hold(bytes) => receiving.hold(held),
+                _ = shutdown.cancelled() => break,
             }
-            r = rd.read_buf(&mut rbuf) => r?,
+        }
+        // A client that does not read its answers stops being read.
+        if tx.queued() > MAX_QUEUED_ANSWER_BYTES {
+            tokio::select! {
+                _ = tx.until_at_most(MAX_QUEUED_ANSWER_BYTES) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        // Frames already in `rbuf` (the batch stopped at the answer cap)
+        // are decoded before anything more is read.
+        let n = if backlog {
+            1
+        } else {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = budget::until(receiving.deadline()) => {
+                    router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    let secs = receiving.timeout().as_secs();
+                    let _ = tx.send((WireError::FrameTimeout(secs).body(0), None));
+                    break;
+                }
+                _ = &mut hello_deadline, if session.access.is_none() => {
+                    router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    let secs = router.settings.hello_timeout.as_secs();
+                    let _ = tx.send((WireError::HelloTimeout(secs).body(0), None));
+                    break;
+                }
+                r = rd.read_buf(&mut rbuf) => r?,
+            }
         };
+        backlog = false;
         if n == 0 {
             if !rbuf.is_empty() {
                 router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
             }
             break;
         }
+        let mut completed = false;
         loop {
+            if tx.queued() > MAX_QUEUED_ANSWER_BYTES {
+                backlog = true;
+                break;
+            }
             let frame = match codec.decode_frame(&mut rbuf) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -75,6 +117,7 @@ pub async fn serve_binary(
                     break 'conn;
                 }
             };
+            completed = true;
             match handle_frame(router, frame, &mut session, &tx, &slots).await {
                 Ok(()) => {}
                 Err((err, id)) => {
@@ -83,6 +126,7 @@ pub async fn serve_binary(
                 }
             }
         }
+        receiving.decoded(&rbuf, completed);
     }
     drop(tx);
     // The writer ends once every forwarded request has been answered (each
@@ -154,6 +198,15 @@ async fn handle_frame(
                 _ => "heartbeat",
             };
             reply_error(router, tx, id, WireError::Unauthorized(what), permit);
+            return Ok(());
+        }
+        Op::Join { address } => {
+            // Probes the address: off the connection's read loop.
+            let (router, tx, address) = (router.clone(), tx.clone(), address.to_string());
+            tokio::spawn(async move {
+                let answer = local::join(&router, id, &address).await;
+                let _ = tx.send((answer, Some(permit)));
+            });
             return Ok(());
         }
         other => {

@@ -25,6 +25,12 @@ pub struct RouterSettings {
     pub max_connections: usize,
     /// Largest frame accepted from clients and nodes.
     pub max_frame: usize,
+    /// What all connections together may hold of requests still arriving
+    /// (`MAX_BUFFERED_BYTES`); shared by every connection.
+    pub buffered: crate::budget::ByteBudget,
+    /// How long a request that has started to arrive may take to finish
+    /// (`FRAME_TIMEOUT_SECONDS`).
+    pub frame_timeout: Duration,
     /// How long a new client may take to say hello.
     pub hello_timeout: Duration,
     /// Limit on connecting to a node.
@@ -62,6 +68,8 @@ impl Default for RouterSettings {
             max_connections: defaults::MAX_CONNECTIONS as usize,
             max_frame: max_frame(defaults::MAX_KEY_SIZE, defaults::MAX_VALUE_SIZE),
             hello_timeout: Duration::from_secs(defaults::HELLO_TIMEOUT_SECONDS),
+            buffered: crate::budget::ByteBudget::new(defaults::MAX_BUFFERED_BYTES),
+            frame_timeout: Duration::from_secs(defaults::FRAME_TIMEOUT_SECONDS),
             connect_timeout: defaults::NODE_CONNECT_TIMEOUT,
             node_timeout: Duration::from_millis(defaults::NODE_TIMEOUT_MS),
             cluster_token: None,
@@ -84,6 +92,8 @@ impl From<&RouterConfig> for RouterSettings {
             max_inflight: c.max_inflight_per_connection as usize,
             max_connections: c.max_connections as usize,
             hello_timeout: Duration::from_secs(c.hello_timeout_seconds),
+            buffered: crate::budget::ByteBudget::new(c.max_buffered_bytes),
+            frame_timeout: Duration::from_secs(c.frame_timeout_seconds),
             cluster_token: c.cluster_token.clone(),
             node_timeout: Duration::from_millis(c.node_timeout_ms),
             max_key: c.max_key_size as usize,

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, WriteHalf};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use super::request::Answer;
+use super::request::{Answer, ReplyRx};
 use crate::tls::Stream;
 
 /// How long a connection may take to receive its last answers once
@@ -20,11 +20,7 @@ const BATCH_BYTES: usize = 256 * 1024;
 const BUF_KEEP: usize = 1024 * 1024;
 
 /// Writes answers as they come, gathering whatever is queued into one write.
-pub async fn write_loop(
-    mut wr: WriteHalf<Stream>,
-    mut rx: mpsc::UnboundedReceiver<Answer>,
-    shutdown: CancellationToken,
-) {
+pub async fn write_loop(mut wr: WriteHalf<Stream>, mut rx: ReplyRx, shutdown: CancellationToken) {
     // Grows with the first answers; an idle connection holds almost nothing.
     let mut buf: Vec<u8> = Vec::new();
     // Slots of the answers in `buf`, freed once they are written.
@@ -42,11 +38,11 @@ pub async fn write_loop(
             },
             _ = &mut grace => break,
         };
-        take(&mut buf, &mut slots, first);
+        let mut bodies = take(&mut buf, &mut slots, first);
         while buf.len() < BATCH_BYTES {
             match rx.try_recv() {
-                Ok(m) => take(&mut buf, &mut slots, m),
-                Err(_) => break,
+                Some(m) => bodies += take(&mut buf, &mut slots, m),
+                None => break,
             }
         }
         let write = tokio::select! {
@@ -56,18 +52,22 @@ pub async fn write_loop(
         if write.is_err() {
             break;
         }
+        rx.written(bodies);
         slots.clear();
         buf.clear();
         if buf.capacity() > BUF_KEEP {
             buf = Vec::new();
         }
     }
+    rx.close();
     let _ = wr.shutdown().await;
 }
 
-fn take(buf: &mut Vec<u8>, slots: &mut Vec<OwnedSemaphorePermit>, (body, slot): Answer) {
+/// Appends an answer to the batch; returns its body's length.
+fn take(buf: &mut Vec<u8>, slots: &mut Vec<OwnedSemaphorePermit>, (body, slot): Answer) -> usize {
     push_framed(buf, &body);
     slots.extend(slot);
+    body.len()
 }
 
 fn push_framed(buf: &mut Vec<u8>, body: &[u8]) {

@@ -7,6 +7,11 @@
 //! older version land last. (Advisory locks need a local file system; on
 //! NFS, give each node its own directory or use S3.)
 //!
+//! Paths are prefix-free (see [`file_path`]): a key's file never sits where
+//! a longer key needs a directory. (Before that, keys over 150 bytes were
+//! laid out as in S3; a directory written then holds them where this
+//! version does not look: they read through as misses.)
+//!
 //! File format: `MLNO`, a format byte (1 = value, 2 = tombstone), the
 //! version (u64 LE), the expiry in Unix seconds (u64 LE, 0 = never), then
 //! the value (empty for a tombstone). A delete leaves a tombstone with its
@@ -20,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use std::io::Read;
 
-use super::layout::object_name;
+use super::layout::{file_path, max_key_for};
 use super::{Object, ReadOutcome, Tier, TierError, WriteOutcome};
 
 const MAGIC: &[u8; 4] = b"MLNO";
@@ -50,12 +55,12 @@ impl DirTier {
     }
 
     fn path(&self, key: &[u8]) -> PathBuf {
-        self.root.join(object_name("", key))
+        self.root.join(file_path(key))
     }
 
     /// The lock serializing writes of `key` (and of its shard's other keys).
     fn lock_path(&self, key: &[u8]) -> PathBuf {
-        let name = object_name("", key);
+        let name = file_path(key);
         let shard = name.split('/').next().unwrap_or_default();
         self.root.join(shard).join(LOCK_FILE)
     }
@@ -223,6 +228,18 @@ fn remove_if_version(path: &Path, lock_path: &Path, version: u64) -> Result<(), 
 impl Tier for DirTier {
     fn name(&self) -> &'static str {
         "dir"
+    }
+
+    fn max_key(&self) -> Option<usize> {
+        // Linux paths are at most 4096 bytes: the root, the key's path and
+        // a temporary file's suffix (`.tmp-<pid>-<seq>`) must fit.
+        const PATH_MAX: usize = 4096;
+        const TMP_SUFFIX: usize = 48;
+        let root = self.root.as_os_str().len() + 1;
+        Some(max_key_for(
+            PATH_MAX.saturating_sub(root + TMP_SUFFIX),
+            true,
+        ))
     }
 
     async fn get(&self, key: &[u8], now: u64) -> Result<ReadOutcome, TierError> {

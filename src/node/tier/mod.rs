@@ -38,6 +38,18 @@ pub enum OpenError {
         /// What the store said.
         source: TierError,
     },
+    /// `MAX_KEY_SIZE` allows keys the tier cannot name.
+    #[error(
+        "MAX_KEY_SIZE={max_key_size} is more than the {tier} tier can store (keys up to {limit} bytes): lower MAX_KEY_SIZE"
+    )]
+    KeyTooLong {
+        /// `MAX_KEY_SIZE`.
+        max_key_size: u64,
+        /// The tier's name.
+        tier: &'static str,
+        /// Its limit.
+        limit: usize,
+    },
     /// The directory cannot be created or used.
     #[error("cannot use DATA_DIR={dir}: {source}")]
     Dir {
@@ -52,6 +64,18 @@ pub enum OpenError {
 /// the local directory `DATA_DIR`, else none (memory only, with a warning).
 /// An empty value means "not set" (compose files pass `S3_ENDPOINT=` for AWS).
 pub async fn open(cfg: &crate::config::NodeConfig) -> Result<Arc<dyn Tier>, OpenError> {
+    let tier = open_configured(cfg).await?;
+    match tier.max_key() {
+        Some(limit) if cfg.max_key_size > limit as u64 => Err(OpenError::KeyTooLong {
+            max_key_size: cfg.max_key_size,
+            tier: tier.name(),
+            limit,
+        }),
+        _ => Ok(tier),
+    }
+}
+
+async fn open_configured(cfg: &crate::config::NodeConfig) -> Result<Arc<dyn Tier>, OpenError> {
     use tracing::{info, warn};
     let endpoint = cfg.s3_endpoint.clone().filter(|e| !e.is_empty());
     if let Some(bucket) = cfg.s3_bucket.as_ref().filter(|b| !b.is_empty()) {
@@ -206,6 +230,12 @@ pub trait Tier: Send + Sync + std::fmt::Debug {
     fn persists(&self) -> bool {
         true
     }
+    /// The longest key the tier can store, if it has a limit (a path or
+    /// object name length): a node refuses to start with a larger
+    /// `MAX_KEY_SIZE` rather than fail those writes for ever.
+    fn max_key(&self) -> Option<usize> {
+        None
+    }
     /// Reads `key`, at `now` (Unix seconds).
     async fn get(&self, key: &[u8], now: u64) -> Result<ReadOutcome, TierError>;
     /// Writes `obj` under `key` unless a newer version is there.
@@ -290,6 +320,9 @@ impl Tier for Timed {
     }
     fn persists(&self) -> bool {
         self.inner.persists()
+    }
+    fn max_key(&self) -> Option<usize> {
+        self.inner.max_key()
     }
     async fn get(&self, key: &[u8], now: u64) -> Result<ReadOutcome, TierError> {
         let t = Instant::now();

@@ -22,7 +22,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
-use super::layout::object_name;
+use super::layout::{max_key_for, object_name};
 use super::{Object, ReadOutcome, TOMBSTONE_LIFETIME, Tier, TierError, WriteOutcome};
 
 /// Metadata key of the write version.
@@ -299,6 +299,17 @@ fn service<E: std::error::Error + ProvideErrorMetadata + 'static>(
 impl Tier for S3Tier {
     fn name(&self) -> &'static str {
         "s3"
+    }
+
+    fn max_key(&self) -> Option<usize> {
+        // S3 object names are at most 1024 bytes, the prefix and its
+        // slash included.
+        let prefix = if self.prefix.is_empty() {
+            0
+        } else {
+            self.prefix.trim_end_matches('/').len() + 1
+        };
+        Some(max_key_for(1024usize.saturating_sub(prefix), false))
     }
 
     async fn get(&self, key: &[u8], now: u64) -> Result<ReadOutcome, TierError> {
