@@ -158,8 +158,8 @@ fn an_open_router_is_warned_about() {
     assert!(exposure_warning(local, false, false).is_none());
 }
 
-/// Hello, then most of a frame that announces a put of `value` bytes.
-fn stalled_put(value: usize) -> Vec<u8> {
+/// A hello frame, as a raw client opens a connection.
+fn hello() -> Vec<u8> {
     use milena::protocol::{MAGIC, Op, PROTOCOL_VERSION, Request, encode_request};
     let mut out = Vec::new();
     encode_request(
@@ -173,6 +173,13 @@ fn stalled_put(value: usize) -> Vec<u8> {
         },
         &mut out,
     );
+    out
+}
+
+/// Hello, then most of a frame that announces a put of `value` bytes.
+fn stalled_put(value: usize) -> Vec<u8> {
+    use milena::protocol::{Op, Request, encode_request};
+    let mut out = hello();
     let v = vec![7u8; value];
     encode_request(
         &Request {
@@ -289,8 +296,7 @@ async fn stalled_large_requests_are_bounded_and_closed_at_a_node() {
 async fn a_client_that_does_not_read_holds_a_bounded_amount() {
     use milena::budget::ByteBudget;
     use milena::protocol::{
-        Body, FrameCodec, MAGIC, Op, PROTOCOL_VERSION, Request, Status, decode_response,
-        encode_request,
+        Body, FrameCodec, Op, Request, Status, decode_response, encode_request,
     };
     use std::sync::atomic::Ordering;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -311,18 +317,7 @@ async fn a_client_that_does_not_read_holds_a_bounded_amount() {
     router.wait_members(&[&node.url()]).await;
     let c = Client::connect(&router.url()).await.expect("client");
     c.put(b"big", &vec![1u8; 1 << 20], None).await.expect("put");
-    let mut frames = Vec::new();
-    encode_request(
-        &Request {
-            id: 1,
-            op: Op::Hello {
-                magic: MAGIC,
-                version: PROTOCOL_VERSION,
-                token: None,
-            },
-        },
-        &mut frames,
-    );
+    let mut frames = hello();
     for id in 2..202 {
         encode_request(
             &Request {

@@ -43,6 +43,13 @@ struct Queued {
     held: std::sync::Mutex<Option<Held>>,
 }
 
+impl Queued {
+    /// Gives back what the connection held of the budget.
+    fn release(&self) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
 /// Answer bytes a connection may have queued without drawing on the
 /// process-wide budget: a client reading at its own pace stays under it.
 pub const FREE_ANSWER_BYTES: usize = 1 << 20;
@@ -141,11 +148,7 @@ impl ReplyRx {
             .saturating_sub(bytes);
         if left <= FREE_ANSWER_BYTES {
             // Drained back under the free allowance: give the budget back.
-            self.queued
-                .held
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
+            self.queued.release();
         }
         self.queued.written.notify_waiters();
     }
@@ -156,11 +159,7 @@ impl ReplyRx {
     pub fn close(&mut self) {
         self.rx.close();
         self.queued.bytes.store(0, Ordering::Relaxed);
-        self.queued
-            .held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        self.queued.release();
         self.queued.written.notify_waiters();
     }
 }
