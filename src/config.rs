@@ -49,6 +49,10 @@ pub mod defaults {
     /// arrive may take to finish (a 16 MiB put over a 10 Mbit/s link takes
     /// 13 s).
     pub const FRAME_TIMEOUT_SECONDS: u64 = 30;
+    /// An HTTP connection to the router with no request under way for this
+    /// long is closed: gRPC clients keep theirs busy or reconnect, and a
+    /// peer that sends only a preface must not hold a connection slot.
+    pub const HTTP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     /// Room in a frame beside the largest key and value, for the message
     /// envelope (ids, epochs, a previous owner's address).
     pub const FRAME_ENVELOPE: u64 = 1024;

@@ -394,3 +394,103 @@ async fn a_departed_node_leaves_no_metric_series() {
     assert!(gone, "{}", router.router.scrape());
     router.stop().await;
 }
+
+/// An HTTP/2 connection that sends its preface and nothing more is closed
+/// once idle, instead of holding a connection slot for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let router = start_router(milena::router::RouterSettings {
+        http_idle_timeout: std::time::Duration::from_secs(1),
+        ..test_router_settings()
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(router.addr)
+        .await
+        .expect("connect");
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("preface");
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .expect("settings");
+    until_closed(s).await;
+    let c = Client::connect(&router.url()).await.expect("still serving");
+    c.ping().await.expect("ping");
+    router.stop().await;
+}
+
+/// One HTTP/2 connection opening a hundred gRPC puts, each sending 1 MiB
+/// of a 4 MiB message and stalling: past the connection's body cap the
+/// streams are refused at once, the others once their bodies have stalled
+/// for FRAME_TIMEOUT_SECONDS; the router holds a bounded amount meanwhile
+/// and gives it all back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_partial_grpc_bodies_on_one_connection_are_bounded() {
+    use milena::budget::ByteBudget;
+    let budget = ByteBudget::new(64 << 20);
+    let router = start_router(milena::router::RouterSettings {
+        buffered: budget.clone(),
+        max_value: 4 << 20,
+        max_frame: (4 << 20) + 1024,
+        frame_timeout: std::time::Duration::from_secs(1),
+        ..test_router_settings()
+    })
+    .await;
+    let tcp = tokio::net::TcpStream::connect(router.addr)
+        .await
+        .expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let driver = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut responses = Vec::new();
+    for _ in 0..100 {
+        let mut client = client.clone().ready().await.expect("stream slot");
+        let req = http::Request::post(format!("http://{}/milena.Router/Put", router.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .expect("request");
+        let (response, mut body) = client.send_request(req, false).expect("send");
+        // A gRPC message header announcing 4 MiB, then 1 MiB of it.
+        let mut data = vec![0u8];
+        data.extend_from_slice(&(4u32 << 20).to_be_bytes());
+        data.extend_from_slice(&vec![0u8; 1 << 20]);
+        body.send_data(bytes::Bytes::from(data), false)
+            .expect("data");
+        responses.push((response, body));
+    }
+    let mut refused = 0;
+    for (response, _body) in responses.iter_mut() {
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(60), response).await;
+        match answered.expect("every stream is answered or reset, none left hanging") {
+            Err(_) => refused += 1,
+            Ok(r) => {
+                let status = r
+                    .headers()
+                    .get("grpc-status")
+                    .map(|v| v.as_bytes().to_vec());
+                if status.as_deref() != Some(b"0") {
+                    refused += 1;
+                }
+            }
+        }
+    }
+    // Past the cap at once, within it once the body stalls.
+    assert_eq!(refused, 100, "partial streams refused");
+    assert!(budget.in_use() <= 16 << 20, "{} held", budget.in_use());
+    drop(responses);
+    drop(client);
+    driver.abort();
+    let c = Client::connect(&router.url()).await.expect("still serving");
+    c.ping().await.expect("ping");
+    for _ in 0..200 {
+        if budget.in_use() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(budget.in_use(), 0, "given back when the connection went");
+    router.stop().await;
+}

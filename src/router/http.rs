@@ -31,9 +31,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// multiplexes its calls, but a hundred partial bodies is already a lot of
 /// memory to hold for one peer.
 const MAX_CONCURRENT_STREAMS: u32 = 100;
-/// An HTTP connection with no request under way for this long is closed
-/// (a client that sent only the HTTP/2 preface held its slot for ever).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// HTTP/2 pings on quiet connections, and how long an answer may take:
 /// a peer that vanished is noticed even while a call is open.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -48,6 +45,7 @@ pub async fn serve_http(
     // Messages as large as the binary protocol's frames (tonic's own
     // default, 4 MiB, would refuse values MAX_VALUE_SIZE allows).
     let limit = router.settings.max_frame;
+    let router_idle = router.settings.http_idle_timeout;
     let grpc = RouterServer::new(Gateway::new(router.clone()))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
@@ -68,7 +66,8 @@ pub async fn serve_http(
                 .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
             if is_grpc {
                 let budget = router.settings.buffered.clone();
-                let req = req.map(|body| Metered::new(body, received, cap, budget));
+                let timeout = router.settings.frame_timeout;
+                let req = req.map(|body| Metered::new(body, received, cap, budget, timeout));
                 grpc.call(req).await
             } else {
                 Ok(http_answer(&router, &req).map(tonic::body::Body::new))
@@ -90,19 +89,22 @@ pub async fn serve_http(
         .timer(hyper_util::rt::TokioTimer::new());
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    let mut tick = tokio::time::interval(IDLE_TIMEOUT / 4);
+    let idle_timeout = router_idle;
+    let mut tick = tokio::time::interval(idle_timeout / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             r = conn.as_mut() => return r.map_err(std::io::Error::other),
             _ = tick.tick() => {
-                if !activity.idle_for(IDLE_TIMEOUT) {
+                if !activity.idle_for(idle_timeout) {
                     continue;
                 }
+                // Idle: nothing under way to finish; just close.
+                return Ok(());
             }
             _ = shutdown.cancelled() => {}
         }
-        // Shutting down, or idle too long: finish what is under way.
+        // Shutting down: finish what is under way.
         conn.as_mut().graceful_shutdown();
         let _ = tokio::time::timeout(DRAIN_GRACE, conn).await;
         return Ok(());
@@ -158,6 +160,10 @@ struct Metered {
     budget: ByteBudget,
     held: Option<Held>,
     taken: usize,
+    /// A body that sends nothing for `FRAME_TIMEOUT_SECONDS` is failed, as
+    /// a stalled binary frame is.
+    stall: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
 }
 
 impl Metered {
@@ -166,6 +172,7 @@ impl Metered {
         received: Arc<AtomicUsize>,
         cap: usize,
         budget: ByteBudget,
+        timeout: Duration,
     ) -> Self {
         Metered {
             inner,
@@ -174,6 +181,8 @@ impl Metered {
             budget,
             held: None,
             taken: 0,
+            stall: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
         }
     }
 }
@@ -192,8 +201,20 @@ impl hyper::body::Body for Metered {
             Poll::Ready(Some(Ok(frame))) => frame,
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => return Poll::Ready(None),
-            Poll::Pending => return Poll::Pending,
+            Poll::Pending => {
+                if this.stall.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(format!(
+                        "the request body stalled for {} seconds (FRAME_TIMEOUT_SECONDS)",
+                        this.timeout.as_secs()
+                    )
+                    .into())));
+                }
+                return Poll::Pending;
+            }
         };
+        this.stall
+            .as_mut()
+            .reset(tokio::time::Instant::now() + this.timeout);
         if let Some(data) = frame.data_ref() {
             let n = data.len();
             this.taken += n;

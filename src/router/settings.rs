@@ -31,6 +31,10 @@ pub struct RouterSettings {
     /// How long a request that has started to arrive may take to finish
     /// (`FRAME_TIMEOUT_SECONDS`).
     pub frame_timeout: Duration,
+    /// An HTTP connection with no request under way for this long is
+    /// closed (a client that sent only the HTTP/2 preface held its slot
+    /// for ever).
+    pub http_idle_timeout: Duration,
     /// How long a new client may take to say hello.
     pub hello_timeout: Duration,
     /// Limit on connecting to a node.
@@ -68,6 +72,7 @@ impl Default for RouterSettings {
             max_connections: defaults::MAX_CONNECTIONS as usize,
             max_frame: max_frame(defaults::MAX_KEY_SIZE, defaults::MAX_VALUE_SIZE),
             hello_timeout: Duration::from_secs(defaults::HELLO_TIMEOUT_SECONDS),
+            http_idle_timeout: defaults::HTTP_IDLE_TIMEOUT,
             buffered: crate::budget::ByteBudget::new(defaults::MAX_BUFFERED_BYTES),
             frame_timeout: Duration::from_secs(defaults::FRAME_TIMEOUT_SECONDS),
             connect_timeout: defaults::NODE_CONNECT_TIMEOUT,

@@ -78,6 +78,9 @@ struct State {
     /// Keys being uploaded now, with what is being written (reads must see
     /// it until the tier has it).
     inflight: HashMap<Vec<u8>, Pending>,
+    /// Pending keys set aside after failing while others succeeded: not
+    /// taken again before their time.
+    deferred: HashMap<Vec<u8>, tokio::time::Instant>,
 }
 
 /// Counters of the queue.
@@ -109,6 +112,11 @@ struct Inner {
     /// Keys whose refusal was logged (bounded), so a key written again and
     /// again is not logged again and again.
     refused_logged: Mutex<HashSet<Vec<u8>>>,
+    /// Failed attempts since the last success, across all keys: many in a
+    /// row mean the tier is down (retry in place, gently); a few mean one
+    /// key is in trouble (set it aside, upload the others).
+    failures_in_a_row: AtomicU64,
+    uploaders: usize,
 }
 
 /// The write-behind queue of one node. Cheap to clone.
@@ -219,6 +227,8 @@ impl WriteBack {
             stats: WriteBackStats::default(),
             stop: CancellationToken::new(),
             refused_logged: Mutex::new(HashSet::new()),
+            failures_in_a_row: AtomicU64::new(0),
+            uploaders: uploaders.max(1),
         });
         let tracker = TaskTracker::new();
         for _ in 0..uploaders.max(1) {
@@ -299,13 +309,20 @@ impl WriteBack {
     }
 }
 
-/// Takes the oldest pending key that is not being uploaded.
+/// Attempts on one key before it is set aside, when the tier is not down.
+const ATTEMPTS_BEFORE_DEFERRING: u32 = 3;
+
+/// Takes the oldest pending key that is not being uploaded nor set aside
+/// for later.
 fn take(s: &mut State) -> Option<(Vec<u8>, Pending, Vec<Waiter>)> {
+    let now = tokio::time::Instant::now();
+    s.deferred.retain(|_, due| *due > now);
     let n = s.order.len();
     for _ in 0..n {
         let key = s.order.pop_front()?;
-        if s.inflight.contains_key(&key) {
-            // Its previous upload is still running: keep order, look further.
+        if s.inflight.contains_key(&key) || s.deferred.contains_key(&key) {
+            // Its previous upload is still running, or it waits for its
+            // retry: keep order, look further.
             s.order.push_back(key);
             continue;
         }
@@ -321,19 +338,29 @@ async fn uploader(inner: Arc<Inner>) {
     loop {
         let job = {
             let wait = inner.work.notified();
-            let job = take(&mut lock(&inner.state));
+            let (job, next_due) = {
+                let mut s = lock(&inner.state);
+                (take(&mut s), s.deferred.values().min().copied())
+            };
             match job {
                 Some(job) => job,
                 None => {
                     tokio::select! {
                         _ = wait => continue,
+                        _ = crate::budget::until(next_due) => continue,
                         _ = inner.stop.cancelled() => return,
                     }
                 }
             }
         };
         let (key, write, waiters) = job;
-        let outcome = upload(&inner, &key, &write).await;
+        let outcome = match upload(&inner, &key, &write).await {
+            Attempt::Done(outcome) => outcome,
+            Attempt::Later(delay) => {
+                set_aside(&inner, key, write, waiters, delay);
+                continue;
+            }
+        };
         lock(&inner.state).inflight.remove(&key);
         for w in waiters {
             let _ = w.send(outcome.clone());
@@ -344,9 +371,42 @@ async fn uploader(inner: Arc<Inner>) {
     }
 }
 
+/// How an upload ended.
+enum Attempt {
+    /// Written, or refused for good.
+    Done(Result<(), Refused>),
+    /// Failed a few times while other keys went through: try it again
+    /// after this long, and upload the others meanwhile.
+    Later(Duration),
+}
+
+/// Puts a key that keeps failing back in the queue, due after `delay`
+/// (unless a newer write of it came in meanwhile, which takes its place
+/// and its waiters).
+fn set_aside(inner: &Inner, key: Vec<u8>, write: Pending, waiters: Vec<Waiter>, delay: Duration) {
+    let mut s = lock(&inner.state);
+    s.inflight.remove(&key);
+    match s.pending.get_mut(&key) {
+        Some((newer, later)) => {
+            if write.version() > newer.version() {
+                *newer = write;
+            }
+            later.extend(waiters);
+        }
+        None => {
+            s.pending.insert(key.clone(), (write, waiters));
+            s.order.push_back(key.clone());
+        }
+    }
+    s.deferred.insert(key, tokio::time::Instant::now() + delay);
+    drop(s);
+    inner.work.notify_one();
+}
+
 /// Writes one queued write, retrying while the tier's errors may pass.
-async fn upload(inner: &Inner, key: &[u8], write: &Pending) -> Result<(), Refused> {
+async fn upload(inner: &Inner, key: &[u8], write: &Pending) -> Attempt {
     let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+    let mut attempts = 0u32;
     loop {
         let result: Result<WriteOutcome, TierError> = match write {
             Pending::Put(obj) => inner.tier.put(key, obj).await,
@@ -358,7 +418,8 @@ async fn upload(inner: &Inner, key: &[u8], write: &Pending) -> Result<(), Refuse
                     inner.stats.superseded.fetch_add(1, Ordering::Relaxed);
                 }
                 inner.stats.written.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
+                inner.failures_in_a_row.store(0, Ordering::Relaxed);
+                return Attempt::Done(Ok(()));
             }
             Err(e) if !e.is_retryable() => {
                 inner.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -369,13 +430,23 @@ async fn upload(inner: &Inner, key: &[u8], write: &Pending) -> Result<(), Refuse
                 } else {
                     debug!(tier, error = %e, "the tier refused a write for good");
                 }
-                return Err(Refused {
+                return Attempt::Done(Err(Refused {
                     tier,
                     reason: e.to_string().into(),
-                });
+                }));
             }
             Err(e) => {
                 inner.stats.errors.fetch_add(1, Ordering::Relaxed);
+                attempts += 1;
+                let in_a_row = inner.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+                // Many failures in a row, across keys: the tier is down,
+                // and every key waits its turn here. A few: this key is in
+                // trouble; the others must not wait behind it.
+                let tier_down = in_a_row >= (2 * inner.uploaders as u64).max(16);
+                if attempts >= ATTEMPTS_BEFORE_DEFERRING && !tier_down {
+                    warn!(tier = inner.tier.name(), error = %e, "a tier write keeps failing; setting it aside and uploading the others");
+                    return Attempt::Later(crate::backoff::jitter(MAX_BACKOFF));
+                }
                 let delay = backoff.next_delay();
                 warn!(tier = inner.tier.name(), error = %e, retry_in = ?delay, "tier write failed");
                 tokio::time::sleep(delay).await;
@@ -432,6 +503,9 @@ mod tests {
                 .await
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             self.puts.fetch_add(1, Ordering::Relaxed);
+            if key.starts_with(b"stuck") {
+                return Err(std::io::Error::other("this object alone keeps failing").into());
+            }
             if key.starts_with(b"bad") {
                 return Err(TierError::Corrupt {
                     name: String::from_utf8_lossy(key).into_owned(),
@@ -566,6 +640,45 @@ mod tests {
         let bad = enqueue(&again, b"bad-key", put(b"v", 2));
         assert!(bad.await.expect("answered").is_err());
         again.close().await;
+    }
+
+    /// A key whose uploads keep failing (while others succeed) is set
+    /// aside and retried later: it does not hold the only uploader, so the
+    /// keys behind it are written. (Virtual time: the hour is a hang guard.)
+    #[tokio::test(start_paused = true)]
+    async fn one_stuck_key_does_not_block_the_others() {
+        let tier = faulty(0, 1000).await;
+        let wb = WriteBack::new(tier.clone(), 100, 1);
+        let stuck = enqueue(&wb, b"stuck-key", put(b"v", 1));
+        let others: Vec<Durable> = (0..10u64)
+            .map(|i| enqueue(&wb, format!("good-{i}").as_bytes(), put(b"v", i)))
+            .collect();
+        tokio::time::timeout(Duration::from_secs(3600), async {
+            for d in others {
+                d.await.expect("answered").expect("written");
+            }
+        })
+        .await
+        .expect("the others are written while one key keeps failing");
+        assert_eq!(wb.depth(), 1, "the stuck key is still queued, not dropped");
+        assert!(wb.peek(b"stuck-key").is_some(), "and still seen by reads");
+        drop(stuck);
+    }
+
+    /// When every write fails (the tier is down), keys are not spun
+    /// through: each uploader waits out its backoff on its key.
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_is_waited_out_not_spun_through() {
+        let tier = faulty(1_000_000, 1000).await; // every write fails
+        let wb = WriteBack::new(tier.clone(), 1000, 2);
+        for i in 0..200u64 {
+            drop(enqueue(&wb, format!("k{i}").as_bytes(), put(b"v", i)));
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let attempts = tier.puts.load(Ordering::Relaxed);
+        // Two uploaders backing off to 5 s: a few dozen attempts a minute,
+        // not hundreds of keys tried in turn.
+        assert!(attempts < 200, "{attempts} attempts in a minute of outage");
     }
 
     #[tokio::test]
