@@ -494,3 +494,29 @@ async fn many_partial_grpc_bodies_on_one_connection_are_bounded() {
     assert_eq!(budget.in_use(), 0, "given back when the connection went");
     router.stop().await;
 }
+
+/// A listener that accepts and says nothing is refused within the
+/// router's connect timeout, and never enters the ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_listener_cannot_join() {
+    let router = start_router(test_router_settings()).await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            open.push(s); // accepted, never answered
+        }
+    });
+    let c = Client::connect(&router.url()).await.expect("connect");
+    let e = c
+        .join(&format!("http://{addr}"))
+        .await
+        .expect_err("a silent listener");
+    assert!(e.to_string().contains("cannot join"), "{e}");
+    assert_eq!(router.router.members.view().ring.len(), 0);
+    held.abort();
+    router.stop().await;
+}
