@@ -448,3 +448,47 @@ async fn a_delete_says_whether_the_key_existed() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A put that lands while a cold read of the same key waits on the tier is
+/// not undone when the read comes back with the older stored value: the
+/// read fills memory only where nothing newer was written meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_during_a_cold_read_is_not_undone_by_it() {
+    let dir = data_dir("put-during-read");
+    let tier = Counting::new(&dir, 0).await; // reads wait for the gate
+    let old = Object {
+        value: bytes::Bytes::from_static(b"old"),
+        expires_at: None,
+        version: 1,
+    };
+    tier.dir.put(b"k", &old).await.expect("seed");
+    let n = start_node_with(Node::with_tier(
+        small_settings(),
+        Clock::new(),
+        tier.clone(),
+    ))
+    .await;
+    let reader = Client::connect(&n.url()).await.expect("connect");
+    let cold = tokio::spawn(async move { reader.get(b"k").await });
+    for _ in 0..1000 {
+        if tier.reads.load(Ordering::Relaxed) >= 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let writer = Client::connect(&n.url()).await.expect("connect");
+    writer.put(b"k", b"new", None).await.expect("put");
+    tier.gate.add_permits(1000);
+    let first = cold.await.expect("task").expect("get");
+    assert!(
+        matches!(first.as_deref(), Some(b"old" | b"new")),
+        "{first:?}"
+    );
+    assert_eq!(
+        writer.get(b"k").await.expect("get").as_deref(),
+        Some(&b"new"[..]),
+        "the acknowledged put must win over the read that began before it"
+    );
+    n.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

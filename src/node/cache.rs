@@ -325,8 +325,11 @@ impl Cache {
         if self.queue.is_none() {
             return Ok(Removal::Done(in_memory, Ack::Now));
         }
-        let version = wall_micros();
-        let known = match self.peek(key) {
+        // Newer than any write of the key still queued: a put's version
+        // comes from the router's clock, which may run ahead of ours.
+        let queued = self.peek(key);
+        let version = wall_micros().max(queued.as_ref().map_or(0, |p| p.version() + 1));
+        let known = match queued {
             _ if in_memory => Some(true),
             Some(Pending::Put(_)) => Some(true),
             Some(Pending::Delete(_)) => Some(false),
@@ -334,6 +337,9 @@ impl Cache {
         };
         if let Some(existed) = known {
             let ack = self.persist(key, Pending::Delete(version))?;
+            // A read-through that read the tier before may have filled
+            // memory since: the tombstone is queued now, so clear it again.
+            self.store.delete(key, self.clock.now());
             return Ok(Removal::Done(existed, ack));
         }
         let cache = self.clone();
@@ -351,6 +357,7 @@ impl Cache {
             // Queued now, but with the version of the request's arrival:
             // a put of the key that arrived meanwhile is newer and wins.
             let ack = cache.persist(&key, Pending::Delete(version))?;
+            cache.store.delete(&key, cache.clock.now());
             Ok((existed, ack))
         })))
     }
@@ -470,6 +477,7 @@ impl Cache {
 
     /// One read of the tier, beside an ask of the key's previous owner.
     async fn read_tier(&self, key: &[u8], previous: Option<&str>) -> ReadThrough {
+        let started = wall_micros();
         let now = self.clock.unix_secs();
         self.stats.tier_reads.fetch_add(1, Ordering::Relaxed);
         let tier_read = self.tier.get(key, now);
@@ -486,7 +494,7 @@ impl Cache {
                 (stored, dirty)
             }
         };
-        self.resolve(key, now, stored, dirty)
+        self.resolve(key, now, started, stored, dirty)
     }
 
     /// What the node already knows about `key` without the tier: a value in
@@ -519,6 +527,7 @@ impl Cache {
         &self,
         key: &[u8],
         now: u64,
+        started: u64,
         stored: Result<ReadOutcome, TierError>,
         dirty: Option<Pending>,
     ) -> ReadThrough {
@@ -551,9 +560,16 @@ impl Cache {
                     t.saturating_sub(now).clamp(1, u64::from(u32::MAX)) as u32
                 });
                 // Fresh from the durable copy: tag it with the current time,
-                // so no ownership epoch counts it as stale.
+                // so no ownership epoch counts it as stale. Only into an
+                // empty slot: a put that arrived while the tier was read
+                // has written memory already, and is newer.
                 self.store
-                    .put(key, &obj.value, ttl, self.clock.now(), wall_micros());
+                    .put_if_absent(key, &obj.value, ttl, self.clock.now(), wall_micros());
+                // A delete that arrived meanwhile (and found memory empty)
+                // must not be undone by this fill.
+                if matches!(self.peek(key), Some(Pending::Delete(v)) if v >= started) {
+                    self.store.delete(key, self.clock.now());
+                }
                 ReadThrough::Found(obj.value)
             }
             Ok(ReadOutcome::Absent | ReadOutcome::Expired) => {

@@ -112,6 +112,13 @@ async fn serve_connection(
         // A large frame is read only with room in the node-wide budget;
         // without it the connection waits here (backpressure).
         if let Some(bytes) = receiving.to_hold(&rbuf) {
+            if !greeted {
+                // A hello is small: a large first frame holds no budget.
+                node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                WireError::HelloRequired.respond(0, &mut wbuf);
+                let _ = write_batch(&mut stream, &wbuf, shutdown).await;
+                break;
+            }
             tokio::select! {
                 held = node.settings.buffered.hold(bytes) => receiving.hold(held),
                 _ = shutdown.cancelled() => break,
@@ -204,7 +211,9 @@ async fn serve_connection(
                 }
             }
         }
-        receiving.decoded(&rbuf, completed);
+        // Frames left whole in `rbuf` by the in-flight cap are not a
+        // request still arriving: no clock for them.
+        receiving.decoded(if backlog { &[] } else { &rbuf }, completed);
         // Counters first, so a client that has its answer sees them counted.
         let batch = tally;
         node.stats.fold(&mut tally);

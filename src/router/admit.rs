@@ -95,6 +95,12 @@ impl Router {
         if let Some(member) = self.members.up_member(&address) {
             return Ok(self.members.join(&member));
         }
+        if let Some(wait) = self.members.held_down(&address) {
+            return Err(WireError::NotANode(format!(
+                "{address} was ejected moments ago; it may join again in {} ms",
+                wait.as_millis()
+            )));
+        }
         if self.membership_changes.check().is_err() {
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             return Err(WireError::MembershipRateLimited(
@@ -110,7 +116,8 @@ impl Router {
     /// Removes the member `address` names (see `Members::leave`), counting
     /// a leave that changes the ring against the membership rate limit.
     pub fn leave_checked(&self, address: &str) -> Result<Change, WireError> {
-        if self.members.up_member(address).is_some() && self.membership_changes.check().is_err() {
+        let up = self.members.leave_target(address).is_some_and(|(_, up)| up);
+        if up && self.membership_changes.check().is_err() {
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             return Err(WireError::MembershipRateLimited(
                 MEMBERSHIP_CHANGES_PER_SECOND,

@@ -159,6 +159,7 @@ struct Metered {
     cap: usize,
     budget: ByteBudget,
     held: Option<Held>,
+    held_bytes: usize,
     taken: usize,
     /// A body that sends nothing for `FRAME_TIMEOUT_SECONDS` is failed, as
     /// a stalled binary frame is.
@@ -180,6 +181,7 @@ impl Metered {
             cap,
             budget,
             held: None,
+            held_bytes: 0,
             taken: 0,
             stall: Box::pin(tokio::time::sleep(timeout)),
             timeout,
@@ -225,15 +227,22 @@ impl hyper::body::Body for Metered {
                 )
                 .into())));
             }
-            match (this.budget.try_hold(n), &mut this.held) {
-                (Some(h), Some(held)) => held.merge(h),
-                (Some(h), slot) => *slot = Some(h),
-                (None, _) => {
-                    return Poll::Ready(Some(Err(
-                        "the router's buffer budget (MAX_BUFFERED_BYTES) is spent; try again"
-                            .into(),
-                    )));
+            // Hold whole KiB for the body so far, not a KiB per frame: a
+            // peer sending one-byte frames must not spend the budget 1024
+            // times over.
+            let need = this.taken.div_ceil(1024) * 1024 - this.held_bytes;
+            if need > 0 {
+                match (this.budget.try_hold(need), &mut this.held) {
+                    (Some(h), Some(held)) => held.merge(h),
+                    (Some(h), slot) => *slot = Some(h),
+                    (None, _) => {
+                        return Poll::Ready(Some(Err(
+                            "the router's buffer budget (MAX_BUFFERED_BYTES) is spent; try again"
+                                .into(),
+                        )));
+                    }
                 }
+                this.held_bytes += need;
             }
         }
         Poll::Ready(Some(Ok(frame)))

@@ -267,6 +267,28 @@ impl Members {
         Change::Changed(epoch)
     }
 
+    /// How much longer a member `address` names, ejected recently, must
+    /// stay out (`hold_down` after its ejection), so a node that flaps does
+    /// not change the ring on every heartbeat.
+    pub fn held_down(&self, address: &str) -> Option<Duration> {
+        let t = self.lock();
+        let key = find_equivalent(&t, address)?;
+        let e = t.nodes.get(&key)?;
+        if e.up || e.left {
+            return None;
+        }
+        let until = e.down_since? + self.hold_down;
+        until.checked_duration_since(Instant::now())
+    }
+
+    /// The member a leave of `address` would remove, and whether it is up.
+    pub fn leave_target(&self, address: &str) -> Option<(String, bool)> {
+        let t = self.lock();
+        let key = find_member(&t, address)?;
+        let up = t.nodes.get(&key).is_some_and(|e| e.up);
+        Some((key, up))
+    }
+
     /// The key of the member `address` names, if it is up.
     pub fn up_member(&self, address: &str) -> Option<String> {
         let t = self.lock();

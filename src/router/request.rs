@@ -41,6 +41,8 @@ struct Queued {
     budget: ByteBudget,
     /// What this connection holds of it, given back once its queue drains.
     held: std::sync::Mutex<Option<Held>>,
+    /// The writer is gone: nothing more will be written or waited for.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Queued {
@@ -63,6 +65,7 @@ pub fn replies(budget: ByteBudget) -> (ReplyTx, ReplyRx) {
         written: Notify::new(),
         budget,
         held: std::sync::Mutex::new(None),
+        closed: std::sync::atomic::AtomicBool::new(false),
     });
     (
         ReplyTx {
@@ -91,7 +94,7 @@ impl ReplyTx {
 
     fn within_budget(&self, (body, slot): Answer) -> Answer {
         let n = body.len();
-        if self.queued() + n <= FREE_ANSWER_BYTES {
+        if self.queued().saturating_add(n) <= FREE_ANSWER_BYTES {
             return (body, slot);
         }
         let Some(more) = self.queued.budget.try_hold(n) else {
@@ -110,8 +113,12 @@ impl ReplyTx {
         (body, slot)
     }
 
-    /// Answer bytes queued and not yet written.
+    /// Answer bytes queued and not yet written (0 once the writer is gone:
+    /// nothing is waited for then).
     pub fn queued(&self) -> usize {
+        if self.queued.closed.load(Ordering::Relaxed) {
+            return 0;
+        }
         self.queued.bytes.load(Ordering::Relaxed)
     }
 
@@ -158,7 +165,7 @@ impl ReplyRx {
     /// goes on (to find the connection closed).
     pub fn close(&mut self) {
         self.rx.close();
-        self.queued.bytes.store(0, Ordering::Relaxed);
+        self.queued.closed.store(true, Ordering::Relaxed);
         self.queued.release();
         self.queued.written.notify_waiters();
     }

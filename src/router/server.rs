@@ -134,7 +134,7 @@ mod tests {
             TcpStream::connect(addr).await.expect("connect"),
         ));
         let (_tx, rx) = replies(crate::budget::ByteBudget::new(1 << 20));
-        let writer = write_loop(wr, rx, shutdown.clone());
+        let writer = write_loop(wr, rx, shutdown.clone(), Duration::from_secs(30));
         let (conn, writer) = (std::mem::size_of_val(&conn), std::mem::size_of_val(&writer));
         println!("serve_connection {conn} B, write_loop {writer} B");
         // Was 3.4 KB while it held hyper's state inline.

@@ -40,7 +40,12 @@ pub async fn serve_binary(
 ) -> std::io::Result<()> {
     let (mut rd, wr) = tokio::io::split(stream);
     let (tx, rx) = replies(router.settings.buffered.clone());
-    let writer = tokio::spawn(write_loop(wr, rx, shutdown.clone()));
+    let writer = tokio::spawn(write_loop(
+        wr,
+        rx,
+        shutdown.clone(),
+        router.settings.frame_timeout,
+    ));
     // Bounds what one client can have queued anywhere in the router.
     let slots = Arc::new(Semaphore::new(router.settings.max_inflight));
     let mut codec = FrameCodec::new(router.settings.max_frame);
@@ -57,6 +62,11 @@ pub async fn serve_binary(
         // A large frame is read only with room in the router-wide budget;
         // without it the connection waits here (backpressure).
         if let Some(bytes) = receiving.to_hold(&rbuf) {
+            if session.access.is_none() {
+                // A hello is small: a large first frame holds no budget.
+                protocol_error(router, &tx, WireError::HelloRequired, 0);
+                break;
+            }
             tokio::select! {
                 held = router.settings.buffered.hold(bytes) => receiving.hold(held),
                 _ = shutdown.cancelled() => break,
@@ -126,7 +136,9 @@ pub async fn serve_binary(
                 }
             }
         }
-        receiving.decoded(&rbuf, completed);
+        // Frames left whole in `rbuf` by the answer cap are not a request
+        // still arriving: no clock for them.
+        receiving.decoded(if backlog { &[] } else { &rbuf }, completed);
     }
     drop(tx);
     // The writer ends once every forwarded request has been answered (each

@@ -20,7 +20,12 @@ const BATCH_BYTES: usize = 256 * 1024;
 const BUF_KEEP: usize = 1024 * 1024;
 
 /// Writes answers as they come, gathering whatever is queued into one write.
-pub async fn write_loop(mut wr: WriteHalf<Stream>, mut rx: ReplyRx, shutdown: CancellationToken) {
+pub async fn write_loop(
+    mut wr: WriteHalf<Stream>,
+    mut rx: ReplyRx,
+    shutdown: CancellationToken,
+    stall: Duration,
+) {
     // Grows with the first answers; an idle connection holds almost nothing.
     let mut buf: Vec<u8> = Vec::new();
     // Slots of the answers in `buf`, freed once they are written.
@@ -45,11 +50,13 @@ pub async fn write_loop(mut wr: WriteHalf<Stream>, mut rx: ReplyRx, shutdown: Ca
                 None => break,
             }
         }
+        // A client that reads nothing for `stall` (FRAME_TIMEOUT_SECONDS)
+        // is gone for our purposes: its unread answers are not held for ever.
         let write = tokio::select! {
-            r = wr.write_all(&buf) => r,
+            r = tokio::time::timeout(stall, wr.write_all(&buf)) => r,
             _ = &mut grace => break,
         };
-        if write.is_err() {
+        if !matches!(write, Ok(Ok(()))) {
             break;
         }
         rx.written(bodies);
@@ -60,7 +67,9 @@ pub async fn write_loop(mut wr: WriteHalf<Stream>, mut rx: ReplyRx, shutdown: Ca
         }
     }
     rx.close();
-    let _ = wr.shutdown().await;
+    // Bounded: sending a TLS close_notify to a peer that reads nothing
+    // would otherwise wait for ever.
+    let _ = tokio::time::timeout(DRAIN_GRACE, wr.shutdown()).await;
 }
 
 /// Appends an answer to the batch; returns its body's length.

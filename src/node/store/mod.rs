@@ -181,6 +181,25 @@ impl Store {
         shard.put(hash, key, value, expire, epoch)
     }
 
+    /// As [`Store::put`], unless a live entry for `key` is already held:
+    /// a value read from the tier must not replace one a put wrote while
+    /// the read was under way. `None` when one was there.
+    pub fn put_if_absent(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl_secs: u32,
+        now: Millis,
+        epoch: u64,
+    ) -> Option<PutOutcome> {
+        let expire = expiry_for(now, ttl_secs);
+        let (hash, mut shard) = self.locate(key);
+        if shard.holds(hash, key, now) {
+            return None;
+        }
+        Some(shard.put(hash, key, value, expire, epoch))
+    }
+
     /// Removes `key`; returns whether a live entry was there.
     #[inline]
     pub fn delete(&self, key: &[u8], now: Millis) -> bool {

@@ -228,6 +228,12 @@ impl Shard {
         Some(self.slots[idx as usize].value())
     }
 
+    /// Whether a live (unexpired) entry for `key` is held, whatever its epoch.
+    pub fn holds(&self, hash: u64, key: &[u8], now: Millis) -> bool {
+        self.find(hash, key)
+            .is_some_and(|idx| !is_expired(self.slots[idx as usize].expire, now))
+    }
+
     /// Stores `key` = `value` expiring at second `expire` (0 = never),
     /// written in ring epoch `epoch`, evicting least recently used entries
     /// as needed.

@@ -142,7 +142,16 @@ fn stored_version(path: &Path) -> Result<Option<u64>, TierError> {
         Err(e) => return Err(e.into()),
     };
     let mut head = [0u8; HEADER];
-    f.read_exact(&mut head)?;
+    if let Err(e) = f.read_exact(&mut head) {
+        // Shorter than a header (cut off by a crash): never ours to retry.
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            return Err(TierError::Corrupt {
+                name: path.display().to_string(),
+                reason: "shorter than a Milena object header".into(),
+            });
+        }
+        return Err(e.into());
+    }
     Ok(Some(header(path, &head)?.version))
 }
 
@@ -165,7 +174,13 @@ fn write_file(
     bytes: &[u8],
 ) -> Result<WriteOutcome, TierError> {
     let _locked = lock(lock_path)?;
-    if stored_version(path)?.is_some_and(|v| v > version) {
+    // A file that is not a whole Milena object (cut off by a crash, or not
+    // ours) is older than any write, as in the S3 tier: replace it.
+    let stored = match stored_version(path) {
+        Err(TierError::Corrupt { .. }) => None,
+        other => other?,
+    };
+    if stored.is_some_and(|v| v > version) {
         return Ok(WriteOutcome::Superseded);
     }
     let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);

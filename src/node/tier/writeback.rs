@@ -255,11 +255,16 @@ impl WriteBack {
     /// it before the tier's older copy.
     pub fn peek(&self, key: &[u8]) -> Option<Pending> {
         let s = lock(&self.inner.state);
-        s.pending
-            .get(key)
-            .map(|(p, _)| p.clone())
-            // Being uploaded: the tier may not have it yet.
-            .or_else(|| s.inflight.get(key).cloned())
+        let pending = s.pending.get(key).map(|(p, _)| p);
+        // Being uploaded: the tier may not have it yet.
+        let inflight = s.inflight.get(key);
+        // An older write may wait behind a newer one being uploaded (a
+        // previous owner's, taken over): the newer is the key's value.
+        match (pending, inflight) {
+            (Some(p), Some(i)) if i.version() > p.version() => Some(i.clone()),
+            (Some(p), _) => Some(p.clone()),
+            (None, i) => i.cloned(),
+        }
     }
 
     /// Queues `write` for `key` if there is room (or the key is already
@@ -443,7 +448,10 @@ async fn upload(inner: &Inner, key: &[u8], write: &Pending) -> Attempt {
                 // and every key waits its turn here. A few: this key is in
                 // trouble; the others must not wait behind it.
                 let tier_down = in_a_row >= (2 * inner.uploaders as u64).max(16);
-                if attempts >= ATTEMPTS_BEFORE_DEFERRING && !tier_down {
+                // Even then, a key that failed long on its own is set aside
+                // now and then, so keys that may succeed get a turn.
+                let long = attempts >= 4 * ATTEMPTS_BEFORE_DEFERRING;
+                if attempts >= ATTEMPTS_BEFORE_DEFERRING && (!tier_down || long) {
                     warn!(tier = inner.tier.name(), error = %e, "a tier write keeps failing; setting it aside and uploading the others");
                     return Attempt::Later(crate::backoff::jitter(MAX_BACKOFF));
                 }
