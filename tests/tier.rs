@@ -492,3 +492,88 @@ async fn a_put_during_a_cold_read_is_not_undone_by_it() {
     n.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A directory tier whose writes wait for `gate`: writes stay queued.
+#[derive(Debug)]
+struct HeldWrites {
+    dir: DirTier,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl Tier for HeldWrites {
+    fn name(&self) -> &'static str {
+        "held-dir"
+    }
+    async fn get(&self, key: &[u8], now: u64) -> Result<ReadOutcome, TierError> {
+        self.dir.get(key, now).await
+    }
+    async fn put(&self, key: &[u8], obj: &Object) -> Result<WriteOutcome, TierError> {
+        let _pass = self
+            .gate
+            .acquire()
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.dir.put(key, obj).await
+    }
+    async fn delete(&self, key: &[u8], version: u64) -> Result<WriteOutcome, TierError> {
+        let _pass = self
+            .gate
+            .acquire()
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.dir.delete(key, version).await
+    }
+}
+
+/// A put versioned by a router whose clock runs ahead of the node's, then
+/// a delete of the key while the put still waits in the queue: the delete
+/// is the later request and wins, in memory, in the queue and in the tier.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_wins_over_a_queued_put_stamped_by_a_clock_ahead() {
+    use milena::protocol::Op;
+    let dir = data_dir("delete-after-put");
+    let tier = Arc::new(HeldWrites {
+        dir: DirTier::open(&dir).await.expect("dir"),
+        gate: tokio::sync::Semaphore::new(0),
+    });
+    let n = start_node_with(Node::with_tier(
+        small_settings(),
+        Clock::new(),
+        tier.clone(),
+    ))
+    .await;
+    let c = Client::connect(&n.url()).await.expect("connect");
+    let ahead = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as u64
+        + 60_000_000;
+    c.call(Op::RoutedPut {
+        epoch: ahead,
+        key: b"k",
+        value: b"v",
+        ttl: None,
+    })
+    .await
+    .expect("put")
+    .into_result()
+    .expect("put acknowledged");
+    assert!(c.delete(b"k").await.expect("delete"), "it existed");
+    assert_eq!(
+        c.get(b"k").await.expect("get"),
+        None,
+        "deleted, whatever the clocks"
+    );
+    tier.gate.add_permits(1000);
+    n.node.cache.flush().await;
+    assert!(
+        !matches!(
+            tier.dir.get(b"k", 0).await.expect("read"),
+            ReadOutcome::Found(_)
+        ),
+        "the tier must not keep the put"
+    );
+    n.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
