@@ -140,6 +140,9 @@ pub async fn serve_binary(
         // still arriving: no clock for them.
         receiving.decoded(if backlog { &[] } else { &rbuf }, completed);
     }
+    // Give back the budget held for a partial frame before waiting for
+    // the writer's last answers.
+    drop(receiving);
     drop(tx);
     // The writer ends once every forwarded request has been answered (each
     // holds a sender) or the drain grace after shutdown runs out.
