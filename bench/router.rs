@@ -122,6 +122,7 @@ fn main() {
             let url = format!("http://{}", listener.local_addr().expect("addr"));
             let node = Arc::new(Node::new(NodeSettings::default()));
             let m = Membership {
+                etcd: None,
                 routers: vec![router_url.clone()],
                 advertise: url.clone(),
                 interval: Duration::from_secs(1),

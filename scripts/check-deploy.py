@@ -7,8 +7,14 @@ METRICS_PORT name; the manifests validate against the Kubernetes JSON
 schemas (kubernetes-validate); the manifests work on a local cluster (kind,
 minikube: no pull of a locally loaded :latest image) and with IAM roles for
 service accounts (no AWS keys required or shipped in the Secret), and spread
-the cache pods over hosts or zones; the Dockerfile ships the binaries where
-the compose and manifest commands expect them.
+the cache pods over hosts or zones; membership is in etcd (issue 15): the
+compose file and the manifests run an etcd (a compose service with a health
+check; a StatefulSet with a volume, probes and its Services), the routers
+and nodes name it in ETCD_ENDPOINTS with the same ETCD_PREFIX, the nodes
+need no ROUTER_ADDR, and several routers run (two compose services; a
+Deployment of two or more replicas with a PodDisruptionBudget), which only
+etcd allows; the Dockerfile ships the binaries where the compose and
+manifest commands expect them.
 
 Usage: scripts/check-deploy.py BIN_DIR   (directory holding milena-cache and milena-router)
 """
@@ -52,6 +58,42 @@ def port_of(addr):
     return int(addr.rsplit(":", 1)[1])
 
 
+def urls(value):
+    """(host, port) of each URL of a comma-separated list such as
+    ETCD_ENDPOINTS or ROUTER_ADDR; port None when the URL has none."""
+    out = []
+    for u in (value or "").split(","):
+        u = u.strip()
+        if not u:
+            continue
+        hostport = u.split("//", 1)[-1].split("/", 1)[0]
+        if ":" in hostport:
+            host, port = hostport.rsplit(":", 1)
+            out.append((host, int(port)))
+        else:
+            out.append((hostport, None))
+    return out
+
+
+def flag(command, name, default=None):
+    """The value of --name=VALUE or --name VALUE in a command (string or list)."""
+    args = command.split() if isinstance(command, str) else list(command or [])
+    for i, a in enumerate(args):
+        if a.startswith(f"--{name}="):
+            return a.split("=", 1)[1]
+        if a == f"--{name}" and i + 1 < len(args):
+            return args[i + 1]
+    return default
+
+
+ETCD_PREFIX_DEFAULT = "/milena"
+ETCD_CLIENT_PORT_DEFAULT = 2379
+
+
+def is_etcd_image(image):
+    return "etcd" in (image or "").rsplit("/", 1)[-1].split(":", 1)[0]
+
+
 def load_all(path):
     with open(path) as f:
         return [d for d in yaml.safe_load_all(f) if d is not None]
@@ -76,16 +118,62 @@ def binary_of(command):
     return None
 
 
-# 2. Compose: variables and ports.
+# 2. Compose: variables and ports; etcd, the routers and the nodes.
 compose_path = os.path.join(ROOT, "docker", "docker-compose.yml")
 compose = docs[compose_path][0]
 services = compose["services"]
-metrics_targets = set()
+
+
+def compose_env(svc):
+    env = svc.get("environment") or []
+    if isinstance(env, dict):
+        return {k: "" if v is None else str(v) for k, v in env.items()}
+    return dict(e.split("=", 1) if "=" in e else (e, "") for e in env)
+
+
+def depends_healthy(svc, dep):
+    d = svc.get("depends_on") or {}
+    if isinstance(d, list):
+        return False
+    return (d.get(dep) or {}).get("condition") == "service_healthy"
+
+
+# The etcd services: image, client port (from --listen-client-urls),
+# advertised URL, health check and a volume for the data directory.
+etcd_compose = {}
 for name, svc in services.items():
+    if not is_etcd_image(svc.get("image")):
+        continue
+    cmd = svc.get("command")
+    listen = urls(flag(cmd, "listen-client-urls", f"http://localhost:{ETCD_CLIENT_PORT_DEFAULT}"))
+    etcd_compose[name] = {p or ETCD_CLIENT_PORT_DEFAULT for _, p in listen}
+    for host, _ in urls(flag(cmd, "advertise-client-urls", "")):
+        if host != name:
+            fail(f"compose {name}: --advertise-client-urls names {host}, not the service {name}")
+    test = " ".join(((svc.get("healthcheck") or {}).get("test")) or [])
+    if "etcdctl" not in test or "health" not in test:
+        fail(f"compose {name}: needs a healthcheck running `etcdctl endpoint health` (the Milena services wait for it)")
+    data_dir = flag(cmd, "data-dir")
+    named = set((compose.get("volumes") or {}).keys())
+    mounts = [v.split(":") for v in svc.get("volumes", []) if isinstance(v, str)]
+    if data_dir is None or not any(len(m) >= 2 and m[0] in named and data_dir.startswith(m[1]) for m in mounts):
+        fail(f"compose {name}: --data-dir {data_dir} is not on a named volume (membership would not survive a re-create)")
+if not etcd_compose:
+    fail("compose: no etcd service (membership lives in etcd: image quay.io/coreos/etcd)")
+
+metrics_targets = set()
+routers_compose = [n for n, s in services.items() if binary_of(s.get("command")) == "milena-router"]
+prefixes = {}
+host_ports = {}
+for name, svc in services.items():
+    for p in svc.get("ports", []):
+        parts = str(p).split(":")
+        if len(parts) >= 2:
+            host_ports.setdefault(parts[-2], []).append(name)
     b = binary_of(svc.get("command"))
     if b is None:
         continue
-    env = dict(e.split("=", 1) for e in svc.get("environment", []))
+    env = compose_env(svc)
     for var in env:
         if var not in ENV[b]:
             fail(f"compose {name}: {b} does not accept {var}")
@@ -97,18 +185,49 @@ for name, svc in services.items():
         if int(env["METRICS_PORT"]) not in published:
             fail(f"compose {name}: METRICS_PORT {env['METRICS_PORT']} is not published")
         metrics_targets.add(f"{name}:{env['METRICS_PORT']}")
+    etcd = env.get("ETCD_ENDPOINTS", "")
+    if etcd:
+        prefixes[name] = env.get("ETCD_PREFIX", ETCD_PREFIX_DEFAULT)
+        for host, port in urls(etcd):
+            if host not in etcd_compose:
+                fail(f"compose {name}: ETCD_ENDPOINTS names {host}, which is no etcd service")
+            elif (port or ETCD_CLIENT_PORT_DEFAULT) not in etcd_compose[host]:
+                fail(f"compose {name}: ETCD_ENDPOINTS port {port} is not {host}'s client port")
+            elif not depends_healthy(svc, host):
+                fail(f"compose {name}: must depend on {host} with condition service_healthy")
+    elif b == "milena-router" and len(routers_compose) > 1:
+        fail(f"compose {name}: {len(routers_compose)} routers need ETCD_ENDPOINTS (membership in etcd)")
+    if b == "milena-cache":
+        if etcd and "ROUTER_ADDR" in env:
+            fail(f"compose {name}: ROUTER_ADDR is ignored (with a warning) when ETCD_ENDPOINTS is set: remove it")
+        if not etcd and "ROUTER_ADDR" not in env:
+            fail(f"compose {name}: needs ETCD_ENDPOINTS (or ROUTER_ADDR with a single router)")
+        if not etcd and len(urls(env.get("ROUTER_ADDR"))) > 1:
+            fail(f"compose {name}: several ROUTER_ADDR entries need ETCD_ENDPOINTS (the node refuses to start)")
+        if not etcd and len(routers_compose) > 1:
+            fail(f"compose {name}: {len(routers_compose)} routers: the node must register in etcd (ETCD_ENDPOINTS)")
     if "ROUTER_ADDR" in env:
-        host, port = env["ROUTER_ADDR"].split("//")[1].rsplit(":", 1)
-        router = services.get(host)
-        if router is None or port_of(dict(e.split("=", 1) for e in router["environment"])["LISTEN_ADDR"]) != int(port):
-            fail(f"compose {name}: ROUTER_ADDR {env['ROUTER_ADDR']} is not the router service's port")
+        for host, port in urls(env["ROUTER_ADDR"]):
+            router = services.get(host)
+            if router is None or port_of(compose_env(router)["LISTEN_ADDR"]) != port:
+                fail(f"compose {name}: ROUTER_ADDR {env['ROUTER_ADDR']} is not the router service's port")
     if "ADVERTISE_ADDR" in env and not env["ADVERTISE_ADDR"].endswith(f"{name}:{listen}"):
         fail(f"compose {name}: ADVERTISE_ADDR {env['ADVERTISE_ADDR']} is not this service's port")
-print(f"compose: {sum(1 for s in services.values() if binary_of(s.get('command')))} Milena services checked")
+if len(routers_compose) < 2:
+    fail(f"compose: {len(routers_compose)} router service(s); run two (membership in etcd)")
+if len(set(prefixes.values())) > 1:
+    fail(f"compose: routers and nodes disagree on ETCD_PREFIX: {prefixes}")
+for hp, names in host_ports.items():
+    if len(names) > 1:
+        fail(f"compose: host port {hp} published by {', '.join(names)}")
+print(f"compose: {sum(1 for s in services.values() if binary_of(s.get('command')))} Milena services checked "
+      f"({len(routers_compose)} routers, etcd: {', '.join(sorted(etcd_compose)) or 'none'})")
 
-# 3. Prometheus scrapes exactly the nodes' metrics ports and the router.
+# 3. Prometheus scrapes exactly the nodes' metrics ports and the routers.
 prom = docs[os.path.join(ROOT, "docker", "prometheus.yml")][0]
 scraped = {t for job in prom["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]}
+for name in routers_compose:
+    metrics_targets.add(f"{name}:{port_of(compose_env(services[name])['LISTEN_ADDR'])}")
 for t in metrics_targets:
     if t not in scraped:
         fail(f"prometheus.yml does not scrape {t}")
@@ -118,27 +237,59 @@ k8s = {p: d for p, d in docs.items() if "/k8s/" in p}
 objects = [(p, o) for p, ds in k8s.items() for o in ds if o.get("kind") != "Kustomization"]
 configmaps = {o["metadata"]["name"]: o.get("data", {}) for _, o in objects if o["kind"] == "ConfigMap"}
 services_k8s = [o for _, o in objects if o["kind"] == "Service"]
+pdbs = [o for _, o in objects if o["kind"] == "PodDisruptionBudget"]
+# Where a variable's value comes from a Secret or the pod's fields, the
+# checks below see this marker instead of a value.
+UNKNOWN = "<not in the manifests>"
+
+
+def selects(selector, labels):
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def container_env(path, c):
+    """The variables a container gets: envFrom first, then env (which wins),
+    with values from ConfigMaps resolved."""
+    env = {}
+    for ef in c.get("envFrom", []):
+        ref = ef.get("configMapRef")
+        if ref is None:
+            continue
+        if ref["name"] not in configmaps:
+            if not ref.get("optional"):
+                fail(f"{path}: envFrom names ConfigMap {ref['name']}, which docker/k8s lacks")
+            continue
+        env.update(configmaps[ref["name"]])
+    for e in c.get("env", []):
+        ref = (e.get("valueFrom") or {}).get("configMapKeyRef")
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        elif ref is not None:
+            cm = configmaps.get(ref["name"], {})
+            if ref["key"] in cm:
+                env[e["name"]] = cm[ref["key"]]
+            elif not ref.get("optional"):
+                fail(f"{path}: {e['name']} needs key {ref['key']} of ConfigMap {ref['name']}, which it lacks")
+        else:
+            env[e["name"]] = UNKNOWN
+    return env
+
+
+def container_ports(c):
+    ports = {p["containerPort"] for p in c.get("ports", [])}
+    return ports | {p["name"] for p in c.get("ports", []) if "name" in p}
+
+
+# The etcd workloads: (object, labels, client ports).
+etcd_k8s = []
+milena_k8s = []  # (path, object, binary, env)
 for path, o in objects:
     if o["kind"] not in ("Deployment", "StatefulSet"):
         continue
     labels = o["spec"]["template"]["metadata"]["labels"]
+    pod = o["spec"]["template"]["spec"]
     for c in o["spec"]["template"]["spec"]["containers"]:
-        b = binary_of(c.get("command")) or ("milena-router" if "router" in c["image"] else None)
-        if b is None:
-            fail(f"{path}: container {c['name']} runs no Milena binary")
-            continue
-        env = {e["name"]: e.get("value") for e in c.get("env", [])}
-        for ef in c.get("envFrom", []):
-            env.update(configmaps[ef["configMapRef"]["name"]])
-        for var in env:
-            if var not in ENV[b]:
-                fail(f"{path}: {b} does not accept {var}")
-        ports = {p["containerPort"] for p in c.get("ports", [])}
-        listen = port_of(env["LISTEN_ADDR"])
-        if listen not in ports:
-            fail(f"{path}: LISTEN_ADDR port {listen} is not a containerPort")
-        if "METRICS_PORT" in env and int(env["METRICS_PORT"]) not in ports:
-            fail(f"{path}: METRICS_PORT {env['METRICS_PORT']} is not a containerPort")
+        ports = container_ports(c)
         for probe in ("readinessProbe", "livenessProbe"):
             pr = c.get(probe)
             if pr is None:
@@ -155,14 +306,108 @@ for path, o in objects:
         if "prometheus.io/port" in ann and int(ann["prometheus.io/port"]) not in ports:
             fail(f"{path}: prometheus.io/port {ann['prometheus.io/port']} is not a containerPort")
         for svc in services_k8s:
-            if all(labels.get(k) == v for k, v in svc["spec"]["selector"].items()):
+            if selects(svc["spec"].get("selector"), labels):
                 for sp in svc["spec"]["ports"]:
                     if sp.get("targetPort", sp["port"]) not in ports:
                         fail(f"service {svc['metadata']['name']}: targetPort {sp.get('targetPort')} is not a containerPort of {o['metadata']['name']}")
+
+        if is_etcd_image(c["image"]):
+            # etcd: a StatefulSet with its data directory on a claim, behind
+            # a headless Service (its serviceName).
+            args = (c.get("command") or []) + (c.get("args") or [])
+            client = {p or ETCD_CLIENT_PORT_DEFAULT
+                      for _, p in urls(flag(args, "listen-client-urls", f"http://localhost:{ETCD_CLIENT_PORT_DEFAULT}"))}
+            for p in client:
+                if p not in ports:
+                    fail(f"{path}: etcd client port {p} (--listen-client-urls) is not a containerPort")
+            etcd_k8s.append((o, labels, client))
+            if o["kind"] != "StatefulSet":
+                fail(f"{path}: etcd must be a StatefulSet (stable name and volume)")
+                continue
+            data_dir = flag(args, "data-dir")
+            claims = {t["metadata"]["name"] for t in o["spec"].get("volumeClaimTemplates", [])}
+            if data_dir is None or not any(m["name"] in claims and data_dir.startswith(m["mountPath"])
+                                           for m in c.get("volumeMounts", [])):
+                fail(f"{path}: etcd --data-dir {data_dir} is not on a volumeClaimTemplate's mount")
+            headless = [sv for sv in services_k8s if sv["metadata"]["name"] == o["spec"].get("serviceName")]
+            if not headless or headless[0]["spec"].get("clusterIP") != "None" or not selects(headless[0]["spec"].get("selector"), labels):
+                fail(f"{path}: serviceName {o['spec'].get('serviceName')} is no headless Service selecting the etcd pods")
+            continue
+
+        b = binary_of(c.get("command")) or ("milena-router" if "router" in c["image"] else None)
+        if b is None:
+            fail(f"{path}: container {c['name']} runs no Milena binary (nor etcd)")
+            continue
+        env = container_env(path, c)
+        for var in env:
+            if var not in ENV[b]:
+                fail(f"{path}: {b} does not accept {var}")
+        listen = port_of(env["LISTEN_ADDR"])
+        if listen not in ports:
+            fail(f"{path}: LISTEN_ADDR port {listen} is not a containerPort")
+        if "METRICS_PORT" in env and int(env["METRICS_PORT"]) not in ports:
+            fail(f"{path}: METRICS_PORT {env['METRICS_PORT']} is not a containerPort")
         if b == "milena-cache" and "ROUTER_ADDR" in env:
-            host, port = env["ROUTER_ADDR"].split("//")[1].rsplit(":", 1)
-            if not any(s["metadata"]["name"] == host and any(sp["port"] == int(port) for sp in s["spec"]["ports"]) for s in services_k8s):
-                fail(f"{path}: ROUTER_ADDR {env['ROUTER_ADDR']} names no Service port")
+            for host, port in urls(env["ROUTER_ADDR"]):
+                if not any(s["metadata"]["name"] == host and any(sp["port"] == port for sp in s["spec"]["ports"]) for s in services_k8s):
+                    fail(f"{path}: ROUTER_ADDR {env['ROUTER_ADDR']} names no Service port")
+        milena_k8s.append((path, o, b, env))
+
+# 4a. Membership in etcd: the routers and nodes name a Service in front of
+# the etcd StatefulSet, agree on the prefix, and several routers run.
+if not any(o["kind"] == "StatefulSet" for o, _, _ in etcd_k8s):
+    fail("kubernetes: no etcd StatefulSet (membership lives in etcd)")
+k8s_prefixes = {}
+for path, o, b, env in milena_k8s:
+    what = f"{path}: {o['kind']} {o['metadata']['name']}"
+    etcd = env.get("ETCD_ENDPOINTS")
+    if etcd == UNKNOWN:
+        fail(f"{what}: ETCD_ENDPOINTS must come from a value or a ConfigMap (to be checked here)")
+        etcd = None
+    if etcd:
+        k8s_prefixes[o["metadata"]["name"]] = env.get("ETCD_PREFIX", ETCD_PREFIX_DEFAULT)
+        for host, port in urls(etcd):
+            name = host.split(".", 1)[0]
+            port = port or ETCD_CLIENT_PORT_DEFAULT
+            ok = False
+            for svc in services_k8s:
+                if svc["metadata"]["name"] != name:
+                    continue
+                for eo, elabels, client in etcd_k8s:
+                    if selects(svc["spec"].get("selector"), elabels) and any(
+                            sp["port"] == port and sp.get("targetPort", sp["port"]) in client for sp in svc["spec"]["ports"]):
+                        ok = True
+            if not ok:
+                fail(f"{what}: ETCD_ENDPOINTS {host}:{port} is no Service port in front of etcd's client port")
+    replicas = o["spec"].get("replicas", 1)
+    if b == "milena-router":
+        if replicas < 2:
+            fail(f"{what}: {replicas} replica(s); run two or more routers (membership in etcd)")
+        if replicas > 1 and not etcd:
+            fail(f"{what}: {replicas} routers need ETCD_ENDPOINTS (membership in etcd)")
+        labels = o["spec"]["template"]["metadata"]["labels"]
+        budget = [d for d in pdbs if selects(d["spec"]["selector"].get("matchLabels"), labels)]
+        if not budget:
+            fail(f"{what}: no PodDisruptionBudget selects the router pods")
+        for d in budget:
+            spec = d["spec"]
+            if not ((isinstance(spec.get("minAvailable"), int) and spec["minAvailable"] >= 1)
+                    or (isinstance(spec.get("maxUnavailable"), int) and spec["maxUnavailable"] < replicas)):
+                fail(f"pdb {d['metadata']['name']}: must keep at least one of {replicas} routers (minAvailable: 1)")
+    if b == "milena-cache":
+        if etcd and "ROUTER_ADDR" in env:
+            fail(f"{what}: ROUTER_ADDR is ignored (with a warning) when ETCD_ENDPOINTS is set: remove it")
+        if not etcd:
+            if "ROUTER_ADDR" not in env:
+                fail(f"{what}: needs ETCD_ENDPOINTS (or ROUTER_ADDR with a single router)")
+            elif len(urls(env["ROUTER_ADDR"])) > 1:
+                fail(f"{what}: several ROUTER_ADDR entries need ETCD_ENDPOINTS (the node refuses to start)")
+if len(set(k8s_prefixes.values())) > 1:
+    fail(f"kubernetes: routers and nodes disagree on ETCD_PREFIX: {k8s_prefixes}")
+workload_labels = [o["spec"]["template"]["metadata"]["labels"] for _, o in objects if o["kind"] in ("Deployment", "StatefulSet")]
+for d in pdbs:
+    if not any(selects(d["spec"]["selector"].get("matchLabels"), lb) for lb in workload_labels):
+        fail(f"pdb {d['metadata']['name']}: selects no pods of docker/k8s")
 kustomization = [o for ds in k8s.values() for o in ds if o.get("kind") == "Kustomization"]
 for kz in kustomization:
     for r in kz["resources"]:

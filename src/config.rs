@@ -40,6 +40,8 @@ pub mod defaults {
     /// `HANDOFF_WINDOW_SECONDS`: long enough for a previous owner's
     /// write-behind queue to drain, unless the tier is down for longer.
     pub const HANDOFF_WINDOW_SECONDS: u64 = 60;
+    /// `ETCD_LEASE_SECONDS`: the heartbeat timeout's role with etcd.
+    pub const ETCD_LEASE_SECONDS: u64 = 3;
     /// `NODE_TIMEOUT_MS`.
     pub const NODE_TIMEOUT_MS: u64 = 5000;
     /// `MAX_BUFFERED_BYTES`: what all connections together may hold of
@@ -174,6 +176,10 @@ pub struct NodeConfig {
     #[command(flatten)]
     pub tls: TlsArgs,
 
+    /// Membership in etcd (several routers).
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+
     /// Local directory holding every entry durably (the tier when no S3 bucket is set).
     #[arg(long, env = "DATA_DIR")]
     pub data_dir: Option<std::path::PathBuf>,
@@ -271,6 +277,10 @@ pub struct RouterConfig {
     #[command(flatten)]
     pub tls: TlsArgs,
 
+    /// Membership in etcd (several routers).
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+
     /// Shared secret nodes must present to join, leave or heartbeat.
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true, value_parser = parse_secret)]
     pub cluster_token: Option<crate::error::Secret>,
@@ -351,6 +361,49 @@ pub fn one_line_error(binary: &str, err: &clap::Error) -> String {
         .unwrap_or("invalid configuration");
     let first = first.trim_start_matches("error: ");
     format!("{binary}: invalid configuration: {first}")
+}
+
+/// Membership in etcd, shared by the router and the node.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct EtcdArgs {
+    /// etcd v3 endpoints, comma-separated (e.g. http://etcd:2379): membership lives there and any number of routers may run.
+    #[arg(long, env = "ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+
+    /// Key prefix of this cluster's membership in etcd, so several clusters can share one etcd.
+    #[arg(long, env = "ETCD_PREFIX", default_value = "/milena")]
+    pub etcd_prefix: String,
+
+    /// etcd user name (etcd authentication; needs ETCD_PASSWORD).
+    #[arg(long, env = "ETCD_USERNAME", requires = "etcd_password")]
+    pub etcd_username: Option<String>,
+
+    /// etcd password for ETCD_USERNAME.
+    #[arg(long, env = "ETCD_PASSWORD", hide_env_values = true, value_parser = parse_secret, requires = "etcd_username")]
+    pub etcd_password: Option<crate::error::Secret>,
+
+    /// PEM CA certificate(s) that etcd's certificate must chain to (needed for https endpoints).
+    #[arg(long, env = "ETCD_CA")]
+    pub etcd_ca: Option<std::path::PathBuf>,
+
+    /// PEM client certificate presented to etcd (needs ETCD_KEY).
+    #[arg(long, env = "ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key for ETCD_CERT.
+    #[arg(long, env = "ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<std::path::PathBuf>,
+
+    /// Seconds a member's etcd lease lives without renewal: a node that stops renewing leaves the ring this long after (etcd's minimum is 2).
+    #[arg(long, env = "ETCD_LEASE_SECONDS", default_value_t = defaults::ETCD_LEASE_SECONDS, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub etcd_lease_seconds: u64,
+}
+
+impl EtcdArgs {
+    /// Whether membership lives in etcd.
+    pub fn enabled(&self) -> bool {
+        !self.etcd_endpoints.is_empty()
+    }
 }
 
 /// TLS settings shared by the router and the node.

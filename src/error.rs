@@ -96,6 +96,13 @@ pub enum WireError {
     /// A hello with a token that does not match.
     #[error("unauthorized: wrong cluster token")]
     WrongToken,
+    /// Not applied: routed under another ring than the node's, or the key
+    /// is still changing hands; the router routes it again.
+    #[error("stale ring: {0}")]
+    StaleRing(String),
+    /// Membership lives in etcd: the router takes no joins or heartbeats.
+    #[error("membership is in etcd (ETCD_ENDPOINTS): nodes register there, not with a router")]
+    MembershipInEtcd,
 }
 
 impl WireError {
@@ -108,6 +115,7 @@ impl WireError {
             | WireError::FrameTooLarge(_) => Status::TooLarge,
             WireError::TooManyConnections(_) | WireError::Unavailable(_) => Status::Unavailable,
             WireError::Indeterminate(_) => Status::Internal,
+            WireError::StaleRing(_) => Status::StaleRing,
             WireError::RateLimited(_) | WireError::MembershipRateLimited(_) => Status::RateLimited,
             WireError::Unauthorized(_) | WireError::WrongToken => Status::Unauthorized,
             WireError::EmptyKey
@@ -121,7 +129,8 @@ impl WireError {
             | WireError::RouterOnly(_)
             | WireError::NodeOnly(_)
             | WireError::BadAddress(_)
-            | WireError::NotMember(_) => Status::BadRequest,
+            | WireError::NotMember(_)
+            | WireError::MembershipInEtcd => Status::BadRequest,
             WireError::NotANode(_) => Status::Unavailable,
         }
     }

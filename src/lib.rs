@@ -16,6 +16,9 @@
 //! - `grpc`: the gRPC contract generated from `protocol/milena.proto`
 //!   (`RouterClient`, `RouterServer`, the messages).
 //! - `ring`: rendezvous placement, pure functions shared by router and nodes.
+//! - `etcd`: membership in etcd (`ETCD_ENDPOINTS`) for several routers: a
+//!   small etcd v3 client, the ring record and a live view of it, shared by
+//!   router and nodes.
 //! - `net` (listeners, accept loop, URLs) and `tls` (rustls acceptors and
 //!   connectors): sockets for everyone above.
 //! - `error`: what a request can fail with, and the one place it becomes a
@@ -33,6 +36,7 @@ pub mod budget;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod etcd;
 pub mod grpc;
 pub mod logging;
 pub mod metrics;

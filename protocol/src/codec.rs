@@ -134,6 +134,9 @@ mod tag {
     pub const ROUTED_GET: u32 = 10;
     pub const ROUTED_PUT: u32 = 11;
     pub const HANDOFF_GET: u32 = 13;
+    pub const FENCED_GET: u32 = 14;
+    pub const FENCED_PUT: u32 = 15;
+    pub const FENCED_DELETE: u32 = 16;
 }
 
 /// Appends a framed request that forwards a client's `Get`, `Put` or
@@ -188,6 +191,58 @@ pub fn encode_forward(
     true
 }
 
+/// Appends a framed request that forwards a client's `Get`, `Put` or
+/// `Delete` body under a new `id` as its fenced form (`FencedGet`,
+/// `FencedPut`, `FencedDelete`) with the ring `revision` it was routed
+/// under and the `since` of its owner, the key and value bytes copied
+/// straight across. `previous` is sent with gets only.
+///
+/// Returns `false` (and appends nothing) if `client_body` is not one of
+/// those three operations.
+pub fn encode_fenced(
+    id: u64,
+    client_body: &[u8],
+    revision: u64,
+    since: u64,
+    previous: Option<&str>,
+    out: &mut Vec<u8>,
+) -> bool {
+    let Some(op_tag) = client_body.get(8..12) else {
+        return false;
+    };
+    let op_tag = u32::from_le_bytes([op_tag[0], op_tag[1], op_tag[2], op_tag[3]]);
+    let fields = &client_body[12..];
+    let (fenced, previous) = match op_tag {
+        tag::GET => (tag::FENCED_GET, Some(previous)),
+        tag::PUT => (tag::FENCED_PUT, None),
+        tag::DELETE => (tag::FENCED_DELETE, None),
+        _ => return false,
+    };
+    // An Option is a one-byte tag, then the value if present.
+    let extra = previous.map_or(0, |p| 1 + p.map_or(0, |p| 8 + p.len()));
+    let body_len = 8 + 4 + 16 + extra + fields.len();
+    let Ok(len) = u32::try_from(body_len) else {
+        return false;
+    };
+    out.reserve(LEN_PREFIX + body_len);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&fenced.to_le_bytes());
+    out.extend_from_slice(&revision.to_le_bytes());
+    out.extend_from_slice(&since.to_le_bytes());
+    match previous {
+        Some(Some(p)) => {
+            out.push(1);
+            out.extend_from_slice(&(p.len() as u64).to_le_bytes());
+            out.extend_from_slice(p.as_bytes());
+        }
+        Some(None) => out.push(0),
+        None => {}
+    }
+    out.extend_from_slice(fields);
+    true
+}
+
 /// Overwrites the id of a request or response body in place (a router
 /// handing a node's answer back under the client's id).
 pub fn patch_id(body: &mut [u8], id: u64) -> bool {
@@ -214,6 +269,7 @@ pub fn peek_status(body: &[u8]) -> Option<crate::Status> {
         5 => BadRequest,
         6 => Unauthorized,
         7 => Internal,
+        8 => StaleRing,
         _ => return None,
     })
 }

@@ -13,8 +13,8 @@ mod codec;
 mod message;
 
 pub use codec::{
-    DecodeError, FrameCodec, FrameError, decode_request, decode_response, encode_forward,
-    encode_request, encode_response, patch_id, peek_id, peek_status,
+    DecodeError, FrameCodec, FrameError, decode_request, decode_response, encode_fenced,
+    encode_forward, encode_request, encode_response, patch_id, peek_id, peek_status,
 };
 pub use message::{Body, MAGIC, Op, PROTOCOL_VERSION, Request, Response, Stat, Status};
 

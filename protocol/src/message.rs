@@ -109,6 +109,41 @@ pub enum Op<'a> {
         /// The key.
         key: &'a [u8],
     },
+    /// A get routed under etcd membership: served only if the node's ring
+    /// is at `revision` and every live node has applied `since` (see
+    /// PROTOCOL.md, "Several routers"); otherwise answered `StaleRing`.
+    FencedGet {
+        /// The ring revision the router routed under.
+        revision: u64,
+        /// The revision at which the node last gained the key.
+        since: u64,
+        /// The key's previous owner, to ask for writes not yet durable.
+        previous: Option<&'a str>,
+        /// The key.
+        key: &'a [u8],
+    },
+    /// A put routed under etcd membership (as `FencedGet`).
+    FencedPut {
+        /// The ring revision the router routed under.
+        revision: u64,
+        /// The revision at which the node last gained the key.
+        since: u64,
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+        /// As in `Put`.
+        ttl: Option<u32>,
+    },
+    /// A delete routed under etcd membership (as `FencedGet`).
+    FencedDelete {
+        /// The ring revision the router routed under.
+        revision: u64,
+        /// The revision at which the node last gained the key.
+        since: u64,
+        /// The key.
+        key: &'a [u8],
+    },
 }
 
 /// Outcome of a request.
@@ -130,6 +165,10 @@ pub enum Status {
     Unauthorized,
     /// The server failed; the request may or may not have taken effect.
     Internal,
+    /// Node to router: the request was routed under another ring than the
+    /// node's, or the key is still changing hands; not applied, route it
+    /// again once the ring has settled.
+    StaleRing,
 }
 
 impl Status {
@@ -144,6 +183,7 @@ impl Status {
             Status::BadRequest => "bad request",
             Status::Unauthorized => "unauthorized",
             Status::Internal => "internal",
+            Status::StaleRing => "stale ring",
         }
     }
 }

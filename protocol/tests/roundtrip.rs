@@ -250,6 +250,32 @@ proptest! {
     }
 }
 
+proptest! {
+    /// A fenced forward decodes as the fenced form of the client's
+    /// operation, with the ring revision, since, previous owner (gets
+    /// only), new id, key and value intact.
+    #[test]
+    fn forwards_splice_into_fenced_ops(client_id in any::<u64>(), node_id in any::<u64>(), revision in any::<u64>(), since in any::<u64>(), op in owned_op(), previous in proptest::option::of(".{0,40}")) {
+        let mut frame = Vec::new();
+        encode_request(&Request { id: client_id, op: op.op() }, &mut frame);
+        let mut fwd = Vec::new();
+        let spliced = encode_fenced(node_id, &frame[4..], revision, since, previous.as_deref(), &mut fwd);
+        let expect = match op.op() {
+            Op::Get { key } => Some(Op::FencedGet { revision, since, previous: previous.as_deref(), key }),
+            Op::Put { key, value, ttl } => Some(Op::FencedPut { revision, since, key, value, ttl }),
+            Op::Delete { key } => Some(Op::FencedDelete { revision, since, key }),
+            _ => None,
+        };
+        prop_assert_eq!(spliced, expect.is_some());
+        if let Some(expect) = expect {
+            prop_assert_eq!(u32::from_be_bytes([fwd[0], fwd[1], fwd[2], fwd[3]]) as usize, fwd.len() - 4);
+            prop_assert_eq!(decode_request(&fwd[4..]).expect("decodes"), Request { id: node_id, op: expect });
+        } else {
+            prop_assert!(fwd.is_empty());
+        }
+    }
+}
+
 #[test]
 fn patching_an_id_keeps_the_rest() {
     let mut frame = Vec::new();

@@ -53,7 +53,11 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
             milena::node::run(listener, node, shutdown).await;
         }
         Some(membership) => {
-            info!(advertise = %membership.advertise, routers = ?membership.routers, "joining routers");
+            if membership.etcd.is_some() {
+                info!(advertise = %membership.advertise, "registering in etcd");
+            } else {
+                info!(advertise = %membership.advertise, routers = ?membership.routers, "joining routers");
+            }
             milena::node::run_in_cluster(listener, node, membership, shutdown).await;
         }
     }

@@ -33,6 +33,11 @@ async fn serve(cfg: RouterConfig) -> anyhow::Result<()> {
         warn!("{warning}");
     }
     let router = Router::new(settings, shutdown.clone());
+    if cfg.etcd.enabled() {
+        let etcd = milena::etcd::Etcd::connect(&cfg.etcd).context("invalid etcd settings")?;
+        info!(endpoints = ?cfg.etcd.etcd_endpoints, prefix = %cfg.etcd.etcd_prefix, "membership in etcd");
+        milena::router::etcd::follow(&router, etcd);
+    }
     info!(
         addr = %listener.local_addr()?,
         rate_limit = cfg.rate_limit,

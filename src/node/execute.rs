@@ -85,6 +85,45 @@ pub fn execute(
             tally.deletes += 1;
             delete(node, id, key)
         }
+        Op::FencedGet {
+            revision,
+            since,
+            previous,
+            key,
+        } => {
+            tally.gets += 1;
+            fenced(
+                node,
+                revision,
+                since,
+                |out| get(node, id, key, since, previous, out),
+                out,
+            )
+        }
+        Op::FencedPut {
+            revision,
+            since,
+            key,
+            value,
+            ttl,
+        } => {
+            tally.puts += 1;
+            fenced(
+                node,
+                revision,
+                since,
+                |_| put(node, id, key, value, ttl, revision),
+                out,
+            )
+        }
+        Op::FencedDelete {
+            revision,
+            since,
+            key,
+        } => {
+            tally.deletes += 1;
+            fenced(node, revision, since, |_| delete(node, id, key), out)
+        }
         Op::Ping => Ok(Answer::Status(Status::Ok)),
         Op::Stats => {
             respond(id, Status::Ok, Body::Stats(node.stats_list()), out);
@@ -109,6 +148,30 @@ pub fn execute(
             None
         }
     }
+}
+
+/// Runs `work` if the fence admits a request routed under `revision` for
+/// a key gained at `since`, holding the admission until the answer is
+/// ready (a ring change waits for it before saying it has applied).
+fn fenced(
+    node: &Node,
+    revision: u64,
+    since: u64,
+    work: impl FnOnce(&mut Vec<u8>) -> Result<Answer, WireError>,
+    out: &mut Vec<u8>,
+) -> Result<Answer, WireError> {
+    let admission = node
+        .fence
+        .admit(revision, since)
+        .map_err(|r| WireError::StaleRing(r.to_string()))?;
+    Ok(match work(out)? {
+        Answer::Later(later) => Answer::Later(Box::pin(async move {
+            let answer = later.await;
+            drop(admission);
+            answer
+        })),
+        now => now,
+    })
 }
 
 fn respond(id: u64, status: Status, body: Body<'_>, out: &mut Vec<u8>) {

@@ -25,13 +25,15 @@ pub struct Membership {
     pub token: Option<crate::error::Secret>,
     /// TLS client configuration for `https://` routers.
     pub tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// Membership in etcd (`ETCD_ENDPOINTS`) instead of joining routers.
+    pub etcd: Option<super::etcd::EtcdMembership>,
 }
 
-/// A membership setting that is not a usable URL.
+/// A membership setting that is not usable.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid {variable}: {reason}")]
 pub struct AddressError {
-    /// `ROUTER_ADDR` or `ADVERTISE_ADDR`.
+    /// `ROUTER_ADDR`, `ADVERTISE_ADDR` or `ETCD_ENDPOINTS`.
     pub variable: &'static str,
     /// Why.
     pub reason: String,
@@ -51,16 +53,34 @@ impl Membership {
             .map(|r| r.trim().to_string())
             .filter(|r| !r.is_empty())
             .collect();
-        if routers.is_empty() {
+        let in_etcd = cfg.etcd.enabled();
+        if routers.is_empty() && !in_etcd {
             return Ok(None);
+        }
+        if in_etcd && !routers.is_empty() {
+            tracing::warn!(routers = ?routers, "ETCD_ENDPOINTS is set: membership is in etcd, ROUTER_ADDR is ignored");
+        }
+        if !in_etcd && routers.len() > 1 {
+            // Each router would keep its own ring: writes through one and
+            // reads through another could meet different owners and go
+            // back to older values. etcd gives them one ring.
+            return Err(AddressError {
+                variable: "ROUTER_ADDR",
+                reason: format!(
+                    "{} routers listed, but several routers need membership in etcd: set ETCD_ENDPOINTS on the routers and nodes (see docs/operations.md, \"Several routers\"), or list one router",
+                    routers.len()
+                ),
+            });
         }
         let check = |variable, url: &str| {
             crate::net::parse_url(url)
                 .map(|_| ())
                 .map_err(|reason| AddressError { variable, reason })
         };
-        for r in &routers {
-            check("ROUTER_ADDR", r)?;
+        if !in_etcd {
+            for r in &routers {
+                check("ROUTER_ADDR", r)?;
+            }
         }
         // The spelling routers keep (so the node finds itself in their
         // member lists, and its hello names the address they check).
@@ -73,8 +93,21 @@ impl Membership {
             variable: "ADVERTISE_ADDR",
             reason,
         })?;
+        let etcd = if in_etcd {
+            let client = crate::etcd::Etcd::connect(&cfg.etcd).map_err(|e| AddressError {
+                variable: "ETCD_ENDPOINTS",
+                reason: e.to_string(),
+            })?;
+            Some(super::etcd::EtcdMembership {
+                etcd: client,
+                lease_seconds: cfg.etcd.etcd_lease_seconds,
+            })
+        } else {
+            None
+        };
         Ok(Some(Membership {
-            routers,
+            routers: if in_etcd { Vec::new() } else { routers },
+            etcd,
             advertise,
             interval: Duration::from_millis(cfg.heartbeat_interval_ms),
             token: cfg.cluster_token.clone(),

@@ -7,7 +7,9 @@
 
 pub mod cache;
 pub mod clock;
+pub mod etcd;
 pub mod execute;
+pub mod fence;
 pub mod membership;
 pub mod metrics;
 pub mod peers;
@@ -46,6 +48,8 @@ pub struct Node {
     pub ring_epoch: AtomicU64,
     /// Prometheus metrics.
     pub metrics: metrics::NodeMetrics,
+    /// The several-routers rule (etcd membership); unarmed otherwise.
+    pub fence: fence::Fence,
     /// Memory and the tier behind it.
     pub cache: Arc<Cache>,
     /// What the node says it is in its hello answer: `node milena/<version>`
@@ -85,6 +89,7 @@ impl Node {
             stats: NodeStats::default(),
             ring_epoch: AtomicU64::new(0),
             metrics,
+            fence: fence::Fence::default(),
             hello_name: std::sync::OnceLock::new(),
         }
     }
@@ -186,7 +191,15 @@ pub async fn run_in_cluster(
     node.set_advertise(&membership.advertise);
     let serving = CancellationToken::new();
     let server = tokio::spawn(run(listener, node.clone(), serving.clone()));
-    membership::maintain(node.clone(), membership, shutdown).await;
+    let registered = match membership.etcd.clone() {
+        Some(m) => {
+            Some(etcd::maintain(node.clone(), m, membership.advertise.clone(), shutdown).await)
+        }
+        None => {
+            membership::maintain(node.clone(), membership, shutdown).await;
+            None
+        }
+    };
     if node.cache.persists() {
         tracing::info!(
             depth = node.cache.queue_depth(),
@@ -196,6 +209,9 @@ pub async fn run_in_cluster(
     }
     serving.cancel();
     let _ = server.await;
+    if let Some(r) = registered {
+        r.done().await;
+    }
 }
 
 async fn expire_loop(cache: Arc<Cache>, shutdown: CancellationToken) {

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use super::Router;
 use super::members::wall_micros;
@@ -12,6 +13,10 @@ use crate::error::WireError;
 
 /// Most sends of one request: the owner, then once more the next owner.
 const MAX_ATTEMPTS: u8 = 2;
+
+/// How long a request refused as routed under a stale ring keeps being
+/// routed again before the client gets "unavailable".
+pub const RING_PATIENCE: Duration = Duration::from_secs(3);
 
 impl Router {
     /// Sends `fwd` to the owner of its key in the current ring.
@@ -27,6 +32,16 @@ impl Router {
                 return;
             };
             fwd.previous = None;
+            fwd.fence = None;
+            if self.in_etcd() {
+                // Every operation carries the ring it was routed under and
+                // when its owner gained the key: the node checks both.
+                let since = view.gained_since(owner, fwd.key_hash);
+                if fwd.kind == Kind::Get {
+                    fwd.previous = view.handoff_from(owner, fwd.key_hash, since);
+                }
+                fwd.fence = Some((view.epoch, since));
+            }
             fwd.meta = match fwd.kind {
                 Kind::Get => {
                     let since = view.gained_since(owner, fwd.key_hash);
@@ -45,12 +60,15 @@ impl Router {
                 Ok(()) => return,
                 Err(back) => {
                     // The node's connection is gone before the request left:
-                    // the node is down; take it out and try the next owner.
-                    self.members.eject_handle(
-                        &node.address,
-                        node.id,
-                        "connection to the node is closed",
-                    );
+                    // the node is down; take it out and try the next owner
+                    // (under etcd, its lease decides when it is out).
+                    if !self.in_etcd() {
+                        self.members.eject_handle(
+                            &node.address,
+                            node.id,
+                            "connection to the node is closed",
+                        );
+                    }
                     match self.next_attempt(back) {
                         Some(f) => fwd = f,
                         None => return,
@@ -68,6 +86,32 @@ impl Router {
             let router = self.clone();
             tokio::spawn(async move { router.route(fwd).await });
         }
+    }
+
+    /// Routes again, shortly, a request a node refused as routed under
+    /// another ring (not applied): the ring settles within a watch delay
+    /// and the time the losing node takes to finish what it had admitted.
+    /// Past [`RING_PATIENCE`] the client gets "unavailable".
+    pub fn reroute_stale(self: &Arc<Self>, mut fwd: Forward) {
+        if fwd.started.elapsed() > RING_PATIENCE {
+            self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
+            self.fail(
+                fwd,
+                &WireError::Unavailable(format!(
+                    "the key's owner is changing and did not settle within {} ms; retry",
+                    RING_PATIENCE.as_millis()
+                )),
+            );
+            return;
+        }
+        fwd.ring_retries = fwd.ring_retries.saturating_add(1);
+        let delay = Duration::from_millis(1 << fwd.ring_retries.min(5));
+        self.metrics.ring_retries.inc();
+        let router = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            router.route(fwd).await;
+        });
     }
 
     fn next_attempt(&self, mut fwd: Forward) -> Option<Forward> {
@@ -109,8 +153,16 @@ impl Failover {
 
 impl NodeEvents for Failover {
     fn node_failed(&self, address: &str, handle_id: u64, reason: &str) {
-        if let Some(router) = self.0.upgrade() {
+        if let Some(router) = self.0.upgrade()
+            && !router.in_etcd()
+        {
             router.members.eject_handle(address, handle_id, reason);
+        }
+    }
+
+    fn stale_ring(&self, fwd: Forward) {
+        if let Some(router) = self.0.upgrade() {
+            router.reroute_stale(fwd);
         }
     }
 

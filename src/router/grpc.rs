@@ -111,6 +111,8 @@ fn to_status(status: WireStatus, message: &str) -> Status {
         WireStatus::Unavailable => Status::unavailable(message),
         WireStatus::Unauthorized => Status::unauthenticated(message),
         WireStatus::Internal => Status::unknown(message),
+        // Never reaches a client (the router routes it again); not applied.
+        WireStatus::StaleRing => Status::unavailable(message),
         WireStatus::Ok | WireStatus::NotFound => Status::internal(message),
     }
 }
@@ -138,6 +140,9 @@ impl router_server::Router for Gateway {
         let address = &req.get_ref().address;
         net::parse_url(address)
             .map_err(|e| Status::invalid_argument(format!("invalid node address: {e}")))?;
+        if self.router.in_etcd() {
+            return Err(grpc_status(&WireError::MembershipInEtcd));
+        }
         self.router
             .join_checked(address)
             .await
@@ -147,12 +152,17 @@ impl router_server::Router for Gateway {
 
     async fn leave(&self, req: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
         self.authorize(&req, "leave")?;
-        self.router
-            .leave_checked(&req.get_ref().address)
-            .map_err(|e| match e {
-                WireError::NotMember(m) => Status::not_found(m),
-                e => grpc_status(&e),
-            })?;
+        let left = if self.router.in_etcd() {
+            self.router.leave_in_etcd(&req.get_ref().address).await
+        } else {
+            self.router
+                .leave_checked(&req.get_ref().address)
+                .map(|_| ())
+        };
+        left.map_err(|e| match e {
+            WireError::NotMember(m) => Status::not_found(m),
+            e => grpc_status(&e),
+        })?;
         Ok(Response::new(LeaveResponse {}))
     }
 

@@ -40,6 +40,9 @@ pub fn answer(router: &Router, id: u64, op: &Op<'_>) -> Bytes {
         Op::RoutedPut { .. } => Err(WireError::NodeOnly("routed put")),
         Op::Peek { .. } => Err(WireError::NodeOnly("peek")),
         Op::HandoffGet { .. } => Err(WireError::NodeOnly("handoff get")),
+        Op::FencedGet { .. } => Err(WireError::NodeOnly("fenced get")),
+        Op::FencedPut { .. } => Err(WireError::NodeOnly("fenced put")),
+        Op::FencedDelete { .. } => Err(WireError::NodeOnly("fenced delete")),
         // Handled by the caller; never answered here.
         Op::Get { .. } | Op::Put { .. } | Op::Delete { .. } | Op::Stats => Err(
             WireError::Undecodable("operation answered in the wrong place".into()),

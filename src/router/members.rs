@@ -62,6 +62,9 @@ pub struct View {
     horizon: u64,
     /// [`Members::handoff_window`] when this view was made.
     handoff_window: Duration,
+    /// Under etcd membership, epochs are revisions: the wall time of each
+    /// change, for the handoff window (empty: epochs are wall times).
+    times: Arc<BTreeMap<u64, u64>>,
 }
 
 impl View {
@@ -95,7 +98,13 @@ impl View {
     /// load, a pause — and if it is dead the ask fails fast or times out).
     pub fn handoff_from(&self, owner: usize, key_hash: u64, since: u64) -> Option<Arc<str>> {
         let joined = *self.joined.get(owner)?;
-        if wall_micros().saturating_sub(since) >= self.handoff_window.as_micros() as u64 {
+        let at = if self.times.is_empty() {
+            since
+        } else {
+            // A change this router never saw the time of is long past.
+            self.times.get(&since).copied().unwrap_or(0)
+        };
+        if wall_micros().saturating_sub(at) >= self.handoff_window.as_micros() as u64 {
             return None;
         }
         if since == joined {
@@ -158,6 +167,7 @@ struct Table {
     removals: VecDeque<Removal>,
     horizon: u64,
     ejections: u64,
+    times: Arc<BTreeMap<u64, u64>>,
 }
 
 /// What a membership call did.
@@ -316,6 +326,20 @@ impl Members {
         }
     }
 
+    /// The error for a leave of `address` that names no member.
+    pub fn not_member(&self, address: &str) -> NotMember {
+        let view = self.view();
+        let members: Vec<&str> = view.ring.addresses().collect();
+        NotMember {
+            address: crate::logging::escape(address),
+            members: if members.is_empty() {
+                "it has no members".into()
+            } else {
+                format!("members: {}", members.join(", "))
+            },
+        }
+    }
+
     /// Removes `address` at its own (or an operator's) request. The
     /// address may name the member another way (see [`same_node`]); one
     /// that names no member is an error that lists the members.
@@ -405,6 +429,79 @@ impl Members {
         stale
     }
 
+    /// Replaces the ring with etcd's `record` at `revision`: under etcd
+    /// membership the record is the whole truth, numbered and ordered by
+    /// etcd; nothing here decides or numbers a change. Older revisions
+    /// than the one installed are ignored.
+    pub fn install(&self, revision: u64, record: &crate::etcd::Record) -> Change {
+        let mut t = self.lock();
+        if revision == t.epoch && !t.times.is_empty() || revision < t.epoch {
+            return Change::Unchanged;
+        }
+        let now = Instant::now();
+        let wanted: BTreeMap<&str, u64> = record
+            .members
+            .iter()
+            .map(|m| (m.address.as_str(), m.joined))
+            .collect();
+        for (address, e) in t.nodes.iter_mut() {
+            if e.up && !wanted.contains_key(address.as_str()) {
+                e.up = false;
+                e.down_since = Some(now);
+                e.handle = None;
+            }
+        }
+        for (&address, &joined) in &wanted {
+            let handle = t
+                .nodes
+                .get(address)
+                .and_then(|e| e.handle.clone())
+                .unwrap_or_else(|| (self.connector)(address));
+            t.nodes.insert(
+                address.to_string(),
+                Entry {
+                    up: true,
+                    last_seen: now,
+                    down_since: None,
+                    left: false,
+                    joined_epoch: joined,
+                    handle: Some(handle),
+                },
+            );
+        }
+        let mut times = BTreeMap::new();
+        t.removals = record
+            .removals
+            .iter()
+            .map(|r| {
+                times.insert(r.epoch, r.at);
+                let seed = crate::ring::member_seed(&r.address);
+                Removal {
+                    epoch: r.epoch,
+                    seeds: vec![seed],
+                    // Left or lapsed, it may be alive and still flushing.
+                    left: Some(Departed {
+                        seed,
+                        address: Arc::from(r.address.as_str()),
+                        joined: r.joined,
+                    }),
+                }
+            })
+            .collect();
+        for m in &record.members {
+            times.insert(m.joined, m.at);
+        }
+        // Never empty under etcd: marks the view's epochs as revisions.
+        times.insert(0, 0);
+        t.times = Arc::new(times);
+        t.horizon = record.horizon;
+        t.epoch = revision;
+        forget_departed(&mut t);
+        self.publish(&t);
+        info!(revision, members = wanted.len(), "ring installed from etcd");
+        Change::Changed(revision)
+    }
+
     fn bring_up(&self, t: &mut Table, address: &str, now: Instant) -> u64 {
         let epoch = next_epoch(t.epoch);
         t.epoch = epoch;
@@ -470,6 +567,7 @@ impl Members {
             removals: Arc::new(t.removals.clone()),
             horizon: t.horizon,
             handoff_window: self.handoff_window,
+            times: t.times.clone(),
         }));
         self.changes.send_replace(t.epoch);
     }

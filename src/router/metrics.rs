@@ -46,6 +46,8 @@ pub struct RingGauges {
     pub epoch: u64,
     /// Nodes ejected since start.
     pub ejections: u64,
+    /// Whether the router is following membership in etcd right now.
+    pub etcd_connected: bool,
 }
 
 const STATUSES: [Status; 8] = [
@@ -77,6 +79,9 @@ pub struct RouterMetrics {
     rate_limited: IntCounter,
     members: IntGauge,
     epoch: IntGauge,
+    etcd_connected: IntGauge,
+    /// `milena_router_ring_retries_total`.
+    pub ring_retries: IntCounter,
     ejections: IntCounter,
     retries: IntCounter,
     unavailable: IntCounter,
@@ -166,7 +171,18 @@ impl RouterMetrics {
                 "Requests refused by RATE_LIMIT",
             ),
             members: gauge("milena_router_members", "Nodes in the ring"),
-            epoch: gauge("milena_router_ring_epoch", "Epoch of the current ring"),
+            epoch: gauge(
+                "milena_router_ring_epoch",
+                "Epoch of the current ring (the etcd revision under ETCD_ENDPOINTS)",
+            ),
+            etcd_connected: gauge(
+                "milena_etcd_connected",
+                "1 while membership in etcd is being followed, 0 while etcd is unreachable (and without ETCD_ENDPOINTS)",
+            ),
+            ring_retries: counter(
+                "milena_router_ring_retries_total",
+                "Requests routed again because a node answered that they were routed under another ring (etcd membership)",
+            ),
             ejections: counter(
                 "milena_router_ejections_total",
                 "Nodes ejected from the ring",
@@ -240,6 +256,7 @@ impl RouterMetrics {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         self.members.set(ring.members as i64);
         self.epoch.set(ring.epoch as i64);
+        self.etcd_connected.set(ring.etcd_connected as i64);
         sync(&self.ejections, ring.ejections);
         sync(&self.rate_limited, load(&s.rate_limited));
         sync(&self.retries, load(&s.retries));

@@ -9,10 +9,12 @@
 //! `session` runs the binary protocol (with `writer` writing answers),
 //! `http` serves health, metrics and `grpc` (the gateway); `local` answers
 //! what the router answers itself, and `cluster_stats` gathers counters
-//! from every node.
+//! from every node. `etcd` follows the ring in etcd when membership
+//! lives there (several routers), instead of the member table deciding.
 
 pub mod admit;
 pub mod cluster_stats;
+pub mod etcd;
 pub mod forward;
 pub mod grpc;
 pub mod http;
@@ -58,6 +60,8 @@ pub struct Router {
     pub pool: Arc<PoolContext>,
     /// Membership changes admitted (see [`admit::MEMBERSHIP_CHANGES_PER_SECOND`]).
     pub membership_changes: governor::DefaultDirectRateLimiter,
+    /// Membership in etcd, once [`etcd::follow`] has started.
+    pub etcd: std::sync::OnceLock<etcd::EtcdMembers>,
 }
 
 impl Router {
@@ -84,6 +88,7 @@ impl Router {
                 metrics: metrics.clone(),
                 events: Arc::new(forward::Failover::new(weak.clone())),
                 shutdown: shutdown.clone(),
+                fenced_answer_within: settings.fenced_answer_within,
             });
             let conns = settings.node_connections;
             let probes = ctx.clone();
@@ -100,6 +105,7 @@ impl Router {
                 shutdown,
                 pool: probes,
                 membership_changes: admit::membership_limiter(),
+                etcd: std::sync::OnceLock::new(),
             }
         })
     }
@@ -111,6 +117,7 @@ impl Router {
             members: view.ring.len() as u64,
             epoch: view.epoch,
             ejections: self.members.ejections(),
+            etcd_connected: self.etcd.get().is_some_and(|e| e.connected()),
         };
         self.metrics.scrape(&self.stats, ring)
     }

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use milena_protocol::{FrameCodec, Status, encode_forward, patch_id, peek_id, peek_status};
+use milena_protocol::{
+    FrameCodec, Status, encode_fenced, encode_forward, patch_id, peek_id, peek_status,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +34,9 @@ pub trait NodeEvents: Send + Sync {
     fn node_failed(&self, address: &str, handle_id: u64, reason: &str);
     /// A request its node took and failed to answer: route it again.
     fn retry(&self, fwd: Forward);
+    /// A node answered "stale ring" (not applied): route it again once the
+    /// ring has settled.
+    fn stale_ring(&self, fwd: Forward);
 }
 
 /// Everything a node's connections need from the router.
@@ -53,6 +58,11 @@ pub struct PoolContext {
     pub events: Arc<dyn NodeEvents>,
     /// Cancelled when the router stops.
     pub shutdown: CancellationToken,
+    /// Under etcd membership: an answer to a fenced request arriving later
+    /// than this after it was sent is not trusted (the node's lease may
+    /// have lapsed meanwhile, see PROTOCOL.md): a write becomes "may or
+    /// may not have been applied", a read "unavailable".
+    pub fenced_answer_within: Option<Duration>,
 }
 
 impl std::fmt::Debug for PoolContext {
@@ -245,7 +255,7 @@ async fn serve(
     let mut written = 0usize;
     let mut next_id: u64 = 1;
     let mut open = true;
-    let mut answered: Vec<(Forward, bytes::Bytes)> = Vec::new();
+    let mut answered: Vec<(Forward, Option<bytes::Bytes>)> = Vec::new();
     let mut drain_until: Option<tokio::time::Instant> = None;
     let node_timeout = ctx.node_timeout;
     let mut tick = tokio::time::interval((node_timeout / 4).max(Duration::from_millis(10)));
@@ -284,14 +294,19 @@ async fn serve(
                     return Err(ConnError::Io(std::io::ErrorKind::UnexpectedEof.into()));
                 }
                 last_answer = tokio::time::Instant::now();
-                let result = decode_answers(&mut codec, &mut rbuf, inflight, &ctx.metrics, node_requests, node_errors, &mut latency, &mut answered);
+                let result = decode_answers(&mut codec, &mut rbuf, inflight, ctx, node_requests, node_errors, &mut latency, &mut answered);
                 // Metrics first, so a client holding its answer sees it counted.
                 for h in &mut latency {
                     h.flush();
                 }
                 // Deliver what did arrive even if a later frame was bad.
                 for (fwd, frame) in answered.drain(..) {
-                    let _ = fwd.reply.send((frame, Some(fwd.permit)));
+                    match frame {
+                        Some(frame) => {
+                            let _ = fwd.reply.send((frame, Some(fwd.permit)));
+                        }
+                        None => ctx.events.stale_ring(fwd),
+                    }
                 }
                 result?;
             }
@@ -336,7 +351,11 @@ fn enqueue(
     let id = *next_id;
     *next_id = next_id.wrapping_add(1);
     let previous = fwd.previous.as_deref();
-    if encode_forward(id, &fwd.body, fwd.meta, previous, out) {
+    let encoded = match fwd.fence {
+        Some((revision, since)) => encode_fenced(id, &fwd.body, revision, since, previous, out),
+        None => encode_forward(id, &fwd.body, fwd.meta, previous, out),
+    };
+    if encoded {
         inflight.insert(id, (fwd, Instant::now()));
     } else {
         // The client loop only forwards gets, puts and deletes.
@@ -352,12 +371,13 @@ fn decode_answers(
     codec: &mut FrameCodec,
     rbuf: &mut BytesMut,
     inflight: &mut HashMap<u64, (Forward, Instant)>,
-    metrics: &RouterMetrics,
+    ctx: &PoolContext,
     node_requests: &prometheus::IntCounter,
     node_errors: &prometheus::IntCounter,
     latency: &mut [prometheus::local::LocalHistogram; 3],
-    answered: &mut Vec<(Forward, bytes::Bytes)>,
+    answered: &mut Vec<(Forward, Option<bytes::Bytes>)>,
 ) -> Result<(), ConnError> {
+    let metrics = &ctx.metrics;
     while let Some(mut frame) = codec
         .decode_frame(rbuf)
         .map_err(|e| ConnError::Protocol(e.to_string()))?
@@ -365,11 +385,36 @@ fn decode_answers(
         let id = peek_id(&frame).ok_or_else(|| ConnError::Protocol("short frame".into()))?;
         let status = peek_status(&frame)
             .ok_or_else(|| ConnError::Protocol("answer without a status".into()))?;
-        let Some((fwd, _)) = inflight.remove(&id) else {
+        let Some((fwd, sent)) = inflight.remove(&id) else {
             return Err(ConnError::Protocol(format!(
                 "answer to unknown request {id}"
             )));
         };
+        if status == Status::StaleRing && fwd.fence.is_some() {
+            // Not applied: routed again, counted once it is answered.
+            answered.push((fwd, None));
+            continue;
+        }
+        if let Some(within) = ctx.fenced_answer_within
+            && fwd.fence.is_some()
+            && sent.elapsed() > within
+        {
+            let late = format!(
+                "the node answered after {} ms, past the {} ms its etcd lease vouches for",
+                sent.elapsed().as_millis(),
+                within.as_millis()
+            );
+            let err = match fwd.kind {
+                super::request::Kind::Get => WireError::Unavailable(late),
+                _ => WireError::Indeterminate(late),
+            };
+            metrics.count(fwd.kind, err.status());
+            node_requests.inc();
+            node_errors.inc();
+            let body = err.body(fwd.client_id);
+            answered.push((fwd, Some(body)));
+            continue;
+        }
         metrics.count(fwd.kind, status);
         node_requests.inc();
         if !matches!(status, Status::Ok | Status::NotFound) {
@@ -377,7 +422,7 @@ fn decode_answers(
         }
         latency[fwd.kind as usize].observe(fwd.started.elapsed().as_secs_f64());
         patch_id(&mut frame, fwd.client_id);
-        answered.push((fwd, frame.freeze()));
+        answered.push((fwd, Some(frame.freeze())));
     }
     Ok(())
 }

@@ -208,6 +208,11 @@ pub struct Forward {
     pub meta: u64,
     /// For a get: the key's previous owner, to be asked on a miss; set when routed.
     pub previous: Option<Arc<str>>,
+    /// Under etcd membership: the ring revision it was routed under and
+    /// the owner's `since` (sent as a fenced operation); set when routed.
+    pub fence: Option<(u64, u64)>,
+    /// Times a node answered "stale ring" and it was routed again.
+    pub ring_retries: u16,
     /// Where the answer goes.
     pub reply: ReplyTx,
     /// Sends so far to a node that failed.
@@ -239,6 +244,8 @@ impl Forward {
             key_hash,
             meta: 0,
             previous: None,
+            fence: None,
+            ring_retries: 0,
             reply,
             attempt: 0,
             maybe_applied: false,

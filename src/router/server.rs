@@ -45,7 +45,8 @@ async fn sweep_loop(router: Arc<Router>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tick.tick() => { router.members.sweep(); }
+            // Under etcd, leases decide who is out, not heartbeats here.
+            _ = tick.tick(), if !router.in_etcd() => { router.members.sweep(); }
         }
     }
 }

@@ -215,6 +215,26 @@ async fn handle_frame(
             reply_error(router, tx, id, WireError::Unauthorized(what), permit);
             return Ok(());
         }
+        Op::Join { .. } | Op::Heartbeat { .. } if router.in_etcd() => {
+            reply_error(router, tx, id, WireError::MembershipInEtcd, permit);
+            return Ok(());
+        }
+        Op::Leave { address } if router.in_etcd() => {
+            // A ring change in etcd: off the connection's read loop.
+            let (router, tx, address) = (router.clone(), tx.clone(), address.to_string());
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                match router.leave_in_etcd(&address).await {
+                    Ok(()) => local::respond(id, milena_protocol::Body::Empty, &mut out),
+                    Err(e) => {
+                        router.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        e.respond(id, &mut out);
+                    }
+                }
+                let _ = tx.send((bytes::Bytes::from(out).slice(4..), Some(permit)));
+            });
+            return Ok(());
+        }
         Op::Join { address } => {
             // Probes the address: off the connection's read loop.
             let (router, tx, address) = (router.clone(), tx.clone(), address.to_string());

@@ -50,6 +50,9 @@ pub struct RouterSettings {
     pub max_key: usize,
     /// Longest value forwarded (keep equal to the nodes' `MAX_VALUE_SIZE`).
     pub max_value: usize,
+    /// Under etcd membership: how long after sending a fenced request its
+    /// answer is trusted (half of `ETCD_LEASE_SECONDS`; see PROTOCOL.md).
+    pub fenced_answer_within: Option<Duration>,
 }
 
 /// The largest frame that carries a put of `max_key` and `max_value`.
@@ -81,6 +84,7 @@ impl Default for RouterSettings {
             tls: None,
             max_key: defaults::MAX_KEY_SIZE as usize,
             max_value: defaults::MAX_VALUE_SIZE as usize,
+            fenced_answer_within: None,
         }
     }
 }
@@ -105,6 +109,10 @@ impl From<&RouterConfig> for RouterSettings {
             max_value: c.max_value_size as usize,
             // Room for the largest put, as on the nodes.
             max_frame: max_frame(c.max_key_size, c.max_value_size),
+            fenced_answer_within: c
+                .etcd
+                .enabled()
+                .then(|| crate::etcd::answer_window(c.etcd.etcd_lease_seconds)),
             ..RouterSettings::default()
         }
     }

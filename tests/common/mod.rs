@@ -315,6 +315,7 @@ impl ClusterNode {
                 let node = Arc::new(Node::with_tier(settings, milena::node::Clock::new(), tier));
                 let _ = ready_tx.send((bound, advertise.clone(), node.clone()));
                 let membership = Membership {
+                    etcd: None,
                     routers,
                     tls,
                     advertise,

@@ -87,6 +87,7 @@ fn start() -> Servers {
                 shutdown.clone(),
             ));
             let membership = Membership {
+                etcd: None,
                 routers: vec![format!("http://{router_addr}")],
                 advertise: format!("http://{node_addr}"),
                 interval: Duration::from_millis(100),

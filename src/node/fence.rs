@@ -1,0 +1,251 @@
+//! The node's side of the several-routers rule (PROTOCOL.md, "Several
+//! routers"): a request routed under etcd membership is served only if
+//! the node's lease still holds, the router routed it under the very ring
+//! revision the node is at, and every live node has applied the revision
+//! at which this node gained the key. Requests admitted under a revision
+//! are counted, so a ring change can wait for them before the node says it
+//! has applied the new one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+/// Why a fenced request was not served (it was not applied).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The node is not (or no longer provably) a member.
+    #[error("this node's etcd lease is not known to hold")]
+    Lease,
+    /// The node is not in the ring it follows.
+    #[error("this node is not in the ring (revision {0})")]
+    NotMember(u64),
+    /// The router's ring differs from the node's.
+    #[error("routed under ring revision {theirs}, this node is at {mine}")]
+    Revision {
+        /// The node's revision.
+        mine: u64,
+        /// The request's.
+        theirs: u64,
+    },
+    /// The node gained the key at `since` and not every live node has
+    /// applied that revision yet.
+    #[error(
+        "the key is still changing hands (gained at revision {since}, every node has applied {applied})"
+    )]
+    Gaining {
+        /// When the node gained the key.
+        since: u64,
+        /// The lowest revision every live node has applied.
+        applied: u64,
+    },
+}
+
+/// Requests admitted under one ring revision.
+#[derive(Debug)]
+pub struct Generation {
+    revision: u64,
+    inflight: AtomicUsize,
+}
+
+impl Generation {
+    /// Requests admitted under this revision and not yet answered.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+}
+
+/// A request's hold on the revision it was admitted under, released when
+/// its answer is ready.
+#[derive(Debug)]
+pub struct Admission(Arc<Generation>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    member: bool,
+    min_applied: u64,
+    current: Arc<Generation>,
+}
+
+/// The node's fence. Without etcd it is never armed and fenced requests
+/// are refused as misrouted.
+#[derive(Debug)]
+pub struct Fence {
+    state: ArcSwap<State>,
+    base: Instant,
+    /// Nanoseconds after `base` until which the lease provably holds.
+    lease_until: AtomicU64,
+}
+
+impl Default for Fence {
+    fn default() -> Self {
+        Fence {
+            state: ArcSwap::from_pointee(State {
+                member: false,
+                min_applied: 0,
+                current: Arc::new(Generation {
+                    revision: 0,
+                    inflight: AtomicUsize::new(0),
+                }),
+            }),
+            base: Instant::now(),
+            lease_until: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Fence {
+    /// Admits a request routed under `revision` for a key this node gained
+    /// at `since`, or says why not.
+    pub fn admit(&self, revision: u64, since: u64) -> Result<Admission, Refusal> {
+        let now = self.base.elapsed().as_nanos() as u64;
+        if now >= self.lease_until.load(Ordering::Acquire) {
+            return Err(Refusal::Lease);
+        }
+        let s = self.state.load();
+        let mine = s.current.revision;
+        if revision != mine {
+            return Err(Refusal::Revision {
+                mine,
+                theirs: revision,
+            });
+        }
+        if !s.member {
+            return Err(Refusal::NotMember(mine));
+        }
+        if since > s.min_applied {
+            return Err(Refusal::Gaining {
+                since,
+                applied: s.min_applied,
+            });
+        }
+        let current = s.current.clone();
+        current.inflight.fetch_add(1, Ordering::AcqRel);
+        // A ring change between the load and the count: the change may
+        // already be waiting for this generation's count to reach zero
+        // having seen it at zero, so do not start under it.
+        if self.state.load().current.revision != mine {
+            drop(Admission(current));
+            return Err(Refusal::Revision {
+                mine: self.revision(),
+                theirs: revision,
+            });
+        }
+        Ok(Admission(current))
+    }
+
+    /// The ring revision the node is at.
+    pub fn revision(&self) -> u64 {
+        self.state.load().current.revision
+    }
+
+    /// Moves to ring `revision` (whether this node is a `member` of it):
+    /// returns the previous generation, whose requests the caller waits for
+    /// before saying it has applied the revision. Same revision: only the
+    /// membership flag and `min_applied` change.
+    pub fn install(
+        &self,
+        revision: u64,
+        member: bool,
+        min_applied: u64,
+    ) -> Option<Arc<Generation>> {
+        let s = self.state.load();
+        if s.current.revision == revision {
+            self.state.store(Arc::new(State {
+                member,
+                min_applied,
+                current: s.current.clone(),
+            }));
+            return None;
+        }
+        let old = s.current.clone();
+        self.state.store(Arc::new(State {
+            member,
+            min_applied,
+            current: Arc::new(Generation {
+                revision,
+                inflight: AtomicUsize::new(0),
+            }),
+        }));
+        Some(old)
+    }
+
+    /// The lease holds until `until` (this process's monotonic clock).
+    pub fn lease_holds_until(&self, until: Instant) {
+        let nanos = until.saturating_duration_since(self.base).as_nanos() as u64;
+        self.lease_until.store(nanos, Ordering::Release);
+    }
+
+    /// The lease is lost (or given up): refuse everything from now on.
+    pub fn lease_lost(&self) {
+        self.lease_until.store(0, Ordering::Release);
+    }
+
+    /// How much longer the lease provably holds.
+    pub fn lease_left(&self) -> Duration {
+        let now = self.base.elapsed().as_nanos() as u64;
+        Duration::from_nanos(self.lease_until.load(Ordering::Acquire).saturating_sub(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn armed() -> Fence {
+        let f = Fence::default();
+        f.lease_holds_until(Instant::now() + Duration::from_secs(60));
+        f
+    }
+
+    #[test]
+    fn serves_only_its_own_revision_and_settled_keys() {
+        let f = armed();
+        f.install(10, true, 10);
+        assert!(f.admit(10, 5).is_ok());
+        assert_eq!(
+            f.admit(9, 5).err(),
+            Some(Refusal::Revision {
+                mine: 10,
+                theirs: 9
+            })
+        );
+        f.install(12, true, 10);
+        assert!(matches!(f.admit(12, 12), Err(Refusal::Gaining { .. })));
+        assert!(f.admit(12, 10).is_ok());
+        f.install(12, true, 12);
+        assert!(f.admit(12, 12).is_ok());
+        f.install(13, false, 12);
+        assert_eq!(f.admit(13, 1).err(), Some(Refusal::NotMember(13)));
+    }
+
+    #[test]
+    fn a_ring_change_sees_the_requests_admitted_before_it() {
+        let f = armed();
+        f.install(1, true, 1);
+        let a = f.admit(1, 1).expect("admitted");
+        let old = f.install(2, true, 1).expect("new revision");
+        assert_eq!(old.inflight(), 1);
+        drop(a);
+        assert_eq!(old.inflight(), 0);
+        assert!(f.admit(1, 1).is_err());
+    }
+
+    #[test]
+    fn a_lapsed_lease_refuses_everything() {
+        let f = Fence::default();
+        f.install(1, true, 1);
+        assert_eq!(f.admit(1, 1).err(), Some(Refusal::Lease));
+        f.lease_holds_until(Instant::now() + Duration::from_secs(60));
+        assert!(f.admit(1, 1).is_ok());
+        f.lease_lost();
+        assert_eq!(f.admit(1, 1).err(), Some(Refusal::Lease));
+    }
+}
