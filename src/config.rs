@@ -40,6 +40,11 @@ pub mod defaults {
     /// `HANDOFF_WINDOW_SECONDS`: long enough for a previous owner's
     /// write-behind queue to drain, unless the tier is down for longer.
     pub const HANDOFF_WINDOW_SECONDS: u64 = 60;
+    /// How long a router keeps routing again a request that nodes refuse
+    /// as routed under another ring (etcd membership) before answering
+    /// "unavailable": a ring change settles within a watch delay and the
+    /// time the losing node takes to finish what it admitted.
+    pub const RING_PATIENCE: Duration = Duration::from_secs(3);
     /// `ETCD_LEASE_SECONDS`: the heartbeat timeout's role with etcd.
     pub const ETCD_LEASE_SECONDS: u64 = 3;
     /// `NODE_TIMEOUT_MS`.

@@ -14,10 +14,6 @@ use crate::error::WireError;
 /// Most sends of one request: the owner, then once more the next owner.
 const MAX_ATTEMPTS: u8 = 2;
 
-/// How long a request refused as routed under a stale ring keeps being
-/// routed again before the client gets "unavailable".
-pub const RING_PATIENCE: Duration = Duration::from_secs(3);
-
 impl Router {
     /// Sends `fwd` to the owner of its key in the current ring.
     pub async fn route(self: &Arc<Self>, mut fwd: Forward) {
@@ -91,15 +87,16 @@ impl Router {
     /// Routes again, shortly, a request a node refused as routed under
     /// another ring (not applied): the ring settles within a watch delay
     /// and the time the losing node takes to finish what it had admitted.
-    /// Past [`RING_PATIENCE`] the client gets "unavailable".
+    /// Past `ring_patience` the client gets "unavailable".
     pub fn reroute_stale(self: &Arc<Self>, mut fwd: Forward) {
-        if fwd.started.elapsed() > RING_PATIENCE {
+        let patience = self.settings.ring_patience;
+        if fwd.started.elapsed() > patience {
             self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
             self.fail(
                 fwd,
                 &WireError::Unavailable(format!(
                     "the key's owner is changing and did not settle within {} ms; retry",
-                    RING_PATIENCE.as_millis()
+                    patience.as_millis()
                 )),
             );
             return;

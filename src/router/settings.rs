@@ -53,6 +53,9 @@ pub struct RouterSettings {
     /// Under etcd membership: how long after sending a fenced request its
     /// answer is trusted (half of `ETCD_LEASE_SECONDS`; see PROTOCOL.md).
     pub fenced_answer_within: Option<Duration>,
+    /// How long a request a node refused as routed under another ring
+    /// keeps being routed again before the client gets "unavailable".
+    pub ring_patience: Duration,
 }
 
 /// The largest frame that carries a put of `max_key` and `max_value`.
@@ -85,6 +88,7 @@ impl Default for RouterSettings {
             max_key: defaults::MAX_KEY_SIZE as usize,
             max_value: defaults::MAX_VALUE_SIZE as usize,
             fenced_answer_within: None,
+            ring_patience: defaults::RING_PATIENCE,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Shared helpers: real servers on port 0 and a raw protocol socket.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod s3;
 
 use std::net::SocketAddr;
@@ -243,7 +244,7 @@ impl ClusterNode {
         settings: NodeSettings,
         token: Option<&str>,
     ) -> ClusterNode {
-        Self::start_full(addr, routers, settings, token, TierSpec::None)
+        Self::start_full(addr, routers, settings, token, TierSpec::None, None)
     }
 
     /// As [`ClusterNode::start`], backed by a directory tier at `dir`.
@@ -259,6 +260,7 @@ impl ClusterNode {
             settings,
             None,
             TierSpec::Dir(dir.to_path_buf()),
+            None,
         )
     }
 
@@ -269,7 +271,17 @@ impl ClusterNode {
         settings: NodeSettings,
         tier: TierSpec,
     ) -> ClusterNode {
-        Self::start_full(addr, routers, settings, None, tier)
+        Self::start_full(addr, routers, settings, None, tier, None)
+    }
+
+    /// A node whose membership is in etcd (`args`), not with routers.
+    pub fn start_in_etcd(
+        addr: &str,
+        etcd: milena::config::EtcdArgs,
+        settings: NodeSettings,
+        tier: TierSpec,
+    ) -> ClusterNode {
+        Self::start_full(addr, &[], settings, None, tier, Some(etcd))
     }
 
     fn start_full(
@@ -278,6 +290,7 @@ impl ClusterNode {
         settings: NodeSettings,
         token: Option<&str>,
         tier: TierSpec,
+        etcd: Option<milena::config::EtcdArgs>,
     ) -> ClusterNode {
         let cluster_token = token.map(milena::error::Secret::new);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -315,7 +328,10 @@ impl ClusterNode {
                 let node = Arc::new(Node::with_tier(settings, milena::node::Clock::new(), tier));
                 let _ = ready_tx.send((bound, advertise.clone(), node.clone()));
                 let membership = Membership {
-                    etcd: None,
+                    etcd: etcd.map(|a| milena::node::etcd::EtcdMembership {
+                        etcd: milena::etcd::Etcd::connect(&a).expect("etcd settings"),
+                        lease_seconds: a.etcd_lease_seconds,
+                    }),
                     routers,
                     tls,
                     advertise,
