@@ -118,6 +118,8 @@ struct Cluster {
     node_env: Vec<(&'static str, String)>,
     /// Routers beyond the first (each node joins them all), and their ports.
     more_routers: Vec<(Proc, u16)>,
+    /// Membership in etcd (a real etcd process), when the scenario has it.
+    etcd: Option<common::etcd::EtcdServer>,
 }
 
 struct TempDir(std::path::PathBuf);
@@ -133,6 +135,8 @@ impl Drop for TempDir {
 /// eject live nodes).
 const HEARTBEAT_MS: u64 = 100;
 const HEARTBEAT_TIMEOUT_MS: u64 = 3000;
+/// With etcd: a node that stops renewing leaves every ring after 2 s.
+const ETCD_LEASE_SECONDS: u64 = 2;
 
 impl Cluster {
     async fn start(name: &str, nodes: usize, write_mode: &'static str) -> Cluster {
@@ -145,6 +149,17 @@ impl Cluster {
         write_mode: &'static str,
         proxied: bool,
         node_env: Vec<(&'static str, String)>,
+    ) -> Cluster {
+        Self::start_full(name, nodes, write_mode, proxied, node_env, None).await
+    }
+
+    async fn start_full(
+        name: &str,
+        nodes: usize,
+        write_mode: &'static str,
+        proxied: bool,
+        node_env: Vec<(&'static str, String)>,
+        etcd: Option<common::etcd::EtcdServer>,
     ) -> Cluster {
         let dir = std::env::temp_dir().join(format!("milena-chaos-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -162,7 +177,8 @@ impl Cluster {
         )
         .await;
         let router_port = free_port();
-        let router = Self::router(router_port).await;
+        let etcd_url = etcd.as_ref().map(|e| e.endpoint());
+        let router = Self::router(router_port, etcd_url.as_deref()).await;
         let mut c = Cluster {
             s3,
             router,
@@ -173,6 +189,7 @@ impl Cluster {
             proxy: None,
             node_env,
             more_routers: Vec::new(),
+            etcd,
         };
         if proxied {
             let target =
@@ -190,19 +207,19 @@ impl Cluster {
         c
     }
 
-    async fn router(port: u16) -> Proc {
-        Proc::start(
-            std::path::Path::new(ROUTER),
-            &[],
-            &[
-                ("HELLO_TIMEOUT_SECONDS", "1".into()),
-                ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
-                ("RATE_LIMIT", "0".into()),
-                ("HEARTBEAT_TIMEOUT_MS", HEARTBEAT_TIMEOUT_MS.to_string()),
-                ("NODE_TIMEOUT_MS", "3000".into()),
-            ],
-        )
-        .await
+    async fn router(port: u16, etcd: Option<&str>) -> Proc {
+        let mut env = vec![
+            ("HELLO_TIMEOUT_SECONDS", "1".into()),
+            ("LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            ("RATE_LIMIT", "0".into()),
+            ("HEARTBEAT_TIMEOUT_MS", HEARTBEAT_TIMEOUT_MS.to_string()),
+            ("NODE_TIMEOUT_MS", "3000".into()),
+        ];
+        if let Some(e) = etcd {
+            env.push(("ETCD_ENDPOINTS", e.to_string()));
+            env.push(("ETCD_LEASE_SECONDS", ETCD_LEASE_SECONDS.to_string()));
+        }
+        Proc::start(std::path::Path::new(ROUTER), &[], &env).await
     }
 
     async fn node(&self) -> Proc {
@@ -212,7 +229,11 @@ impl Cluster {
         };
         let mut env = vec![
             ("LISTEN_ADDR", "127.0.0.1:0".into()),
-            ("ROUTER_ADDR", self.router_urls()),
+            match &self.etcd {
+                Some(e) => ("ETCD_ENDPOINTS", e.endpoint()),
+                None => ("ROUTER_ADDR", self.router_urls()),
+            },
+            ("ETCD_LEASE_SECONDS", ETCD_LEASE_SECONDS.to_string()),
             ("HEARTBEAT_INTERVAL_MS", HEARTBEAT_MS.to_string()),
             ("WRITE_MODE", self.write_mode.into()),
             ("S3_BUCKET", "cache".into()),
@@ -240,17 +261,30 @@ impl Cluster {
             .join(",")
     }
 
-    /// A cluster with `routers` routers; every node joins them all.
-    async fn start_routers(
+    /// `routers` routers sharing membership in a real etcd.
+    async fn start_in_etcd(
         name: &str,
         nodes: usize,
         write_mode: &'static str,
         routers: usize,
     ) -> Cluster {
-        let mut c = Self::start_with(name, 0, write_mode, false, Vec::new()).await;
+        let etcd = common::etcd::EtcdServer::start();
+        Self::start_many(name, nodes, write_mode, routers, Some(etcd)).await
+    }
+
+    async fn start_many(
+        name: &str,
+        nodes: usize,
+        write_mode: &'static str,
+        routers: usize,
+        etcd: Option<common::etcd::EtcdServer>,
+    ) -> Cluster {
+        let mut c = Self::start_full(name, 0, write_mode, false, Vec::new(), etcd).await;
+        let etcd_url = c.etcd.as_ref().map(|e| e.endpoint());
         for _ in 1..routers {
             let port = free_port();
-            c.more_routers.push((Self::router(port).await, port));
+            c.more_routers
+                .push((Self::router(port, etcd_url.as_deref()).await, port));
         }
         for _ in 0..nodes {
             let n = c.node().await;
@@ -615,7 +649,7 @@ async fn a_restarted_router_gets_its_nodes_back_without_help() {
     run_for(Duration::from_millis(1000)).await;
     cluster.router.signal("KILL").await;
     let down = Instant::now();
-    cluster.router = Cluster::router(cluster.router_port).await;
+    cluster.router = Cluster::router(cluster.router_port, None).await;
     let rejoined = cluster.wait_members(3).await;
     let recovered = down.elapsed();
     run_for(Duration::from_millis(1500)).await;
@@ -1286,46 +1320,112 @@ async fn soak_keeps_memory_connections_and_tasks_flat() {
     assert_eq!((lost, wrong), (0, 0));
 }
 
-/// Several routers (not in CI: the promise with several routers is the
-/// etcd-membership issue's; this measures where it stands). Two routers,
-/// three nodes; every request goes to the other router than the last; a
-/// node is paused past the heartbeat timeout and resumed, then another is
-/// killed with `kill -9`.
+/// Scenario 9 (issue 15): three routers and a real etcd, three nodes,
+/// every request to the next router, while a node is killed with
+/// `kill -9` and replaced, a node is paused past its lease and resumed, a
+/// node leaves (operator's leave through a router, then SIGTERM), a router
+/// is killed with `kill -9` and restarted, and etcd itself is restarted.
 #[allow(non_snake_case)]
-async fn two_routers(MODE: &'static str) {
+async fn three_routers_in_etcd(MODE: &'static str) -> (u64, u64, u64, usize, usize, usize) {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut cluster = Cluster::start_routers(&format!("routers-{MODE}"), 3, MODE, 2).await;
+    let mut cluster = Cluster::start_in_etcd(&format!("etcd-{MODE}"), 3, MODE, 3).await;
     let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
     let tasks = workload(cluster.router_urls(), stop.clone(), tally.clone());
     run_for(Duration::from_millis(1500)).await;
+
+    // kill -9: every router routes around it once its lease lapses.
+    let killed = cluster.nodes.remove(0);
+    killed.signal("KILL").await;
+    let t = Instant::now();
+    cluster.wait_members(2).await;
+    let kill_to_gone = t.elapsed();
+    run_for(Duration::from_millis(800)).await;
+    let t = Instant::now();
+    let n = cluster.node().await;
+    cluster.nodes.push(n);
+    cluster.wait_members(3).await;
+    let join_to_routed = t.elapsed();
+    run_for(Duration::from_millis(800)).await;
+
+    // SIGSTOP past the lease, then SIGCONT: it registers again.
     cluster.nodes[0].signal("STOP").await;
     cluster.wait_members(2).await;
-    run_for(Duration::from_millis(1000)).await;
+    run_for(Duration::from_millis(500)).await;
     cluster.nodes[0].signal("CONT").await;
     cluster.wait_members(3).await;
-    run_for(Duration::from_millis(2000)).await;
-    let killed = cluster.nodes.remove(1);
-    killed.signal("KILL").await;
+    run_for(Duration::from_millis(800)).await;
+
+    // An operator's leave through the third router, then a graceful stop.
+    let leaving = cluster.nodes.remove(1);
+    let via = cluster
+        .router_urls()
+        .split(',')
+        .nth(2)
+        .expect("third router")
+        .to_string();
+    Client::connect(&via)
+        .await
+        .expect("router")
+        .leave(&format!("http://{}", leaving.addr))
+        .await
+        .expect("leave");
     cluster.wait_members(2).await;
+    leaving.signal("TERM").await;
+    let n = cluster.node().await;
+    cluster.nodes.push(n);
+    cluster.wait_members(3).await;
+    run_for(Duration::from_millis(800)).await;
+
+    // A router killed and restarted on its port: it reads the ring back.
+    let (r, port) = cluster.more_routers.remove(0);
+    r.signal("KILL").await;
+    run_for(Duration::from_millis(300)).await;
+    let etcd_url = cluster.etcd.as_ref().map(|e| e.endpoint());
+    let r = Cluster::router(port, etcd_url.as_deref()).await;
+    cluster.more_routers.insert(0, (r, port));
+    cluster.wait_members(3).await;
+    run_for(Duration::from_millis(800)).await;
+
+    // etcd restarted (SIGKILL): leases survive, routers follow again.
+    cluster.etcd.as_mut().expect("etcd").restart();
     run_for(Duration::from_millis(2000)).await;
+    cluster.wait_members(3).await;
+
     let histories = stop_writers(&stop, tasks).await;
     let (checked, lost, wrong) = verify(&cluster, histories).await;
-    println!(
-        "two routers ({MODE}): {} requests, {} errors, {checked} keys checked: lost {lost}, wrong {wrong}, stale reads {}",
+    let (requests, errors, stale) = (
         tally.requests.load(Ordering::Relaxed),
         tally.errors.load(Ordering::Relaxed),
-        tally.stale.load(Ordering::Relaxed)
+        tally.stale.load(Ordering::Relaxed),
     );
+    println!(
+        "three routers in etcd ({MODE}): {requests} requests, {errors} errors, stale reads {stale}, lost reads {}; kill -9 to out of every ring {kill_to_gone:?}, join to routed by every router {join_to_routed:?}; {checked} keys checked: lost {lost}, wrong {wrong}",
+        tally.lost.load(Ordering::Relaxed),
+    );
+    (
+        requests,
+        stale,
+        tally.lost.load(Ordering::Relaxed),
+        checked,
+        lost,
+        wrong,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "several routers: measured by hand until membership moves to etcd"]
-async fn two_routers_sync() {
-    two_routers("sync").await;
+async fn three_routers_in_etcd_sync_lose_nothing_and_read_nothing_stale() {
+    let (requests, stale, lost_reads, _, lost, wrong) = three_routers_in_etcd("sync").await;
+    assert!(requests > 0);
+    assert_eq!(stale, 0, "stale reads");
+    assert_eq!(lost_reads, 0, "reads that missed an acknowledged write");
+    assert_eq!((lost, wrong), (0, 0));
 }
 
+/// Async mode: a write acknowledged from a killed or paused node's queue
+/// and not yet in S3 is the documented async window (issue 16); measured,
+/// not asserted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "several routers: measured by hand until membership moves to etcd"]
-async fn two_routers_async() {
-    two_routers("async").await;
+#[ignore = "async with several routers: measured by hand (the async window is issue 16's)"]
+async fn three_routers_in_etcd_async() {
+    three_routers_in_etcd("async").await;
 }

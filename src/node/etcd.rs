@@ -18,10 +18,12 @@ use crate::backoff::Backoff;
 use crate::etcd::cluster::{change_ring, wall_micros};
 use crate::etcd::{ClusterState, Etcd, watch_cluster};
 
-/// Longest a ring change waits for the requests admitted under the
-/// previous revision before saying it has applied the new one anyway
-/// (their answers then arrive too late for a router to trust them).
-const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// Beyond the answer window, how long a ring change waits for the
+/// requests admitted under the previous revision before saying it has
+/// applied the new one anyway: every such request was sent before the
+/// change, so its answer then arrives later than the window after its
+/// sending, and no router trusts it.
+const DRAIN_SLACK: Duration = Duration::from_millis(500);
 
 /// Membership in etcd for one node.
 #[derive(Debug, Clone)]
@@ -80,6 +82,7 @@ async fn keep(
         etcd.clone(),
         advertise.clone(),
         publish_rx,
+        window + DRAIN_SLACK,
         follow.clone(),
     ));
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -102,6 +105,9 @@ async fn keep(
                 Some(r.with_member(&advertise, wall_micros()))
             })
             .await?;
+            // Before the lease is armed: requests routed before a lapse
+            // must not pass under the ring this node is about to leave.
+            node.fence.joined_at(revision.unwrap_or(0));
             Ok::<_, crate::etcd::EtcdError>((lease, ttl, revision))
         };
         let (lease, ttl) = tokio::select! {
@@ -272,11 +278,12 @@ fn apply(
 
 /// Publishes, in order, each revision this node has applied, once the
 /// requests admitted under the one before have finished (or after
-/// [`DRAIN_LIMIT`]).
+/// `drain_limit`: the answer window and [`DRAIN_SLACK`]).
 async fn publish_applied(
     etcd: Etcd,
     advertise: String,
     mut rx: mpsc::UnboundedReceiver<(u64, Option<Arc<Generation>>)>,
+    drain_limit: Duration,
     stop: CancellationToken,
 ) {
     let key = etcd.key(&format!("nodes/{advertise}"));
@@ -288,7 +295,7 @@ async fn publish_applied(
         };
         if let Some(old) = old {
             let started = Instant::now();
-            while old.inflight() > 0 && started.elapsed() < DRAIN_LIMIT {
+            while old.inflight() > 0 && started.elapsed() < drain_limit {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             if old.inflight() > 0 {

@@ -18,6 +18,10 @@ pub enum Refusal {
     /// The node is not (or no longer provably) a member.
     #[error("this node's etcd lease is not known to hold")]
     Lease,
+    /// The node registered again and has not yet seen the ring it
+    /// rejoined (requests from before its lease lapsed may still arrive).
+    #[error("this node is rejoining the ring (at revision {0})")]
+    Rejoining(u64),
     /// The node is not in the ring it follows.
     #[error("this node is not in the ring (revision {0})")]
     NotMember(u64),
@@ -82,6 +86,9 @@ pub struct Fence {
     base: Instant,
     /// Nanoseconds after `base` until which the lease provably holds.
     lease_until: AtomicU64,
+    /// The ring revision of the node's latest join: nothing is served
+    /// under an older ring.
+    floor: AtomicU64,
 }
 
 impl Default for Fence {
@@ -97,6 +104,7 @@ impl Default for Fence {
             }),
             base: Instant::now(),
             lease_until: AtomicU64::new(0),
+            floor: AtomicU64::new(0),
         }
     }
 }
@@ -111,6 +119,10 @@ impl Fence {
         }
         let s = self.state.load();
         let mine = s.current.revision;
+        let floor = self.floor.load(Ordering::Acquire);
+        if mine < floor {
+            return Err(Refusal::Rejoining(floor));
+        }
         if revision != mine {
             return Err(Refusal::Revision {
                 mine,
@@ -177,6 +189,12 @@ impl Fence {
         Some(old)
     }
 
+    /// The node (re)joined the ring at `revision`: serve nothing until the
+    /// node is at that ring or a later one. Call before arming the lease.
+    pub fn joined_at(&self, revision: u64) {
+        self.floor.fetch_max(revision, Ordering::AcqRel);
+    }
+
     /// The lease holds until `until` (this process's monotonic clock).
     pub fn lease_holds_until(&self, until: Instant) {
         let nanos = until.saturating_duration_since(self.base).as_nanos() as u64;
@@ -236,6 +254,21 @@ mod tests {
         drop(a);
         assert_eq!(old.inflight(), 0);
         assert!(f.admit(1, 1).is_err());
+    }
+
+    #[test]
+    fn a_node_that_registered_again_serves_nothing_under_the_ring_it_left() {
+        let f = armed();
+        f.install(5, true, 5);
+        assert!(f.admit(5, 1).is_ok());
+        // Its lease lapsed and it registered again, joining at 9; a request
+        // from before (routed under 5) arrives before the watch says 9.
+        f.lease_lost();
+        f.joined_at(9);
+        f.lease_holds_until(Instant::now() + Duration::from_secs(60));
+        assert_eq!(f.admit(5, 1).err(), Some(Refusal::Rejoining(9)));
+        f.install(9, true, 9);
+        assert!(f.admit(9, 9).is_ok());
     }
 
     #[test]

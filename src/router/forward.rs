@@ -11,6 +11,10 @@ use super::pool::NodeEvents;
 use super::request::{Forward, Kind};
 use crate::error::WireError;
 
+/// Under etcd membership, how long after a node's connections failed the
+/// router connects to it again (it stays in the ring until its lease lapses).
+const RECONNECT_AFTER: Duration = Duration::from_millis(100);
+
 /// Most sends of one request: the owner, then once more the next owner.
 const MAX_ATTEMPTS: u8 = 2;
 
@@ -92,13 +96,18 @@ impl Router {
         let patience = self.settings.ring_patience;
         if fwd.started.elapsed() > patience {
             self.stats.unavailable.fetch_add(1, Ordering::Relaxed);
-            self.fail(
-                fwd,
-                &WireError::Unavailable(format!(
-                    "the key's owner is changing and did not settle within {} ms; retry",
-                    patience.as_millis()
-                )),
+            let why = format!(
+                "the key's owner is changing and did not settle within {} ms",
+                patience.as_millis()
             );
+            // An earlier send may have reached a node that failed after
+            // taking it: then a write may have been applied.
+            let err = if fwd.maybe_applied && fwd.kind != Kind::Get {
+                WireError::Indeterminate(why)
+            } else {
+                WireError::Unavailable(why)
+            };
+            self.fail(fwd, &err);
             return;
         }
         fwd.ring_retries = fwd.ring_retries.saturating_add(1);
@@ -150,11 +159,22 @@ impl Failover {
 
 impl NodeEvents for Failover {
     fn node_failed(&self, address: &str, handle_id: u64, reason: &str) {
-        if let Some(router) = self.0.upgrade()
-            && !router.in_etcd()
-        {
+        let Some(router) = self.0.upgrade() else {
+            return;
+        };
+        if !router.in_etcd() {
             router.members.eject_handle(address, handle_id, reason);
+            return;
         }
+        // Under etcd the node stays in the ring until its lease lapses:
+        // connect again, after a pause so a dead node is not hammered.
+        let (weak, address) = (self.0.clone(), address.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(RECONNECT_AFTER).await;
+            if let Some(router) = weak.upgrade() {
+                router.members.renew_handle(&address, handle_id);
+            }
+        });
     }
 
     fn stale_ring(&self, fwd: Forward) {

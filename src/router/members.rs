@@ -412,6 +412,21 @@ impl Members {
         self.eject(address, reason)
     }
 
+    /// Under etcd membership (where a failed node stays in the ring until
+    /// its lease lapses): replaces member `address`'s connection pool if it
+    /// is still the one with `handle_id`, so the router reconnects.
+    pub fn renew_handle(&self, address: &str, handle_id: u64) {
+        let mut t = self.lock();
+        let Some(e) = t.nodes.get_mut(address) else {
+            return;
+        };
+        if !e.up || e.handle.as_ref().map(|h| h.id) != Some(handle_id) {
+            return;
+        }
+        e.handle = Some((self.connector)(address));
+        self.publish(&t);
+    }
+
     /// Ejects every node whose last heartbeat is older than the timeout.
     pub fn sweep(&self) -> Vec<String> {
         let now = Instant::now();
