@@ -4,10 +4,11 @@
 # HTTP). Some tests need outside programs from Debian's packages: promtool
 # (package prometheus) for the metrics tests, memcached and redis-server for
 # the load tester's protocol clients, curl for the documented commands
-# (tests/docs.rs), python3 with python3-venv for the deployment-file checks
-# (tests/deploy.rs). They are installed here when missing
-# (as root, as on CI), and memcached and Redis are started on loopback for
-# the duration of the tests.
+# (tests/docs.rs), etcd (package etcd-server) for several routers
+# (tests/etcd.rs, tests/chaos.rs), python3 with python3-venv for the
+# deployment-file checks (tests/deploy.rs). They are installed here when
+# missing (as root, as on CI), and memcached and Redis are started on
+# loopback for the duration of the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,7 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 if ! pyenv_ready; then
   if ! command -v python3 >/dev/null 2>&1; then
     need+=(python3 python3-venv)

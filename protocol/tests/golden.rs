@@ -137,6 +137,42 @@ fn requests() -> Vec<(&'static str, Request<'static>)> {
                 },
             },
         ),
+        (
+            "req_fenced_get",
+            Request {
+                id: 13,
+                op: Op::FencedGet {
+                    revision: 42,
+                    since: 40,
+                    previous: Some("http://a:1"),
+                    key: b"k",
+                },
+            },
+        ),
+        (
+            "req_fenced_put",
+            Request {
+                id: 14,
+                op: Op::FencedPut {
+                    revision: 42,
+                    since: 40,
+                    key: b"k",
+                    value: b"v",
+                    ttl: Some(60),
+                },
+            },
+        ),
+        (
+            "req_fenced_delete",
+            Request {
+                id: 15,
+                op: Op::FencedDelete {
+                    revision: 42,
+                    since: 40,
+                    key: b"k",
+                },
+            },
+        ),
     ]
 }
 
@@ -208,6 +244,14 @@ fn responses() -> Vec<(&'static str, Response<'static>)> {
                     epoch: 3,
                     addresses: vec!["http://a:1", "http://b:2"],
                 },
+            },
+        ),
+        (
+            "resp_stale_ring",
+            Response {
+                id: 13,
+                status: Status::StaleRing,
+                body: Body::Message("stale ring"),
             },
         ),
         (
