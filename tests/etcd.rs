@@ -311,3 +311,55 @@ fn several_routers_without_etcd_are_refused_at_start() {
             .is_some()
     );
 }
+
+/// A node's memory filled from the tier while it did not own a key must
+/// not be served once it gains the key: a newer write went to the owner
+/// in between (found in review: fills were tagged with the wall clock,
+/// which is never older than an etcd revision).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_from_before_a_gain_is_not_served_after_it() {
+    let etcd = EtcdServer::start();
+    let args = etcd.args("/t-fill", LEASE);
+    let tier = tempfile::tempdir().expect("tier dir");
+    let r = etcd_router(&args).await;
+    let start = || {
+        ClusterNode::start_in_etcd(
+            "127.0.0.1:0",
+            args.clone(),
+            sync_settings(),
+            TierSpec::Dir(tier.path().to_path_buf()),
+        )
+    };
+    let o = start();
+    let n = start();
+    wait_count(&r, 2).await;
+    let ring = r.router.members.view().ring.clone();
+    let key = (0..1000)
+        .map(|i| format!("fill{i}").into_bytes())
+        .find(|k| ring.owner(milena::ring::key_hash(k)) == Some(n.advertised.as_str()))
+        .expect("a key owned by n");
+    let c = Client::connect(&r.url()).await.expect("router");
+    put_acked(&c, &key, b"v1").await;
+    // o reads the key from the tier while n owns it.
+    let direct = Client::connect(&o.url()).await.expect("o");
+    assert_eq!(
+        direct.get(&key).await.expect("direct get").as_deref(),
+        Some(&b"v1"[..])
+    );
+    put_acked(&c, &key, b"v2").await;
+    // n leaves: the key goes back to o.
+    c.leave(&n.advertised).await.expect("leave");
+    wait_count(&r, 1).await;
+    let v = loop {
+        match c.get(&key).await {
+            Ok(v) => break v,
+            Err(e) if e.retry_is_safe() => tokio::task::yield_now().await,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(
+        v.as_deref(),
+        Some(&b"v2"[..]),
+        "o served what it read before it gained the key"
+    );
+}

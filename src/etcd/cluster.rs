@@ -32,9 +32,9 @@ pub struct ClusterState {
 
 impl ClusterState {
     /// The lowest ring revision every live node has applied (0 if any has
-    /// not said yet).
+    /// not said yet, or if no node is known: then nothing is settled).
     pub fn min_applied(&self) -> u64 {
-        self.nodes.values().copied().min().unwrap_or(u64::MAX)
+        self.nodes.values().copied().min().unwrap_or(0)
     }
 }
 
@@ -95,6 +95,8 @@ async fn follow(
         );
     }
     backoff.reset();
+    // Members already dealt with at a ring revision; only the current
+    // revision's are kept.
     let mut reaped = HashSet::new();
     reap(etcd, &ring, &nodes, &mut reaped).await;
     let mut watch = etcd.watch(key, end, start + 1).await?;
@@ -115,6 +117,7 @@ async fn follow(
             apply(etcd, kv, deleted, &mut ring, &mut nodes)?;
         }
         publish(tx, &ring, &nodes);
+        reaped.retain(|(_, rev)| *rev == ring.1);
         reap(etcd, &ring, &nodes, &mut reaped).await;
     }
 }
@@ -154,7 +157,9 @@ fn apply(
             )
         };
     } else if let Some(address) = rest.strip_prefix("nodes/") {
-        if deleted {
+        // A node key always lives under its node's lease; one without (put
+        // by hand) would never lapse and hold every handoff back for ever.
+        if deleted || kv.lease == 0 {
             nodes.remove(address);
         } else {
             // A node's value is the ring revision it has applied; anything
@@ -186,7 +191,7 @@ async fn reap(
         .map(|m| m.address.clone())
         .collect();
     for address in gone {
-        if !tried.insert((address.clone(), ring.1)) {
+        if tried.contains(&(address.clone(), ring.1)) {
             continue;
         }
         let guard = etcd.key(&format!("nodes/{address}"));

@@ -36,3 +36,27 @@ pub use record::Record;
 pub fn answer_window(lease_seconds: u64) -> std::time::Duration {
     std::time::Duration::from_millis(lease_seconds * 1000 / 2)
 }
+
+/// Time on the clock leases are measured with: CLOCK_BOOTTIME, which
+/// (unlike the monotonic clock `Instant` uses) keeps counting while the
+/// machine is suspended, as etcd's time does meanwhile; so a node resumed
+/// from a suspend does not believe a lapsed lease still holds.
+pub fn lease_clock() -> std::time::Duration {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime only writes the timespec we own.
+        if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } == 0 {
+            return std::time::Duration::new(
+                ts.tv_sec.max(0) as u64,
+                ts.tv_nsec.clamp(0, 999_999_999) as u32,
+            );
+        }
+    }
+    // Elsewhere (or if the call fails): the monotonic clock.
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(std::time::Instant::now).elapsed()
+}

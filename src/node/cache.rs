@@ -132,7 +132,10 @@ pub struct CacheStats {
     pub tier_times: Arc<TierTimes>,
 }
 
-type Waiters = Vec<oneshot::Sender<ReadThrough>>;
+/// Requests waiting on one tier read of a key, with the ownership epoch
+/// (`since`) of the request that started it: only requests of that epoch
+/// or an older one may share it.
+type Waiters = (u64, Vec<oneshot::Sender<ReadThrough>>);
 
 /// Memory in front of the tier. Shared by every connection (`Arc`).
 pub struct Cache {
@@ -443,16 +446,22 @@ impl Cache {
         let leader = {
             let mut reads = self.reads();
             match reads.get_mut(&key) {
-                Some(waiters) => {
+                Some((started_since, waiters)) if *started_since >= since => {
                     waiters.push(tx);
                     // Not coalescing: every miss reads the tier itself.
-                    !self.coalesce_misses
+                    Some(!self.coalesce_misses)
                 }
+                // A read started for an older ownership epoch may predate
+                // writes this request must see: read the tier alone.
+                Some(_) => None,
                 None => {
-                    reads.insert(key.clone(), vec![tx]);
-                    true
+                    reads.insert(key.clone(), (since, vec![tx]));
+                    Some(true)
                 }
             }
+        };
+        let Some(leader) = leader else {
+            return self.read_tier(&key, since, previous.as_deref()).await;
         };
         if leader {
             // A leader that just finished may have filled memory (or the
@@ -460,9 +469,9 @@ impl Cache {
             // registering: look again before going to the tier.
             let result = match self.settled(&key, since) {
                 Some(known) => known,
-                None => self.read_tier(&key, previous.as_deref()).await,
+                None => self.read_tier(&key, since, previous.as_deref()).await,
             };
-            let waiters = self.reads().remove(&key).unwrap_or_default();
+            let (_, waiters) = self.reads().remove(&key).unwrap_or_default();
             for w in waiters {
                 let _ = w.send(result.clone());
             }
@@ -476,7 +485,7 @@ impl Cache {
     }
 
     /// One read of the tier, beside an ask of the key's previous owner.
-    async fn read_tier(&self, key: &[u8], previous: Option<&str>) -> ReadThrough {
+    async fn read_tier(&self, key: &[u8], since: u64, previous: Option<&str>) -> ReadThrough {
         let started = wall_micros();
         let now = self.clock.unix_secs();
         self.stats.tier_reads.fetch_add(1, Ordering::Relaxed);
@@ -494,7 +503,7 @@ impl Cache {
                 (stored, dirty)
             }
         };
-        self.resolve(key, now, started, stored, dirty)
+        self.resolve(key, now, started, since, stored, dirty)
     }
 
     /// What the node already knows about `key` without the tier: a value in
@@ -528,6 +537,7 @@ impl Cache {
         key: &[u8],
         now: u64,
         started: u64,
+        since: u64,
         stored: Result<ReadOutcome, TierError>,
         dirty: Option<Pending>,
     ) -> ReadThrough {
@@ -559,12 +569,14 @@ impl Cache {
                 let ttl = obj.expires_at.map_or(0, |t| {
                     t.saturating_sub(now).clamp(1, u64::from(u32::MAX)) as u32
                 });
-                // Fresh from the durable copy: tag it with the current time,
-                // so no ownership epoch counts it as stale. Only into an
-                // empty slot: a put that arrived while the tier was read
-                // has written memory already, and is newer.
+                // Fresh from the durable copy for this ownership epoch: tag
+                // it with the epoch (`since`, a time or an etcd revision as
+                // the requests carry them), so a later change of owner
+                // counts it as stale. Only into an empty slot: a put that
+                // arrived while the tier was read has written memory
+                // already, and is newer.
                 self.store
-                    .put_if_absent(key, &obj.value, ttl, self.clock.now(), wall_micros());
+                    .put_if_absent(key, &obj.value, ttl, self.clock.now(), since);
                 // A delete that arrived meanwhile (and found memory empty)
                 // must not be undone by this fill.
                 if matches!(self.peek(key), Some(Pending::Delete(v)) if v >= started) {
@@ -574,7 +586,7 @@ impl Cache {
             }
             Ok(ReadOutcome::Absent | ReadOutcome::Expired) => {
                 self.negative
-                    .put(key, b"", NEGATIVE_TTL_SECS, self.clock.now(), wall_micros());
+                    .put(key, b"", NEGATIVE_TTL_SECS, self.clock.now(), since);
                 ReadThrough::Missing
             }
             Err(e) => {

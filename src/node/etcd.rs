@@ -25,6 +25,9 @@ use crate::etcd::{ClusterState, Etcd, watch_cluster};
 /// sending, and no router trusts it.
 const DRAIN_SLACK: Duration = Duration::from_millis(500);
 
+/// Longest lease TTL believed from etcd (what `ETCD_LEASE_SECONDS` allows).
+const MAX_TTL: u64 = 3600;
+
 /// Membership in etcd for one node.
 #[derive(Debug, Clone)]
 pub struct EtcdMembership {
@@ -87,12 +90,13 @@ async fn keep(
     ));
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut left = Some(left);
+    let mut said = 0u64;
     'register: loop {
         if shutdown.is_cancelled() {
             break;
         }
         // Register: a lease, the node's key under it, then the ring.
-        let sent = Instant::now();
+        let sent = crate::etcd::lease_clock();
         let registered = async {
             let (lease, ttl) = etcd.grant(m.lease_seconds).await?;
             etcd.put(
@@ -136,6 +140,7 @@ async fn keep(
         let mut tick = tokio::time::interval(ttl / 6);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut blind_since: Option<Duration> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -150,6 +155,18 @@ async fn keep(
                     return;
                 }
                 _ = tick.tick() => {
+                    // A node that cannot follow the ring would hold every
+                    // handoff back (its applied revision never moves):
+                    // past a lease's length blind, it lets its lease lapse.
+                    if state.borrow().connected {
+                        blind_since = None;
+                    } else if blind_since.get_or_insert_with(crate::etcd::lease_clock).saturating_add(ttl) < crate::etcd::lease_clock() {
+                        if !failing {
+                            warn!("etcd: this node has not followed the ring for a lease's length; it stops renewing its lease and leaves the ring until it can");
+                        }
+                        failing = true;
+                        continue;
+                    }
                     match renew(&etcd, &mut keepalive, lease).await {
                         Ok((sent, 0)) => {
                             let _ = sent;
@@ -158,7 +175,7 @@ async fn keep(
                             continue 'register;
                         }
                         Ok((sent, ttl)) => {
-                            node.fence.lease_holds_until(sent + Duration::from_secs(ttl).saturating_sub(window));
+                            node.fence.lease_holds_until(sent + Duration::from_secs(ttl.min(MAX_TTL)).saturating_sub(window));
                             if failing {
                                 info!("etcd: lease renewed again");
                             }
@@ -175,10 +192,11 @@ async fn keep(
                 }
                 r = state.changed() => {
                     if r.is_err() {
-                        continue;
+                        // The watch task is gone (only at shutdown).
+                        break 'register;
                     }
                     let s = state.borrow_and_update().clone();
-                    apply(&node, &s, &advertise, &publish_tx);
+                    apply(&node, &s, &advertise, &publish_tx, &mut said);
                 }
             }
         }
@@ -205,18 +223,22 @@ async fn keep_until(
 ) {
     let mut keepalive = None;
     let mut tick = tokio::time::interval(ttl / 6);
+    let (mut said, mut watch_gone) = (0u64, false);
     loop {
         tokio::select! {
             _ = stay.cancelled() => break,
             _ = tick.tick() => {
                 if let Ok((sent, ttl)) = renew(etcd, &mut keepalive, lease).await && ttl > 0 {
-                    node.fence.lease_holds_until(sent + Duration::from_secs(ttl).saturating_sub(window));
+                    node.fence.lease_holds_until(sent + Duration::from_secs(ttl.min(MAX_TTL)).saturating_sub(window));
                 }
             }
-            r = state.changed() => {
-                if r.is_ok() {
-                    let s = state.borrow_and_update().clone();
-                    apply(node, &s, advertise, publish);
+            r = state.changed(), if !watch_gone => {
+                match r {
+                    Ok(()) => {
+                        let s = state.borrow_and_update().clone();
+                        apply(node, &s, advertise, publish, &mut said);
+                    }
+                    Err(_) => watch_gone = true,
                 }
             }
         }
@@ -234,8 +256,8 @@ async fn renew(
     etcd: &Etcd,
     keepalive: &mut Option<crate::etcd::client::KeepAlive>,
     lease: i64,
-) -> Result<(Instant, u64), crate::etcd::EtcdError> {
-    let sent = Instant::now();
+) -> Result<(Duration, u64), crate::etcd::EtcdError> {
+    let sent = crate::etcd::lease_clock();
     if keepalive.is_none() {
         *keepalive = Some(etcd.keep_alive(lease).await?);
     }
@@ -260,6 +282,7 @@ fn apply(
     s: &ClusterState,
     advertise: &str,
     publish: &mpsc::UnboundedSender<(u64, Option<Arc<Generation>>)>,
+    said: &mut u64,
 ) {
     if !s.connected && s.revision == 0 {
         return;
@@ -270,8 +293,9 @@ fn apply(
         .store(s.revision, std::sync::atomic::Ordering::Relaxed);
     // Said again when the node's key reads 0: it registered (again) and
     // has not said yet.
-    let fresh = s.nodes.get(advertise) == Some(&0);
+    let fresh = s.nodes.get(advertise) == Some(&0) && *said != s.revision;
     if old.is_some() || fresh {
+        *said = s.revision;
         let _ = publish.send((s.revision, old));
     }
 }
@@ -331,10 +355,25 @@ async fn publish_applied(
             }],
             failure: vec![],
         };
-        match etcd.txn(txn).await {
-            Ok(_) => published = revision,
-            Err(e) => {
-                warn!(error = %e, revision, "etcd: could not say which ring this node has applied")
+        // Until it sticks: the whole cluster's handoffs wait on it. A newer
+        // revision queued meanwhile supersedes this one.
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            match etcd.txn(txn.clone()).await {
+                Ok(_) => {
+                    published = revision;
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, revision, "etcd: could not say which ring this node has applied; trying again")
+                }
+            }
+            if !rx.is_empty() {
+                break;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
         }
     }

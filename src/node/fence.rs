@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -51,12 +51,22 @@ pub enum Refusal {
 pub struct Generation {
     revision: u64,
     inflight: AtomicUsize,
+    /// A newer revision has been installed: admit nothing more under this.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Generation {
+    fn new(revision: u64) -> Self {
+        Generation {
+            revision,
+            inflight: AtomicUsize::new(0),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
     /// Requests admitted under this revision and not yet answered.
     pub fn inflight(&self) -> usize {
-        self.inflight.load(Ordering::Acquire)
+        self.inflight.load(Ordering::SeqCst)
     }
 }
 
@@ -67,7 +77,7 @@ pub struct Admission(Arc<Generation>);
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -83,8 +93,8 @@ struct State {
 #[derive(Debug)]
 pub struct Fence {
     state: ArcSwap<State>,
-    base: Instant,
-    /// Nanoseconds after `base` until which the lease provably holds.
+    /// Nanoseconds on the lease clock ([`crate::etcd::lease_clock`]) until
+    /// which the lease provably holds.
     lease_until: AtomicU64,
     /// The ring revision of the node's latest join: nothing is served
     /// under an older ring.
@@ -97,12 +107,8 @@ impl Default for Fence {
             state: ArcSwap::from_pointee(State {
                 member: false,
                 min_applied: 0,
-                current: Arc::new(Generation {
-                    revision: 0,
-                    inflight: AtomicUsize::new(0),
-                }),
+                current: Arc::new(Generation::new(0)),
             }),
-            base: Instant::now(),
             lease_until: AtomicU64::new(0),
             floor: AtomicU64::new(0),
         }
@@ -113,7 +119,7 @@ impl Fence {
     /// Admits a request routed under `revision` for a key this node gained
     /// at `since`, or says why not.
     pub fn admit(&self, revision: u64, since: u64) -> Result<Admission, Refusal> {
-        let now = self.base.elapsed().as_nanos() as u64;
+        let now = crate::etcd::lease_clock().as_nanos() as u64;
         if now >= self.lease_until.load(Ordering::Acquire) {
             return Err(Refusal::Lease);
         }
@@ -139,11 +145,11 @@ impl Fence {
             });
         }
         let current = s.current.clone();
-        current.inflight.fetch_add(1, Ordering::AcqRel);
-        // A ring change between the load and the count: the change may
-        // already be waiting for this generation's count to reach zero
-        // having seen it at zero, so do not start under it.
-        if self.state.load().current.revision != mine {
+        // Counted, then checked open: `install` marks the generation closed
+        // before it reads the count (both sequentially consistent), so
+        // either this sees it closed or the drain sees this request.
+        current.inflight.fetch_add(1, Ordering::SeqCst);
+        if current.closed.load(Ordering::SeqCst) {
             drop(Admission(current));
             return Err(Refusal::Revision {
                 mine: self.revision(),
@@ -178,13 +184,11 @@ impl Fence {
             return None;
         }
         let old = s.current.clone();
+        old.closed.store(true, Ordering::SeqCst);
         self.state.store(Arc::new(State {
             member,
             min_applied,
-            current: Arc::new(Generation {
-                revision,
-                inflight: AtomicUsize::new(0),
-            }),
+            current: Arc::new(Generation::new(revision)),
         }));
         Some(old)
     }
@@ -195,10 +199,11 @@ impl Fence {
         self.floor.fetch_max(revision, Ordering::AcqRel);
     }
 
-    /// The lease holds until `until` (this process's monotonic clock).
-    pub fn lease_holds_until(&self, until: Instant) {
-        let nanos = until.saturating_duration_since(self.base).as_nanos() as u64;
-        self.lease_until.store(nanos, Ordering::Release);
+    /// The lease holds until `until` on the lease clock
+    /// ([`crate::etcd::lease_clock`]).
+    pub fn lease_holds_until(&self, until: Duration) {
+        self.lease_until
+            .store(until.as_nanos() as u64, Ordering::Release);
     }
 
     /// The lease is lost (or given up): refuse everything from now on.
@@ -208,7 +213,7 @@ impl Fence {
 
     /// How much longer the lease provably holds.
     pub fn lease_left(&self) -> Duration {
-        let now = self.base.elapsed().as_nanos() as u64;
+        let now = crate::etcd::lease_clock().as_nanos() as u64;
         Duration::from_nanos(self.lease_until.load(Ordering::Acquire).saturating_sub(now))
     }
 }
@@ -219,7 +224,7 @@ mod tests {
 
     fn armed() -> Fence {
         let f = Fence::default();
-        f.lease_holds_until(Instant::now() + Duration::from_secs(60));
+        f.lease_holds_until(crate::etcd::lease_clock() + Duration::from_secs(60));
         f
     }
 
@@ -265,7 +270,7 @@ mod tests {
         // from before (routed under 5) arrives before the watch says 9.
         f.lease_lost();
         f.joined_at(9);
-        f.lease_holds_until(Instant::now() + Duration::from_secs(60));
+        f.lease_holds_until(crate::etcd::lease_clock() + Duration::from_secs(60));
         assert_eq!(f.admit(5, 1).err(), Some(Refusal::Rejoining(9)));
         f.install(9, true, 9);
         assert!(f.admit(9, 9).is_ok());
@@ -276,7 +281,7 @@ mod tests {
         let f = Fence::default();
         f.install(1, true, 1);
         assert_eq!(f.admit(1, 1).err(), Some(Refusal::Lease));
-        f.lease_holds_until(Instant::now() + Duration::from_secs(60));
+        f.lease_holds_until(crate::etcd::lease_clock() + Duration::from_secs(60));
         assert!(f.admit(1, 1).is_ok());
         f.lease_lost();
         assert_eq!(f.admit(1, 1).err(), Some(Refusal::Lease));

@@ -62,13 +62,17 @@ impl Router {
                     // The node's connection is gone before the request left:
                     // the node is down; take it out and try the next owner
                     // (under etcd, its lease decides when it is out).
-                    if !self.in_etcd() {
-                        self.members.eject_handle(
-                            &node.address,
-                            node.id,
-                            "connection to the node is closed",
-                        );
+                    if self.in_etcd() {
+                        // The router reconnects shortly (or the lease
+                        // lapses): route it again then, not at once.
+                        self.reroute_stale(back);
+                        return;
                     }
+                    self.members.eject_handle(
+                        &node.address,
+                        node.id,
+                        "connection to the node is closed",
+                    );
                     match self.next_attempt(back) {
                         Some(f) => fwd = f,
                         None => return,

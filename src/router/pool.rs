@@ -343,13 +343,17 @@ async fn serve(
 }
 
 fn enqueue(
-    fwd: Forward,
+    mut fwd: Forward,
     next_id: &mut u64,
     out: &mut Vec<u8>,
     inflight: &mut HashMap<u64, (Forward, Instant)>,
 ) {
     let id = *next_id;
     *next_id = next_id.wrapping_add(1);
+    if fwd.fence.is_some() {
+        // On the clock leases are measured with (it counts a suspend).
+        fwd.sent_on_lease_clock = crate::etcd::lease_clock();
+    }
     let previous = fwd.previous.as_deref();
     let encoded = match fwd.fence {
         Some((revision, since)) => encode_fenced(id, &fwd.body, revision, since, previous, out),
@@ -385,7 +389,7 @@ fn decode_answers(
         let id = peek_id(&frame).ok_or_else(|| ConnError::Protocol("short frame".into()))?;
         let status = peek_status(&frame)
             .ok_or_else(|| ConnError::Protocol("answer without a status".into()))?;
-        let Some((fwd, sent)) = inflight.remove(&id) else {
+        let Some((fwd, _)) = inflight.remove(&id) else {
             return Err(ConnError::Protocol(format!(
                 "answer to unknown request {id}"
             )));
@@ -397,11 +401,12 @@ fn decode_answers(
         }
         if let Some(within) = ctx.fenced_answer_within
             && fwd.fence.is_some()
-            && sent.elapsed() > within
+            && crate::etcd::lease_clock().saturating_sub(fwd.sent_on_lease_clock) > within
         {
+            let took = crate::etcd::lease_clock().saturating_sub(fwd.sent_on_lease_clock);
             let late = format!(
                 "the node answered after {} ms, past the {} ms its etcd lease vouches for",
-                sent.elapsed().as_millis(),
+                took.as_millis(),
                 within.as_millis()
             );
             let err = match fwd.kind {

@@ -213,6 +213,8 @@ pub struct Forward {
     pub fence: Option<(u64, u64)>,
     /// Times a node answered "stale ring" and it was routed again.
     pub ring_retries: u16,
+    /// When a fenced request was last sent, on the lease clock.
+    pub sent_on_lease_clock: std::time::Duration,
     /// Where the answer goes.
     pub reply: ReplyTx,
     /// Sends so far to a node that failed.
@@ -246,6 +248,7 @@ impl Forward {
             previous: None,
             fence: None,
             ring_retries: 0,
+            sent_on_lease_clock: std::time::Duration::ZERO,
             reply,
             attempt: 0,
             maybe_applied: false,
