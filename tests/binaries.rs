@@ -360,6 +360,57 @@ async fn a_node_without_a_router_logs_the_guide_phrase_and_keeps_serving() {
 }
 
 #[tokio::test]
+async fn a_node_that_cannot_reach_etcd_logs_failed_to_join_and_keeps_serving() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let mut node = Command::new(CACHE)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("ETCD_ENDPOINTS", format!("http://127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node");
+    let mut log = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    let addr = listening_addr(&mut log).await;
+    loop {
+        let line = log.next_line().await.expect("log").expect("node log");
+        if line.contains("Failed to join") {
+            assert!(line.contains("etcd"), "{line}");
+            break;
+        }
+    }
+    let c = Client::connect(&format!("http://{addr}"))
+        .await
+        .expect("direct client");
+    c.put(b"k", b"v", None)
+        .await
+        .expect("still serving direct clients");
+    node.kill().await.expect("stop node");
+}
+
+#[tokio::test]
+async fn several_routers_without_etcd_stop_the_node_with_a_clear_message() {
+    let out = Command::new(CACHE)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env(
+            "ROUTER_ADDR",
+            "http://127.0.0.1:50050,http://127.0.0.1:50060",
+        )
+        .output()
+        .await
+        .expect("run node");
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("ETCD_ENDPOINTS"), "{text}");
+}
+
+#[tokio::test]
 async fn unreadable_tls_files_are_a_clear_error() {
     let out = Command::new(ROUTER)
         .env("LISTEN_ADDR", "127.0.0.1:0")
