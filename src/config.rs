@@ -45,6 +45,8 @@ pub mod defaults {
     /// "unavailable": a ring change settles within a watch delay and the
     /// time the losing node takes to finish what it admitted.
     pub const RING_PATIENCE: Duration = Duration::from_secs(3);
+    /// `WRITE_REPLICAS`: one extra copy of every write not yet durable.
+    pub const WRITE_REPLICAS: u64 = 1;
     /// `ETCD_LEASE_SECONDS`: the heartbeat timeout's role with etcd.
     pub const ETCD_LEASE_SECONDS: u64 = 3;
     /// `NODE_TIMEOUT_MS`.
@@ -192,6 +194,10 @@ pub struct NodeConfig {
     /// async: acknowledge puts at once and write to the tier behind; sync: once the tier has them.
     #[arg(long, env = "WRITE_MODE", value_enum, default_value_t = WriteMode::Async)]
     pub write_mode: WriteMode,
+
+    /// Async mode: extra copies of each write not yet in the tier, held by the key's successors (acknowledged once they have it) so losing a node loses no acknowledged write; 0 = none.
+    #[arg(long, env = "WRITE_REPLICAS", default_value_t = defaults::WRITE_REPLICAS, value_parser = clap::value_parser!(u64).range(0..=3))]
+    pub write_replicas: u64,
 
     /// Keys the write-behind queue may hold; beyond it puts get an error.
     #[arg(long, env = "QUEUE_CAPACITY", default_value_t = defaults::QUEUE_CAPACITY, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]

@@ -144,6 +144,37 @@ pub enum Op<'a> {
         /// The key.
         key: &'a [u8],
     },
+    /// Node to node: hold a copy of a write the sender (the key's owner)
+    /// has accepted and not yet made durable, apart from the cache, until
+    /// the owner says it is durable (`Settle`); the copy takes over if the
+    /// owner is lost. Answered `Ok`, or `Unavailable` when full.
+    Replicate {
+        /// The write's version.
+        version: u64,
+        /// Unix seconds at which it expires; 0 = never.
+        expires_at: u64,
+        /// The write is a delete (`value` is empty).
+        deleted: bool,
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+    },
+    /// Node to node: these writes are durable in the tier; drop the copies
+    /// of them (and of older versions).
+    Settle {
+        /// The keys and the versions now durable.
+        entries: Vec<Settled<'a>>,
+    },
+}
+
+/// A key and the version of it now durable (in `Settle`).
+#[derive(SchemaWrite, SchemaRead, Debug, Clone, PartialEq, Eq)]
+pub struct Settled<'a> {
+    /// The key.
+    pub key: &'a [u8],
+    /// The version.
+    pub version: u64,
 }
 
 /// Outcome of a request.

@@ -163,6 +163,31 @@ fn requests() -> Vec<(&'static str, Request<'static>)> {
             },
         ),
         (
+            "req_replicate",
+            Request {
+                id: 16,
+                op: Op::Replicate {
+                    version: 1_764_750_000_000_000,
+                    expires_at: 0,
+                    deleted: false,
+                    key: b"k",
+                    value: b"v",
+                },
+            },
+        ),
+        (
+            "req_settle",
+            Request {
+                id: 17,
+                op: Op::Settle {
+                    entries: vec![Settled {
+                        key: b"k",
+                        version: 1_764_750_000_000_000,
+                    }],
+                },
+            },
+        ),
+        (
             "req_fenced_delete",
             Request {
                 id: 15,

@@ -332,3 +332,19 @@ fn huge_inner_lengths_are_rejected_without_allocating() {
     body.extend_from_slice(&(1u64 << 60).to_le_bytes());
     assert!(decode_response(&body).is_err());
 }
+
+#[test]
+fn a_settle_claiming_a_huge_list_is_an_error_not_an_allocation() {
+    let mut frame = Vec::new();
+    encode_request(
+        &Request {
+            id: 1,
+            op: Op::Settle { entries: vec![] },
+        },
+        &mut frame,
+    );
+    // The list's length is the last 8 bytes: claim 2^60 entries.
+    let n = frame.len();
+    frame[n - 8..].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    assert!(decode_request(&frame[4..]).is_err());
+}

@@ -18,6 +18,8 @@ use tokio::sync::oneshot;
 
 use super::clock::{Clock, wall_micros};
 use super::peers::Peers;
+use super::replicas::Replicas;
+use super::replication::Replication;
 use super::settings::{NodeSettings, WriteMode};
 use super::store::{PutOutcome, Store, StoreConfig, StoreStats};
 use super::tier::writeback::{Background, Durable, Pending, WriteBack, WriteBackStats};
@@ -59,12 +61,23 @@ pub enum Lookup {
 }
 
 /// When a write is acknowledged.
-#[derive(Debug)]
 pub enum Ack {
     /// Now: in memory, and queued for the tier if there is one.
     Now,
     /// Once this completes (`WRITE_MODE=sync`).
     WhenDurable(Durable),
+    /// Once the key's successors hold a copy (async with `WRITE_REPLICAS`).
+    WhenCopied(Pin<Box<dyn Future<Output = ()> + Send>>),
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Ack::Now => "Now",
+            Ack::WhenDurable(_) => "WhenDurable",
+            Ack::WhenCopied(_) => "WhenCopied",
+        })
+    }
 }
 
 /// Why the cache refused a write.
@@ -150,8 +163,14 @@ pub struct Cache {
     _background: Option<Background>,
     /// Tier reads under way, so concurrent misses of one key share one read.
     reads: Mutex<HashMap<Vec<u8>, Waiters>>,
-    /// Connections to other nodes, to ask a key's previous owner on a miss.
-    peers: Peers,
+    /// Connections to other nodes, to ask a key's previous owner on a miss
+    /// and to copy dirty writes to their successors.
+    peers: Arc<Peers>,
+    /// Copies of other nodes' dirty writes this node holds for them.
+    pub replicas: Replicas,
+    /// Where this node's own dirty writes are copied (`WRITE_REPLICAS`,
+    /// async mode with a tier); `None` otherwise.
+    pub replication: Option<Arc<Replication>>,
     clock: Clock,
     default_ttl: u32,
     write_mode: WriteMode,
@@ -202,6 +221,20 @@ impl Cache {
                 background.as_ref().and_then(|b| b.handle()),
             )
         });
+        let peers = Arc::new(Peers::new(
+            settings.tls.as_ref().map(|t| t.connector.clone()),
+        ));
+        let replication = (queue.is_some()
+            && settings.write_mode == WriteMode::Async
+            && settings.write_replicas > 0)
+            .then(|| Replication::new(settings.write_replicas, peers.clone()));
+        if let (Some(q), Some(r)) = (&queue, &replication) {
+            let r = r.clone();
+            q.on_done(Box::new(move |key, version| r.durable(key, version)));
+        }
+        // Copies held for others: up to a quarter of MAX_MEMORY (256 MiB
+        // without one), and as many as a write-behind queue holds.
+        let replica_bytes = settings.store.max_bytes.map_or(256 << 20, |b| b / 4);
         let negative = Store::new(
             StoreConfig {
                 max_items: NEGATIVE_ENTRIES,
@@ -218,7 +251,9 @@ impl Cache {
             queue,
             _background: background,
             reads: Mutex::new(HashMap::new()),
-            peers: Peers::new(settings.tls.as_ref().map(|t| t.connector.clone())),
+            peers,
+            replicas: Replicas::new(settings.queue_capacity, replica_bytes),
+            replication,
             clock,
             default_ttl: settings.default_ttl,
             write_mode: settings.write_mode,
@@ -419,14 +454,64 @@ impl Cache {
             return Ok(Ack::Now);
         };
         self.negative.delete(key, self.clock.now());
+        // This node's own write is newer than a copy it holds for another.
+        if self.replicas.bytes() > 0 {
+            self.replicas.take(key);
+        }
+        let copy = self.replication.as_ref().map(|_| write.clone());
         let durable = queue.try_enqueue(key, write).ok_or(CacheError::QueueFull {
             capacity: self.queue_capacity,
             tier: self.tier.name(),
         })?;
         Ok(match self.write_mode {
-            WriteMode::Async => Ack::Now,
+            WriteMode::Async => match (&self.replication, copy) {
+                (Some(r), Some(copy)) => match r.replicate(key, copy) {
+                    Some(copied) => Ack::WhenCopied(Box::pin(copied)),
+                    None => Ack::Now,
+                },
+                _ => Ack::Now,
+            },
             WriteMode::Sync => Ack::WhenDurable(durable),
         })
+    }
+
+    /// The ring changed (as this node heard it, `me` being its own
+    /// address): takes over the copies it holds of keys it now owns (into
+    /// its queue, copied on to its own successors), and copies its queued
+    /// writes whose successors changed to the new ones.
+    pub fn set_ring(self: &Arc<Self>, ring: crate::ring::Ring, me: &str) {
+        let Some(r) = &self.replication else {
+            return;
+        };
+        r.set_ring(ring, me);
+        let (cache, r) = (self.clone(), r.clone());
+        tokio::spawn(async move {
+            let Some(queue) = &cache.queue else { return };
+            let taken = cache.replicas.take_owned(
+                |k| r.owns(k),
+                |k, w| {
+                    // A full queue drops the copy (logged); the write
+                    // lives on at its old owner if that one is alive.
+                    if queue.try_enqueue(k, w.clone()).is_none() {
+                        tracing::warn!(
+                            "the write-behind queue is full: a copy taken over is dropped"
+                        );
+                    }
+                },
+            );
+            for (key, write) in taken {
+                cache.replicas.promoted.fetch_add(1, Ordering::Relaxed);
+                // Now held here alone: copied on to this node's successors.
+                if let Some(copied) = r.replicate(&key, write) {
+                    copied.await;
+                }
+            }
+            for (key, to) in r.moved() {
+                if let Some(write) = queue.peek(&key) {
+                    r.recopy(&key, write, to).await;
+                }
+            }
+        });
     }
 
     /// Answers a memory miss from the queue of unwritten writes, else from
@@ -503,6 +588,21 @@ impl Cache {
                 (stored, dirty)
             }
         };
+        // A copy this node holds for the key's previous owner: it owns the
+        // key now (it was asked as the owner), so the copy takes over if it
+        // is the newest.
+        let copy = (self.replicas.bytes() > 0)
+            .then(|| self.replicas.take(key))
+            .flatten();
+        if copy.is_some() {
+            self.replicas.promoted.fetch_add(1, Ordering::Relaxed);
+        }
+        // And this node's own queue: a copy taken over meanwhile is there.
+        let newest = |a: Option<Pending>, b: Option<Pending>| match (a, b) {
+            (Some(a), Some(b)) => Some(if b.version() > a.version() { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        let dirty = newest(newest(dirty, copy), self.peek(key));
         self.resolve(key, now, started, since, stored, dirty)
     }
 
@@ -555,7 +655,13 @@ impl Cache {
                 self.stats.handoff_adopted.fetch_add(1, Ordering::Relaxed);
                 if let Some(q) = &self.queue {
                     // If the queue is full the previous owner still has it.
-                    let _ = q.try_enqueue(key, write.clone());
+                    if q.try_enqueue(key, write.clone()).is_some()
+                        && let Some(r) = &self.replication
+                        && let Some(copied) = r.replicate(key, write.clone())
+                    {
+                        // Now held here alone: copied on, not waited for.
+                        tokio::spawn(copied);
+                    }
                 }
                 match write {
                     Pending::Put(obj) if !obj.is_expired(now) => Ok(ReadOutcome::Found(obj)),

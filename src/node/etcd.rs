@@ -289,6 +289,12 @@ fn apply(
     }
     let member = s.ring.contains(advertise);
     let old = node.fence.install(s.revision, member, s.min_applied());
+    if old.is_some() {
+        // Copies follow the ring: those of keys this node gains are taken
+        // over in the background, or on the first read of the key.
+        let ring = crate::ring::Ring::new(s.ring.members.iter().map(|m| m.address.clone()));
+        node.cache.set_ring(ring, advertise);
+    }
     node.ring_epoch
         .store(s.revision, std::sync::atomic::Ordering::Relaxed);
     // Said again when the node's key reads 0: it registered (again) and

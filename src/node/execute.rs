@@ -124,6 +124,19 @@ pub fn execute(
             tally.deletes += 1;
             fenced(node, revision, since, |_| delete(node, id, key), out)
         }
+        Op::Replicate {
+            version,
+            expires_at,
+            deleted,
+            key,
+            value,
+        } => replicate(node, key, value, version, expires_at, deleted),
+        Op::Settle { entries } => {
+            for e in entries {
+                node.cache.replicas.settle(e.key, e.version);
+            }
+            Ok(Answer::Status(Status::Ok))
+        }
         Op::Ping => Ok(Answer::Status(Status::Ok)),
         Op::Stats => {
             respond(id, Status::Ok, Body::Stats(node.stats_list()), out);
@@ -285,6 +298,40 @@ fn delete(node: &Arc<Node>, id: u64, key: &[u8]) -> Result<Answer, WireError> {
     }
 }
 
+/// Holds a peer's copy of a write it has not yet made durable.
+fn replicate(
+    node: &Node,
+    key: &[u8],
+    value: &[u8],
+    version: u64,
+    expires_at: u64,
+    deleted: bool,
+) -> Result<Answer, WireError> {
+    check_key(node, key)?;
+    if value.len() > node.settings.max_value {
+        return Err(WireError::ValueTooLarge {
+            len: value.len(),
+            max: node.settings.max_value,
+        });
+    }
+    let write = if deleted {
+        Pending::Delete(version)
+    } else {
+        Pending::Put(super::tier::Object {
+            value: bytes::Bytes::copy_from_slice(value),
+            expires_at: (expires_at != 0).then_some(expires_at),
+            version,
+        })
+    };
+    if node.cache.replicas.hold(key, write) {
+        Ok(Answer::Status(Status::Ok))
+    } else {
+        Err(WireError::Unavailable(
+            "this node's room for copies of other nodes' writes is full".into(),
+        ))
+    }
+}
+
 /// Answers a write with `status` now, or once it is durable.
 fn acknowledge(id: u64, ack: Ack, status: Status) -> Answer {
     match ack {
@@ -298,6 +345,11 @@ async fn settle(id: u64, ack: Ack, status: Status) -> Vec<u8> {
     let mut out = Vec::new();
     let durable = match ack {
         Ack::Now => {
+            respond(id, status, Body::Empty, &mut out);
+            return out;
+        }
+        Ack::WhenCopied(copied) => {
+            copied.await;
             respond(id, status, Body::Empty, &mut out);
             return out;
         }

@@ -164,6 +164,7 @@ async fn with_router(
     };
     let mut backoff = crate::backoff::Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     let mut client: Option<Client> = None;
+    let mut ring_epoch = 0u64;
     loop {
         // Join (or re-join after losing the router).
         let c = match client.take() {
@@ -186,6 +187,9 @@ async fn with_router(
                 match attempt {
                     Ok((c, epoch, members)) => {
                         node.ring_epoch.fetch_max(epoch, Ordering::Relaxed);
+                        node.cache
+                            .set_ring(crate::ring::Ring::new(members.iter().cloned()), &advertise);
+                        ring_epoch = epoch;
                         info!(%router, address = %advertise, members = members.len(), epoch, "joined router");
                         backoff.reset();
                         c
@@ -219,6 +223,12 @@ async fn with_router(
             match c.heartbeat(&advertise).await {
                 Ok((epoch, members)) => {
                     node.ring_epoch.fetch_max(epoch, Ordering::Relaxed);
+                    if epoch != ring_epoch {
+                        // Copies follow the ring: see `Cache::set_ring`.
+                        node.cache
+                            .set_ring(crate::ring::Ring::new(members.iter().cloned()), &advertise);
+                        ring_epoch = epoch;
+                    }
                     let member = members.contains(&advertise);
                     if !member && in_ring {
                         warn!(%router, address = %advertise, "this node was removed from the router's ring (leave); it gets no traffic from it until restarted");

@@ -66,6 +66,10 @@ pub struct NodeMetrics {
     tier_write_errors: IntCounter,
     tier_writes_refused: IntCounter,
     tier_coalesced: IntCounter,
+    replica_entries: IntGauge,
+    replica_bytes: IntGauge,
+    replicas_promoted: IntCounter,
+    copies_failed: IntCounter,
     /// Serializes scrapes, so two at once cannot both add the same delta.
     scrape: Mutex<()>,
 }
@@ -239,6 +243,26 @@ impl NodeMetrics {
                 "milena_tier_coalesced_total",
                 "Writes replaced by a later write of the same key before upload",
             ),
+            replica_entries: gauge(
+                &r,
+                "milena_replica_entries",
+                "Copies held of other nodes' writes not yet durable (WRITE_REPLICAS)",
+            ),
+            replica_bytes: gauge(
+                &r,
+                "milena_replica_bytes",
+                "Bytes of those copies (keys, values and 64 B each)",
+            ),
+            replicas_promoted: counter(
+                &r,
+                "milena_replicas_promoted_total",
+                "Copies taken over because this node became the key's owner",
+            ),
+            copies_failed: counter(
+                &r,
+                "milena_replica_copy_failures_total",
+                "Copies of this node's writes a successor did not take (the write was acknowledged with fewer copies)",
+            ),
             registry: r,
             scrape: Mutex::new(()),
         }
@@ -286,6 +310,12 @@ impl NodeMetrics {
             sync(&self.tier_write_errors, w.errors.load(Ordering::Relaxed));
             sync(&self.tier_writes_refused, w.refused.load(Ordering::Relaxed));
             sync(&self.tier_coalesced, w.coalesced.load(Ordering::Relaxed));
+        }
+        self.replica_entries.set(cache.replicas.len() as i64);
+        self.replica_bytes.set(cache.replicas.bytes() as i64);
+        sync(&self.replicas_promoted, load(&cache.replicas.promoted));
+        if let Some(r) = &cache.replication {
+            sync(&self.copies_failed, load(&r.stats.failed));
         }
         self.connections.set(load(&s.conns.open) as i64);
         sync(&self.connections_total, load(&s.conns.total));

@@ -13,6 +13,8 @@ pub mod fence;
 pub mod membership;
 pub mod metrics;
 pub mod peers;
+pub mod replicas;
+pub mod replication;
 pub mod server;
 pub mod settings;
 pub mod stats;
@@ -157,6 +159,45 @@ impl Node {
             ("tier_writes_refused", queued(|q| &q.refused)),
             ("tier_coalesced", queued(|q| &q.coalesced)),
             ("ring_epoch", load(&self.ring_epoch)),
+            (
+                "ring_members_known",
+                self.cache
+                    .replication
+                    .as_ref()
+                    .map_or(0, |r| r.members() as u64),
+            ),
+            ("replica_entries", self.cache.replicas.len() as u64),
+            ("replica_bytes", self.cache.replicas.bytes()),
+            ("replicas_promoted", load(&self.cache.replicas.promoted)),
+            ("replicas_refused", load(&self.cache.replicas.refused)),
+            (
+                "copies_sent",
+                self.cache
+                    .replication
+                    .as_ref()
+                    .map_or(0, |r| load(&r.stats.sent)),
+            ),
+            (
+                "copies_failed",
+                self.cache
+                    .replication
+                    .as_ref()
+                    .map_or(0, |r| load(&r.stats.failed)),
+            ),
+            (
+                "copies_to_move",
+                self.cache
+                    .replication
+                    .as_ref()
+                    .map_or(0, |r| r.moved().len() as u64),
+            ),
+            (
+                "copies_outstanding",
+                self.cache
+                    .replication
+                    .as_ref()
+                    .map_or(0, |r| r.outstanding() as u64),
+            ),
             ("max_items", self.settings.store.max_items as u64),
             ("max_bytes", self.settings.store.max_bytes.unwrap_or(0)),
             ("shards", self.cache.store().shard_count() as u64),

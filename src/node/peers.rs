@@ -1,6 +1,8 @@
 //! Connections from this node to other nodes, for asking a key's previous
 //! owner about writes it has not yet made durable (`Peek`), so a new owner
-//! never bypasses them by reading an older copy from the tier.
+//! never bypasses them by reading an older copy from the tier; and for
+//! keeping second copies of this node's own such writes on their
+//! successors (`Replicate`, `Settle`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -54,6 +56,56 @@ impl Peers {
 
     /// The write `address` holds for `key` and has not yet made durable.
     pub async fn peek(&self, address: &str, key: &[u8]) -> Result<Option<Pending>, ClientError> {
+        let reply = self.call(address, Op::Peek { key }).await?;
+        decode(reply)
+    }
+
+    /// Asks `address` to hold a copy of `write` of `key` (see `Replicate`).
+    pub async fn replicate(
+        &self,
+        address: &str,
+        key: &[u8],
+        write: &Pending,
+    ) -> Result<(), ClientError> {
+        let op = match write {
+            Pending::Put(obj) => Op::Replicate {
+                version: obj.version,
+                expires_at: obj.expires_at.unwrap_or(0),
+                deleted: false,
+                key,
+                value: &obj.value,
+            },
+            Pending::Delete(version) => Op::Replicate {
+                version: *version,
+                expires_at: 0,
+                deleted: true,
+                key,
+                value: b"",
+            },
+        };
+        self.call(address, op).await?.into_result().map(|_| ())
+    }
+
+    /// Tells `address` these writes are durable (see `Settle`).
+    pub async fn settle(
+        &self,
+        address: &str,
+        entries: &[(Vec<u8>, u64)],
+    ) -> Result<(), ClientError> {
+        let entries = entries
+            .iter()
+            .map(|(key, version)| milena_protocol::Settled {
+                key,
+                version: *version,
+            })
+            .collect();
+        self.call(address, Op::Settle { entries })
+            .await?
+            .into_result()
+            .map(|_| ())
+    }
+
+    async fn call(&self, address: &str, op: Op<'_>) -> Result<crate::client::Reply, ClientError> {
         // One retry on a fresh connection: a cached one may have died with
         // an earlier incarnation of the peer.
         for fresh in [false, true] {
@@ -69,8 +121,8 @@ impl Peers {
                     c
                 }
             };
-            match client.call(Op::Peek { key }).await {
-                Ok(reply) => return decode(reply),
+            match client.call(op.clone()).await {
+                Ok(reply) => return Ok(reply),
                 Err(ClientError::Closed) if !fresh => continue,
                 Err(e) => {
                     self.clients

@@ -48,6 +48,9 @@ pub struct NodeSettings {
     /// Concurrent misses of one key share one tier read. Off only to
     /// measure what that saves (`bench/stampede.rs`).
     pub coalesce_misses: bool,
+    /// Extra copies of each write not yet durable, on the key's successors
+    /// (`WRITE_REPLICAS`; async mode with a tier; 0 = none).
+    pub write_replicas: usize,
 }
 
 impl NodeSettings {
@@ -81,6 +84,7 @@ impl Default for NodeSettings {
             uploaders: defaults::UPLOAD_CONCURRENCY as usize,
             flush_timeout: Duration::from_secs(defaults::FLUSH_TIMEOUT_SECONDS),
             coalesce_misses: true,
+            write_replicas: crate::config::defaults::WRITE_REPLICAS as usize,
         }
     }
 }
@@ -110,6 +114,7 @@ impl From<&NodeConfig> for NodeSettings {
             uploaders: c.upload_concurrency as usize,
             flush_timeout: Duration::from_secs(c.flush_timeout_seconds),
             coalesce_misses: true,
+            write_replicas: c.write_replicas as usize,
         }
     }
 }

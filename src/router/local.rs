@@ -43,6 +43,8 @@ pub fn answer(router: &Router, id: u64, op: &Op<'_>) -> Bytes {
         Op::FencedGet { .. } => Err(WireError::NodeOnly("fenced get")),
         Op::FencedPut { .. } => Err(WireError::NodeOnly("fenced put")),
         Op::FencedDelete { .. } => Err(WireError::NodeOnly("fenced delete")),
+        Op::Replicate { .. } => Err(WireError::NodeOnly("replicate")),
+        Op::Settle { .. } => Err(WireError::NodeOnly("settle")),
         // Handled by the caller; never answered here.
         Op::Get { .. } | Op::Put { .. } | Op::Delete { .. } | Op::Stats => Err(
             WireError::Undecodable("operation answered in the wrong place".into()),

@@ -117,7 +117,12 @@ struct Inner {
     /// key is in trouble (set it aside, upload the others).
     failures_in_a_row: AtomicU64,
     uploaders: usize,
+    /// Told of each write done with (durable, or refused for good).
+    on_done: std::sync::OnceLock<DoneHook>,
 }
+
+/// What [`WriteBack::on_done`] calls: the key and the version done with.
+pub type DoneHook = Box<dyn Fn(&[u8], u64) + Send + Sync>;
 
 /// The write-behind queue of one node. Cheap to clone.
 #[derive(Clone)]
@@ -229,6 +234,7 @@ impl WriteBack {
             refused_logged: Mutex::new(HashSet::new()),
             failures_in_a_row: AtomicU64::new(0),
             uploaders: uploaders.max(1),
+            on_done: std::sync::OnceLock::new(),
         });
         let tracker = TaskTracker::new();
         for _ in 0..uploaders.max(1) {
@@ -292,6 +298,12 @@ impl WriteBack {
         }
         self.inner.work.notify_one();
         Some(rx)
+    }
+
+    /// Calls `hook` with each key and version the queue is done with
+    /// (written, or refused for good); once per queue.
+    pub fn on_done(&self, hook: DoneHook) {
+        let _ = self.inner.on_done.set(hook);
     }
 
     /// Waits until everything queued so far is durable.
@@ -367,6 +379,9 @@ async fn uploader(inner: Arc<Inner>) {
             }
         };
         lock(&inner.state).inflight.remove(&key);
+        if let Some(hook) = inner.on_done.get() {
+            hook(&key, write.version());
+        }
         for w in waiters {
             let _ = w.send(outcome.clone());
         }
