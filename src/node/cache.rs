@@ -524,7 +524,12 @@ impl Cache {
         since: u64,
         previous: Option<String>,
     ) -> ReadThrough {
-        if let Some(known) = self.settled(&key, since) {
+        // Right after a ring change (a previous owner named), this node's
+        // own queue may hold a write from an earlier time it owned the key,
+        // older than what the previous owner took since: then the newest
+        // of queue, previous owner, copy and tier decides (`read_tier`).
+        let trust_queue = previous.is_none();
+        if let Some(known) = self.settled(&key, since, trust_queue) {
             return known;
         }
         let (tx, rx) = oneshot::channel();
@@ -552,7 +557,7 @@ impl Cache {
             // A leader that just finished may have filled memory (or the
             // negative cache) and left between our checks above and our
             // registering: look again before going to the tier.
-            let result = match self.settled(&key, since) {
+            let result = match self.settled(&key, since, trust_queue) {
                 Some(known) => known,
                 None => self.read_tier(&key, since, previous.as_deref()).await,
             };
@@ -609,7 +614,7 @@ impl Cache {
     /// What the node already knows about `key` without the tier: a value in
     /// memory (written since it gained the key), a write still queued, or a
     /// miss remembered since it gained the key.
-    fn settled(&self, key: &[u8], since: u64) -> Option<ReadThrough> {
+    fn settled(&self, key: &[u8], since: u64, trust_queue: bool) -> Option<ReadThrough> {
         let mut value = None;
         self.store.peek_with(key, self.clock.now(), since, |v| {
             value = Some(Bytes::copy_from_slice(v));
@@ -617,7 +622,7 @@ impl Cache {
         if let Some(v) = value {
             return Some(ReadThrough::Found(v));
         }
-        match self.peek(key) {
+        match self.peek(key).filter(|_| trust_queue) {
             Some(Pending::Put(obj)) => return Some(ReadThrough::Found(obj.value)),
             Some(Pending::Delete(_)) => return Some(ReadThrough::Missing),
             None => {}
