@@ -50,8 +50,23 @@ impl s3s::S3 for Serialized {
 
     async fn put_object(
         &self,
-        req: s3s::S3Request<s3s::dto::PutObjectInput>,
+        mut req: s3s::S3Request<s3s::dto::PutObjectInput>,
     ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
+        // The whole body first: a client that dies mid-upload (kill -9)
+        // must leave no torn object behind, as on S3, where s3s-fs would
+        // leave the part it had written.
+        if let Some(mut body) = req.input.body.take() {
+            let mut whole = Vec::new();
+            while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+                match chunk {
+                    Ok(b) => whole.extend_from_slice(&b),
+                    Err(e) => return Err(s3s::s3_error!(IncompleteBody, "the body stopped: {e}")),
+                }
+            }
+            req.input.body = Some(s3s::dto::StreamingBlob::from(s3s::Body::from(
+                bytes::Bytes::from(whole),
+            )));
+        }
         let _one = self.writes.write().await;
         self.fs.put_object(req).await
     }

@@ -167,7 +167,7 @@ pub struct Cache {
     /// and to copy dirty writes to their successors.
     peers: Arc<Peers>,
     /// Copies of other nodes' dirty writes this node holds for them.
-    pub replicas: Replicas,
+    pub replicas: Arc<Replicas>,
     /// Where this node's own dirty writes are copied (`WRITE_REPLICAS`,
     /// async mode with a tier); `None` otherwise.
     pub replication: Option<Arc<Replication>>,
@@ -235,6 +235,10 @@ impl Cache {
         // Copies held for others: up to a quarter of MAX_MEMORY (256 MiB
         // without one), and as many as a write-behind queue holds.
         let replica_bytes = settings.store.max_bytes.map_or(256 << 20, |b| b / 4);
+        let replicas = Arc::new(Replicas::new(settings.queue_capacity, replica_bytes));
+        if persists {
+            tokio::spawn(sweep_copies(replicas.clone(), tier.clone(), clock.clone()));
+        }
         let negative = Store::new(
             StoreConfig {
                 max_items: NEGATIVE_ENTRIES,
@@ -252,7 +256,7 @@ impl Cache {
             _background: background,
             reads: Mutex::new(HashMap::new()),
             peers,
-            replicas: Replicas::new(settings.queue_capacity, replica_bytes),
+            replicas,
             replication,
             clock,
             default_ttl: settings.default_ttl,
@@ -703,6 +707,38 @@ impl Cache {
             Err(e) => {
                 self.stats.tier_read_errors.fetch_add(1, Ordering::Relaxed);
                 ReadThrough::Failed(e.to_string())
+            }
+        }
+    }
+}
+
+/// How often copies held long are checked against the tier.
+const COPY_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+/// A copy held longer than this may have missed its settle notice.
+const COPY_OVERDUE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most copies checked per sweep.
+const COPY_SWEEP_MAX: usize = 1000;
+
+/// Drops copies whose settle notice was lost: held long, and the tier
+/// already has that version (or a newer one). Ends with the cache.
+async fn sweep_copies(replicas: Arc<Replicas>, tier: Arc<dyn Tier>, clock: Clock) {
+    let mut tick = tokio::time::interval(COPY_SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if Arc::strong_count(&replicas) == 1 {
+            return;
+        }
+        for (key, version, deleted) in replicas.overdue(COPY_OVERDUE, COPY_SWEEP_MAX) {
+            let durable = match tier.get(&key, clock.unix_secs()).await {
+                Ok(ReadOutcome::Found(obj)) => obj.version >= version,
+                // Gone from the tier: a delete is durable (or superseded);
+                // a put is not there yet (its owner still has it).
+                Ok(ReadOutcome::Absent | ReadOutcome::Expired) => deleted,
+                Err(_) => false,
+            };
+            if durable {
+                replicas.settle(&key, version);
             }
         }
     }

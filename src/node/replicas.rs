@@ -16,7 +16,7 @@ pub const REPLICA_OVERHEAD: usize = 64;
 /// The copies this node holds for its peers.
 #[derive(Debug)]
 pub struct Replicas {
-    held: Mutex<HashMap<Vec<u8>, Pending>>,
+    held: Mutex<HashMap<Vec<u8>, Held>>,
     max_entries: usize,
     max_bytes: u64,
     bytes: AtomicU64,
@@ -24,6 +24,13 @@ pub struct Replicas {
     pub refused: AtomicU64,
     /// Copies taken over (this node became the key's owner).
     pub promoted: AtomicU64,
+}
+
+/// A copy and when it arrived (for [`Replicas::overdue`]).
+#[derive(Debug)]
+struct Held {
+    write: Pending,
+    since: std::time::Instant,
 }
 
 fn cost(key: &[u8], write: &Pending) -> u64 {
@@ -47,7 +54,7 @@ impl Replicas {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Pending>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Held>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -58,9 +65,12 @@ impl Replicas {
         let add = cost(key, &write);
         match held.get_mut(key) {
             Some(old) => {
-                if write.version() >= old.version() {
-                    let before = cost(key, old);
-                    *old = write;
+                if write.version() >= old.write.version() {
+                    let before = cost(key, &old.write);
+                    *old = Held {
+                        write,
+                        since: std::time::Instant::now(),
+                    };
                     self.bytes.fetch_add(add, Ordering::Relaxed);
                     self.bytes.fetch_sub(before, Ordering::Relaxed);
                 }
@@ -73,7 +83,13 @@ impl Replicas {
                     self.refused.fetch_add(1, Ordering::Relaxed);
                     return false;
                 }
-                held.insert(key.to_vec(), write);
+                held.insert(
+                    key.to_vec(),
+                    Held {
+                        write,
+                        since: std::time::Instant::now(),
+                    },
+                );
                 self.bytes.fetch_add(add, Ordering::Relaxed);
                 true
             }
@@ -84,19 +100,37 @@ impl Replicas {
     /// that version or older.
     pub fn settle(&self, key: &[u8], version: u64) {
         let mut held = self.lock();
-        if held.get(key).is_some_and(|w| w.version() <= version)
-            && let Some(w) = held.remove(key)
+        if held.get(key).is_some_and(|h| h.write.version() <= version)
+            && let Some(h) = held.remove(key)
         {
-            self.bytes.fetch_sub(cost(key, &w), Ordering::Relaxed);
+            self.bytes.fetch_sub(cost(key, &h.write), Ordering::Relaxed);
         }
     }
 
     /// Removes and returns the copy of `key` (this node now owns it, or
     /// wrote it itself).
     pub fn take(&self, key: &[u8]) -> Option<Pending> {
-        let w = self.lock().remove(key)?;
-        self.bytes.fetch_sub(cost(key, &w), Ordering::Relaxed);
-        Some(w)
+        let h = self.lock().remove(key)?;
+        self.bytes.fetch_sub(cost(key, &h.write), Ordering::Relaxed);
+        Some(h.write)
+    }
+
+    /// Up to `max` copies held longer than `age` (their settle notice may
+    /// have been lost): each key with its version and whether it is a
+    /// delete.
+    pub fn overdue(&self, age: std::time::Duration, max: usize) -> Vec<(Vec<u8>, u64, bool)> {
+        self.lock()
+            .iter()
+            .filter(|(_, h)| h.since.elapsed() > age)
+            .take(max)
+            .map(|(k, h)| {
+                (
+                    k.clone(),
+                    h.write.version(),
+                    matches!(h.write, Pending::Delete(_)),
+                )
+            })
+            .collect()
     }
 
     /// Removes and returns every copy whose key `mine` says this node now
@@ -112,7 +146,7 @@ impl Replicas {
         let keys: Vec<Vec<u8>> = held.keys().filter(|k| mine(k)).cloned().collect();
         keys.into_iter()
             .filter_map(|k| {
-                let w = held.remove(&k)?;
+                let w = held.remove(&k)?.write;
                 adopt(&k, &w);
                 self.bytes.fetch_sub(cost(&k, &w), Ordering::Relaxed);
                 Some((k, w))
