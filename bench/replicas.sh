@@ -7,13 +7,14 @@
 # the S3 server (at nice 19) share core 1. Writes the results into
 # bench/RESULTS.md between the "replicas" markers.
 #
-# Usage: bench/replicas.sh            (DURATION=8s WARMUP=2s ROUNDS=3)
+# Usage: bench/replicas.sh            (MIX=1:1 GET:SET, DURATION=8s WARMUP=2s ROUNDS=3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-8s}
 WARMUP=${WARMUP:-2s}
 ROUNDS=${ROUNDS:-3}
+MIX=${MIX:-1:1}
 KEYS=${KEYS:-100000}
 OUT=$(mktemp -d)
 cargo build --release -q -p milena -p milena-loadtest --bins
@@ -81,9 +82,9 @@ run() { # workload round target args...
 }
 for w in a b; do
   case $w in
-    a) echo "a. 50/50 closed loop"; args=(--ratio 1:1 --pipeline 1) ;;
+    a) echo "a. $MIX closed loop"; args=(--ratio "$MIX" --pipeline 1) ;;
     b) RATE=$(python3 -c "import json,statistics as s; print(int(s.median(json.load(open(f'$OUT/a.{r}.nocopy.json'))['throughput'] for r in range(1, $ROUNDS + 1))*0.7))")
-       echo "b. 50/50 open loop at $RATE ops/s"; args=(--ratio 1:1 --pipeline 4 --rate "$RATE") ;;
+       echo "b. $MIX open loop at $RATE ops/s"; args=(--ratio "$MIX" --pipeline 4 --rate "$RATE") ;;
   esac
   for r in $(seq "$ROUNDS"); do
     for t in copies nocopy sync; do run "$w" "$r" "$t" "${args[@]}"; done
@@ -101,18 +102,21 @@ for n in ${NODES[copies]}; do
 done
 echo "copies held with S3 away: $ENTRIES entries, $BYTES bytes"
 
-python3 - "$OUT" "$ROUNDS" "$ENTRIES" "$BYTES" <<'PY'
+python3 - "$OUT" "$ROUNDS" "$ENTRIES" "$BYTES" "$MIX" <<'PY'
 import json, sys, statistics, datetime
-out, rounds, entries, nbytes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+out, rounds, entries, nbytes, mix = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+g, p = (int(x) for x in mix.split(":"))
+share = f"{100*g//(g+p)}/{100*p//(g+p)}"
+tag = "replicas-" + mix.replace(":", "-")
 label = {"copies": "async, one copy (WRITE_REPLICAS=1)", "nocopy": "async, no copy (WRITE_REPLICAS=0)", "sync": "sync"}
 def get(w, r, t, f):
     return json.load(open(f"{out}/{w}.{r}.{t}.json"))[f]
 def med(w, t, f):
     return statistics.median(get(w, r, t, f) for r in range(1, rounds + 1))
-lines = ["<!-- replicas:start -->", "## Second copies of writes not yet in S3 (issue 16)", "",
+lines = [f"<!-- {tag}:start -->", f"## Second copies of writes not yet in S3 (issue 16), {share} GET/SET", "",
          f"Command: `bench/replicas.sh` ({datetime.date.today()}). Three clusters side by side, each a router and three nodes writing behind to one local S3 server "
          "(`examples/s3-server.rs`, s3s-fs); routers and nodes pinned to core 0, `milena-loadtest` and the S3 server (nice 19) on core 1; release builds. "
-         "50/50 GET/SET, 64 connections, Zipf 0.99 over 100k keys of 32 B, 100 B values, pre-filled; each run starts with every queue empty and every copy settled; rounds interleaved, medians. "
+         f"{share} GET/SET, 64 connections, Zipf 0.99 over 100k keys of 32 B, 100 B values, pre-filled; each run starts with every queue empty and every copy settled; rounds interleaved, medians. "
          "Goals: one copy ≥ 0.8× the throughput of no copy and ≥ 3× sync; p99 at 70% load ≤ 1.5× no copy.", ""]
 for w, title in (("a", "a. closed loop (saturation)"), ("b", "b. open loop at 70% of the no-copy saturation in a")):
     bt, bp = med(w, "nocopy", "throughput"), med(w, "nocopy", "p99_us")
@@ -127,13 +131,13 @@ for w, title in (("a", "a. closed loop (saturation)"), ("b", "b. open loop at 70
 per = nbytes / entries if entries else 0
 lines += [f"Memory per dirty entry on its successor, measured with S3 stopped after 20,000 writes of 32 B keys and 100 B values: "
           f"{entries} copies held in {nbytes} bytes, {per:.0f} B each (key + value + 64 B accounted), plus on the owner the record of where each copy went "
-          "(the key, the successors' addresses and the version) until the write is durable.", "", "<!-- replicas:end -->"]
+          "(the key, the successors' addresses and the version) until the write is durable.", "", f"<!-- {tag}:end -->"]
 block = "\n".join(lines) + "\n"
 path = "bench/RESULTS.md"
 text = open(path).read()
-if "<!-- replicas:start -->" in text:
-    pre = text.split("<!-- replicas:start -->")[0]
-    post = text.split("<!-- replicas:end -->", 1)[1].lstrip("\n")
+if f"<!-- {tag}:start -->" in text:
+    pre = text.split(f"<!-- {tag}:start -->")[0]
+    post = text.split(f"<!-- {tag}:end -->", 1)[1].lstrip("\n")
     text = pre + block + ("\n" + post if post else "")
 else:
     text = text.rstrip("\n") + "\n\n" + block
