@@ -359,13 +359,11 @@ async fn a_client_that_does_not_read_holds_a_bounded_amount() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>()
     };
-    for _ in 0..1000 {
-        if answered() >= 200.0 {
-            break;
-        }
+    // No time limit: under a loaded CI machine 200 MiB through a debug
+    // build takes what it takes; the point is that it all arrives.
+    while answered() < 200.0 {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert!(answered() >= 200.0, "the node answered every get");
     c.put(b"other", b"v", None)
         .await
         .expect("others are served");
