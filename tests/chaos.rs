@@ -94,6 +94,12 @@ impl Proc {
         assert!(ok.success(), "kill -{sig}");
     }
 
+    /// `kill -9`, then waits until the process is gone (its port free).
+    async fn kill_and_wait(&mut self) {
+        self.signal("KILL").await;
+        let _ = self.child.wait().await;
+    }
+
     fn logged(&self, needle: &str) -> usize {
         self.log
             .lock()
@@ -647,8 +653,8 @@ async fn a_restarted_router_gets_its_nodes_back_without_help() {
     let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
     let tasks = workload(cluster.router_url(), stop.clone(), tally.clone());
     run_for(Duration::from_millis(1000)).await;
-    cluster.router.signal("KILL").await;
     let down = Instant::now();
+    cluster.router.kill_and_wait().await;
     cluster.router = Cluster::router(cluster.router_port, None).await;
     let rejoined = cluster.wait_members(3).await;
     let recovered = down.elapsed();
@@ -1434,8 +1440,8 @@ async fn three_routers_in_etcd(MODE: &'static str) -> (u64, u64, u64, usize, usi
     run_for(Duration::from_millis(800)).await;
 
     // A router killed and restarted on its port: it reads the ring back.
-    let (r, port) = cluster.more_routers.remove(0);
-    r.signal("KILL").await;
+    let (mut r, port) = cluster.more_routers.remove(0);
+    r.kill_and_wait().await;
     run_for(Duration::from_millis(300)).await;
     let etcd_url = cluster.etcd.as_ref().map(|e| e.endpoint());
     let r = Cluster::router(port, etcd_url.as_deref()).await;
