@@ -155,11 +155,9 @@ pub fn encode_forward(
     previous: Option<&str>,
     out: &mut Vec<u8>,
 ) -> bool {
-    let Some(op_tag) = client_body.get(8..12) else {
+    let Some((op_tag, fields)) = split_op(client_body) else {
         return false;
     };
-    let op_tag = u32::from_le_bytes([op_tag[0], op_tag[1], op_tag[2], op_tag[3]]);
-    let fields = &client_body[12..];
     let (routed, previous) = match (op_tag, previous) {
         (tag::GET, None) => (Some(tag::ROUTED_GET), None),
         (tag::GET, Some(p)) => (Some(tag::HANDOFF_GET), Some(p)),
@@ -207,11 +205,9 @@ pub fn encode_fenced(
     previous: Option<&str>,
     out: &mut Vec<u8>,
 ) -> bool {
-    let Some(op_tag) = client_body.get(8..12) else {
+    let Some((op_tag, fields)) = split_op(client_body) else {
         return false;
     };
-    let op_tag = u32::from_le_bytes([op_tag[0], op_tag[1], op_tag[2], op_tag[3]]);
-    let fields = &client_body[12..];
     let (fenced, previous) = match op_tag {
         tag::GET => (tag::FENCED_GET, Some(previous)),
         tag::PUT => (tag::FENCED_PUT, None),
@@ -241,6 +237,12 @@ pub fn encode_fenced(
     }
     out.extend_from_slice(fields);
     true
+}
+
+/// A request body's op tag and the fields after it, if it is long enough.
+fn split_op(body: &[u8]) -> Option<(u32, &[u8])> {
+    let tag: [u8; 4] = body.get(8..12)?.try_into().ok()?;
+    Some((u32::from_le_bytes(tag), &body[12..]))
 }
 
 /// Overwrites the id of a request or response body in place (a router

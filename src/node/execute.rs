@@ -204,6 +204,16 @@ fn check_key(node: &Node, key: &[u8]) -> Result<(), WireError> {
     Ok(())
 }
 
+fn check_value(node: &Node, value: &[u8]) -> Result<(), WireError> {
+    if value.len() > node.settings.max_value {
+        return Err(WireError::ValueTooLarge {
+            len: value.len(),
+            max: node.settings.max_value,
+        });
+    }
+    Ok(())
+}
+
 fn get(
     node: &Arc<Node>,
     id: u64,
@@ -270,12 +280,7 @@ fn put(
     epoch: u64,
 ) -> Result<Answer, WireError> {
     check_key(node, key)?;
-    if value.len() > node.settings.max_value {
-        return Err(WireError::ValueTooLarge {
-            len: value.len(),
-            max: node.settings.max_value,
-        });
-    }
+    check_value(node, value)?;
     let ack = node.cache.put(key, value, ttl, epoch)?;
     Ok(acknowledge(id, ack, Status::Ok))
 }
@@ -308,12 +313,7 @@ fn replicate(
     deleted: bool,
 ) -> Result<Answer, WireError> {
     check_key(node, key)?;
-    if value.len() > node.settings.max_value {
-        return Err(WireError::ValueTooLarge {
-            len: value.len(),
-            max: node.settings.max_value,
-        });
-    }
+    check_value(node, value)?;
     let write = if deleted {
         Pending::Delete(version)
     } else {

@@ -328,16 +328,7 @@ impl Members {
 
     /// The error for a leave of `address` that names no member.
     pub fn not_member(&self, address: &str) -> NotMember {
-        let view = self.view();
-        let members: Vec<&str> = view.ring.addresses().collect();
-        NotMember {
-            address: crate::logging::escape(address),
-            members: if members.is_empty() {
-                "it has no members".into()
-            } else {
-                format!("members: {}", members.join(", "))
-            },
-        }
+        NotMember::listing(address, self.view().ring.addresses())
     }
 
     /// Removes `address` at its own (or an operator's) request. The
@@ -346,20 +337,12 @@ impl Members {
     pub fn leave(&self, address: &str) -> Result<Change, NotMember> {
         let mut t = self.lock();
         let Some(address) = find_member(&t, address) else {
-            let members: Vec<&str> = t
+            let up = t
                 .nodes
                 .iter()
                 .filter(|(_, e)| e.up)
-                .map(|(a, _)| a.as_str())
-                .collect();
-            return Err(NotMember {
-                address: crate::logging::escape(address),
-                members: if members.is_empty() {
-                    "it has no members".into()
-                } else {
-                    format!("members: {}", members.join(", "))
-                },
-            });
+                .map(|(a, _)| a.as_str());
+            return Err(NotMember::listing(address, up));
         };
         let Some(e) = t.nodes.get_mut(&address) else {
             return Ok(Change::Unchanged);
@@ -596,6 +579,21 @@ pub struct NotMember {
     pub address: String,
     /// The members that are up, comma-separated.
     pub members: String,
+}
+
+impl NotMember {
+    /// The error for `address`, listing the members that are up.
+    fn listing<'a>(address: &str, up: impl Iterator<Item = &'a str>) -> NotMember {
+        let members: Vec<&str> = up.collect();
+        NotMember {
+            address: crate::logging::escape(address),
+            members: if members.is_empty() {
+                "it has no members".into()
+            } else {
+                format!("members: {}", members.join(", "))
+            },
+        }
+    }
 }
 
 /// The table's key for the member `address` names: the address itself,
