@@ -125,7 +125,10 @@ for w, title in (("a", "a. closed loop (saturation)"), ("b", "b. open loop at 70
     for t in ("copies", "nocopy", "sync"):
         tp, p99 = med(w, t, "throughput"), med(w, t, "p99_us")
         rr = ", ".join(f"{get(w, r, t, 'throughput'):.0f}" for r in range(1, rounds + 1))
-        lines.append(f"| {label[t]} | {tp:.0f} | {tp/bt:.2f} | {tp/st:.2f} | {med(w, t, 'p50_us'):.0f} | {p99:.0f} | {p99/max(bp,1e-9):.2f} | {rr} |")
+        # A cluster that could not keep up with an open-loop rate records
+        # no completed window (0 ops/s): shown as such, not divided by.
+        x = lambda a, b: f"{a/b:.2f}" if a and b else "—"
+        lines.append(f"| {label[t]} | {tp:.0f} | {x(tp, bt)} | {x(tp, st)} | {med(w, t, 'p50_us'):.0f} | {p99:.0f} | {x(p99, bp)} | {rr} |")
     cmd = open(f"{out}/{w}.cmd").read().strip().replace(" --json", "").split("milena-loadtest ")[1]
     lines += ["", f"Load: `milena-loadtest {cmd}` (the address differs per cluster).", ""]
 per = nbytes / entries if entries else 0

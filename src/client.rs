@@ -191,6 +191,33 @@ impl Reply {
     }
 }
 
+/// Connects to `addr` (`http://host:port`, `https://…` or `host:port`)
+/// within the options' connect timeout and exchanges the hello. Returns
+/// the stream, any bytes read past the hello's answer, and what the server
+/// said it is.
+pub async fn open(
+    addr: &str,
+    opts: &ClientOptions,
+) -> Result<(Stream, BytesMut, String), ClientError> {
+    let (hostport, tls) = net::parse_url(addr).map_err(ClientError::Address)?;
+    let tls = match (tls, &opts.tls) {
+        (false, _) => None,
+        (true, Some(config)) => Some(config.clone()),
+        (true, None) => {
+            return Err(ClientError::Address(format!(
+                "'{addr}' asks for TLS: give the CA that signed the server's certificate (TLS_CA)"
+            )));
+        }
+    };
+    let limit = opts.connect_timeout;
+    tokio::time::timeout(limit, async {
+        let stream = connect_stream(&hostport, tls).await?;
+        hello(stream, opts.token.as_deref(), opts.max_frame).await
+    })
+    .await
+    .map_err(|_| ClientError::Timeout(limit))?
+}
+
 /// Opens a Milena session on a connected stream: sends the hello and reads
 /// the answer. Returns the stream, any bytes read past the answer, and what
 /// the server said it is.
@@ -292,29 +319,11 @@ impl Client {
 
     /// Connects to `addr` and exchanges the hello.
     pub async fn connect_with(addr: &str, opts: ClientOptions) -> Result<Self, ClientError> {
-        let (hostport, tls) = net::parse_url(addr).map_err(ClientError::Address)?;
-        let tls = match (tls, &opts.tls) {
-            (false, _) => None,
-            (true, Some(config)) => Some(config.clone()),
-            (true, None) => {
-                return Err(ClientError::Address(format!(
-                    "'{addr}' asks for TLS: give the CA that signed the server's certificate (TLS_CA)"
-                )));
-            }
-        };
-        let limit = opts.connect_timeout;
-        tokio::time::timeout(limit, Self::handshake(&hostport, tls, &opts))
-            .await
-            .map_err(|_| ClientError::Timeout(limit))?
+        let (stream, buf, server) = open(addr, &opts).await?;
+        Ok(Self::over(stream, buf, server, &opts))
     }
 
-    async fn handshake(
-        hostport: &str,
-        tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
-        opts: &ClientOptions,
-    ) -> Result<Self, ClientError> {
-        let stream = connect_stream(hostport, tls).await?;
-        let (stream, buf, server) = hello(stream, opts.token.as_deref(), opts.max_frame).await?;
+    fn over(stream: Stream, buf: BytesMut, server: String, opts: &ClientOptions) -> Self {
         let (rd, wr) = tokio::io::split(stream);
         let codec = FrameCodec::new(opts.max_frame);
         let waiters: Waiters = Arc::default();
@@ -322,13 +331,13 @@ impl Client {
         let closed = CancellationToken::new();
         tokio::spawn(write_loop(wr, rx, waiters.clone(), closed.clone()));
         tokio::spawn(read_loop(rd, buf, codec, waiters.clone(), closed));
-        Ok(Client {
+        Client {
             tx,
             waiters,
             next_id: Arc::new(AtomicU64::new(1)),
             request_timeout: opts.request_timeout,
             server: server.into(),
-        })
+        }
     }
 
     /// What the server said it is in its hello, e.g. `node milena/0.1.0`.

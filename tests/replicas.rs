@@ -246,3 +246,46 @@ async fn without_copies_the_async_window_is_as_before() {
         "exactly the victim's queued writes are lost"
     );
 }
+
+/// A successor that stops answering copies (here: every byte to it delayed
+/// far past the peer timeout) holds an owner's writes only that long: they
+/// are acknowledged with fewer copies (counted), and the next copy opens a
+/// fresh stream once the successor answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_that_stops_answering_copies_does_not_hold_writes() {
+    let s = setup("replica-stuck", 2, 1).await;
+    let (owner, successor) = (&s.nodes[0], &s.nodes[1]);
+    // The owner reaches its successor through a proxy that can stall.
+    let proxy = FaultProxy::start(successor.addr).await;
+    let members = [owner.url(), proxy.endpoint()];
+    let Some(r) = owner.node.cache.replication.as_ref() else {
+        panic!("copies are on");
+    };
+    r.set_ring(milena::ring::Ring::new(members.iter()), &owner.url());
+    let owned: Vec<Vec<u8>> = (0..)
+        .map(|i| format!("stuck{i}").into_bytes())
+        .filter(|k| rank(&members, &owner.url(), k) == 0)
+        .take(3)
+        .collect();
+    s.proxy.set_down(true); // S3 away: the copies stay held
+    let c = Client::connect(&owner.url()).await.expect("owner");
+
+    c.put(&owned[0], b"one", Some(0)).await.expect("put");
+    assert_eq!(stat(&owner.url(), "copies_sent").await, 1);
+    assert_eq!(stat(&successor.url(), "replica_entries").await, 1);
+
+    proxy.set_delay(std::time::Duration::from_secs(3));
+    c.put(&owned[1], b"two", Some(0))
+        .await
+        .expect("acknowledged without its copy");
+    assert_eq!(stat(&owner.url(), "copies_failed").await, 1);
+    assert_eq!(stat(&owner.url(), "copies_sent").await, 1);
+
+    proxy.set_delay(std::time::Duration::ZERO);
+    c.put(&owned[2], b"three", Some(0)).await.expect("put");
+    assert_eq!(stat(&owner.url(), "copies_sent").await, 2);
+    assert_eq!(
+        c.get(&owned[1]).await.expect("get").as_deref(),
+        Some(&b"two"[..])
+    );
+}

@@ -469,7 +469,7 @@ impl Cache {
         })?;
         Ok(match self.write_mode {
             WriteMode::Async => match (&self.replication, copy) {
-                (Some(r), Some(copy)) => match r.replicate(key, copy) {
+                (Some(r), Some(copy)) => match r.replicate(key, &copy) {
                     Some(copied) => Ack::WhenCopied(Box::pin(copied)),
                     None => Ack::Now,
                 },
@@ -506,7 +506,7 @@ impl Cache {
             for (key, write) in taken {
                 cache.replicas.promoted.fetch_add(1, Ordering::Relaxed);
                 // Now held here alone: copied on to this node's successors.
-                if let Some(copied) = r.replicate(&key, write) {
+                if let Some(copied) = r.replicate(&key, &write) {
                     copied.await;
                 }
             }
@@ -666,7 +666,7 @@ impl Cache {
                     // If the queue is full the previous owner still has it.
                     if q.try_enqueue(key, write.clone()).is_some()
                         && let Some(r) = &self.replication
-                        && let Some(copied) = r.replicate(key, write.clone())
+                        && let Some(copied) = r.replicate(key, &write)
                     {
                         // Now held here alone: copied on, not waited for.
                         tokio::spawn(copied);

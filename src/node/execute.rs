@@ -19,6 +19,16 @@ use crate::error::WireError;
 /// prefix), once ready. The connection writes it whenever it completes.
 pub type Deferred = Pin<Box<dyn Future<Output = Vec<u8>> + Send + 'static>>;
 
+/// A request answered later.
+pub enum Later {
+    /// Work that must run to its end even if the connection goes (a tier
+    /// read others may be waiting on): spawned.
+    Spawn(Deferred),
+    /// Only a wait (for copies to be taken): the connection polls it
+    /// itself, and dropping it loses nothing but the answer.
+    Here(Deferred),
+}
+
 /// How a request was answered.
 enum Answer {
     /// Already encoded into `out` (a hit, stats).
@@ -27,6 +37,8 @@ enum Answer {
     Status(Status),
     /// Later, by the tier.
     Later(Deferred),
+    /// Once the write's copies are held.
+    AfterCopies(Deferred),
 }
 
 impl From<CacheError> for WireError {
@@ -39,14 +51,15 @@ impl From<CacheError> for WireError {
 }
 
 /// Executes request `id`: appends its response to `out`, or returns the
-/// work that will produce it (a read-through, a sync-mode write).
+/// work that will produce it (a read-through, a sync-mode write, a wait
+/// for copies).
 pub fn execute(
     node: &Arc<Node>,
     id: u64,
     op: Op<'_>,
     out: &mut Vec<u8>,
     tally: &mut Tally,
-) -> Option<Deferred> {
+) -> Option<Later> {
     tally.requests += 1;
     let result: Result<Answer, WireError> = match op {
         Op::Get { key } => {
@@ -154,7 +167,8 @@ pub fn execute(
             respond(id, status, Body::Empty, out);
             None
         }
-        Ok(Answer::Later(work)) => Some(work),
+        Ok(Answer::Later(work)) => Some(Later::Spawn(work)),
+        Ok(Answer::AfterCopies(work)) => Some(Later::Here(work)),
         Err(e) => {
             tally.errors += 1;
             e.respond(id, out);
@@ -177,12 +191,16 @@ fn fenced(
         .fence
         .admit(revision, since)
         .map_err(|r| WireError::StaleRing(r.to_string()))?;
-    Ok(match work(out)? {
-        Answer::Later(later) => Answer::Later(Box::pin(async move {
+    let held = move |later: Deferred| -> Deferred {
+        Box::pin(async move {
             let answer = later.await;
             drop(admission);
             answer
-        })),
+        })
+    };
+    Ok(match work(out)? {
+        Answer::Later(later) => Answer::Later(held(later)),
+        Answer::AfterCopies(later) => Answer::AfterCopies(held(later)),
         now => now,
     })
 }
@@ -336,6 +354,7 @@ fn replicate(
 fn acknowledge(id: u64, ack: Ack, status: Status) -> Answer {
     match ack {
         Ack::Now => Answer::Status(status),
+        later @ Ack::WhenCopied(_) => Answer::AfterCopies(Box::pin(settle(id, later, status))),
         later => Answer::Later(Box::pin(settle(id, later, status))),
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod clock;
+pub mod copies;
 pub mod etcd;
 pub mod execute;
 pub mod fence;

@@ -2,7 +2,7 @@
 //! owner about writes it has not yet made durable (`Peek`), so a new owner
 //! never bypasses them by reading an older copy from the tier; and for
 //! keeping second copies of this node's own such writes on their
-//! successors (`Replicate`, `Settle`).
+//! successors (`Settle`; the copies themselves go over `copies`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -60,30 +60,9 @@ impl Peers {
         decode(reply)
     }
 
-    /// Asks `address` to hold a copy of `write` of `key` (see `Replicate`).
-    pub async fn replicate(
-        &self,
-        address: &str,
-        key: &[u8],
-        write: &Pending,
-    ) -> Result<(), ClientError> {
-        let op = match write {
-            Pending::Put(obj) => Op::Replicate {
-                version: obj.version,
-                expires_at: obj.expires_at.unwrap_or(0),
-                deleted: false,
-                key,
-                value: &obj.value,
-            },
-            Pending::Delete(version) => Op::Replicate {
-                version: *version,
-                expires_at: 0,
-                deleted: true,
-                key,
-                value: b"",
-            },
-        };
-        self.call(address, op).await?.into_result().map(|_| ())
+    /// How peers are reached (TLS, timeouts), for other streams to them.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
     }
 
     /// Tells `address` these writes are durable (see `Settle`).

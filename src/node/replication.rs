@@ -20,6 +20,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::mpsc;
 
+use super::copies::{CopyStreams, Ticket};
 use super::peers::Peers;
 use super::tier::writeback::Pending;
 use crate::ring::{Ring, key_hash, score};
@@ -49,7 +50,7 @@ pub struct Replication {
     copies: usize,
     me: ArcSwap<Option<String>>,
     ring: ArcSwap<Ring>,
-    peers: Arc<Peers>,
+    streams: CopyStreams,
     /// Per queued key: the successors holding its copy and its version.
     sent: Mutex<Sent>,
     settle: mpsc::UnboundedSender<(String, Vec<u8>, u64)>,
@@ -74,7 +75,7 @@ impl Replication {
             copies,
             me: ArcSwap::from_pointee(None),
             ring: ArcSwap::from_pointee(Ring::default()),
-            peers: peers.clone(),
+            streams: CopyStreams::new(peers.options().clone()),
             sent: Mutex::new(HashMap::new()),
             settle: tx,
             stats: ReplicationStats::default(),
@@ -89,6 +90,11 @@ impl Replication {
 
     /// The ring as this node last heard it, and the address it is known by.
     pub fn set_ring(&self, ring: Ring, me: &str) {
+        let members: Vec<&str> = (0..ring.len())
+            .filter_map(|i| ring.member(i))
+            .map(|(a, _)| a)
+            .collect();
+        self.streams.retain(&members);
         self.ring.store(Arc::new(ring));
         self.me.store(Arc::new(Some(me.to_string())));
     }
@@ -128,31 +134,33 @@ impl Replication {
             .collect()
     }
 
-    /// Copies `write` of `key` to its successors; resolves once they all
-    /// answered (or failed: the write then has fewer copies, counted).
-    /// `None` when there is nobody to copy to (a ring of one).
+    /// Copies `write` of `key` to its successors (sent before this
+    /// returns); the future resolves once they all answered (or failed:
+    /// the write then has fewer copies, counted). `None` when there is
+    /// nobody to copy to (a ring of one).
     pub fn replicate(
         self: &Arc<Self>,
         key: &[u8],
-        write: Pending,
+        write: &Pending,
     ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let to = self.successors(key);
         if to.is_empty() {
             return None;
         }
-        self.sent()
-            .insert(key.to_vec(), (to.clone(), write.version()));
-        let (me, key) = (self.clone(), key.to_vec());
+        let tickets: Vec<Ticket> = to
+            .iter()
+            .map(|a| self.streams.send(a, key, write))
+            .collect();
+        self.sent().insert(key.to_vec(), (to, write.version()));
+        let me = self.clone();
         Some(async move {
-            let sends = to.iter().map(|a| me.peers.replicate(a, &key, &write));
-            for r in futures_util::future::join_all(sends).await {
-                match r {
-                    Ok(()) => me.stats.sent.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "a successor did not take a copy");
-                        me.stats.failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
+            for t in tickets {
+                if t.await.unwrap_or(false) {
+                    me.stats.sent.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    tracing::debug!("a successor did not take a copy");
+                    me.stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
             }
         })
     }
@@ -190,7 +198,7 @@ impl Replication {
         let version = write.version();
         let mut ok = Vec::new();
         for a in &to {
-            if self.peers.replicate(a, key, &write).await.is_ok() {
+            if self.streams.send(a, key, &write).await.unwrap_or(false) {
                 ok.push(a.clone());
             }
         }

@@ -9,6 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use milena_protocol::{FrameCodec, FrameError, decode_request, peek_id};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -16,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
-use super::execute::{Deferred, execute};
+use super::execute::{Later, execute};
 use super::metrics::OpKind;
 use super::{Node, Tally};
 use crate::budget::{self, Receiving};
@@ -32,6 +34,9 @@ const WBUF_FLUSH: usize = 1024 * 1024;
 /// Buffers that grew past this for a large value are given back once empty,
 /// so idle connections do not pin megabytes each.
 const BUF_KEEP: usize = 256 * 1024;
+/// How long a batch's answers wait for its writes' copies before they go
+/// out without them (the copied writes are then answered on their own).
+const COPY_WAIT: Duration = Duration::from_millis(1);
 /// How long a connection may take to receive its last responses once
 /// shutdown has begun.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -90,6 +95,8 @@ async fn serve_connection(
     let mut greeted = false;
     // Answers that needed the tier arrive here, in whatever order they finish.
     let (late_tx, mut late_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    // Answers waiting for copies, polled by this task: no task per write.
+    let mut here: FuturesUnordered<super::execute::Deferred> = FuturesUnordered::new();
     let hello_timeout = node.settings.hello_timeout;
     let hello_deadline = tokio::time::sleep(hello_timeout);
     tokio::pin!(hello_deadline);
@@ -157,6 +164,15 @@ async fn serve_connection(
                 }
                 continue;
             }
+            Some(mut answers) = here.next(), if !here.is_empty() => {
+                inflight = inflight.saturating_sub(1);
+                while let Some(Some(more)) = here.next().now_or_never() {
+                    inflight = inflight.saturating_sub(1);
+                    answers.extend_from_slice(&more);
+                }
+                write_batch(&mut stream, &answers, shutdown).await?;
+                continue;
+            }
             r = stream.read_buf(&mut rbuf), if room && !backlog => r?,
             }
         };
@@ -174,6 +190,7 @@ async fn serve_connection(
         let batch_start = std::time::Instant::now();
         let mut flow = Flow::Continue;
         let mut completed = false;
+        let mut copying = 0usize;
         loop {
             // Bound the answer buffer: a batch of small gets for large
             // values would otherwise grow it to gigabytes before one write.
@@ -186,12 +203,20 @@ async fn serve_connection(
                     completed = true;
                     let later;
                     (flow, later) = handle_frame(node, &frame, &mut greeted, &mut wbuf, &mut tally);
-                    if let Some(work) = later {
-                        inflight += 1;
-                        let tx = late_tx.clone();
-                        tokio::spawn(async move {
-                            let _ = tx.send(work.await);
-                        });
+                    match later {
+                        Some(Later::Spawn(work)) => {
+                            inflight += 1;
+                            let tx = late_tx.clone();
+                            tokio::spawn(async move {
+                                let _ = tx.send(work.await);
+                            });
+                        }
+                        Some(Later::Here(work)) => {
+                            inflight += 1;
+                            copying += 1;
+                            here.push(work);
+                        }
+                        None => {}
                     }
                     if let Flow::Close = flow {
                         break;
@@ -214,6 +239,24 @@ async fn serve_connection(
         // Frames left whole in `rbuf` by the in-flight cap are not a
         // request still arriving: no clock for them.
         receiving.decoded(if backlog { &[] } else { &rbuf }, completed);
+        // Writes of this batch wait for their copies (a round trip to the
+        // successors): for a moment, the batch's other answers wait with
+        // them, so that one write carries all (and the peer reads once).
+        if copying > 0 && !matches!(flow, Flow::Close) {
+            let deadline = tokio::time::sleep(COPY_WAIT);
+            tokio::pin!(deadline);
+            while copying > 0 {
+                tokio::select! {
+                    biased;
+                    Some(answer) = here.next() => {
+                        inflight = inflight.saturating_sub(1);
+                        copying -= 1;
+                        wbuf.extend_from_slice(&answer);
+                    }
+                    () = &mut deadline => break,
+                }
+            }
+        }
         // Counters first, so a client that has its answer sees them counted.
         let batch = tally;
         node.stats.fold(&mut tally);
@@ -283,7 +326,7 @@ fn handle_frame(
     greeted: &mut bool,
     out: &mut Vec<u8>,
     tally: &mut Tally,
-) -> (Flow, Option<Deferred>) {
+) -> (Flow, Option<Later>) {
     let req = match decode_request(frame) {
         Ok(req) => req,
         Err(e) => {
