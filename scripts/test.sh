@@ -26,6 +26,7 @@ need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 if ! pyenv_ready; then

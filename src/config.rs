@@ -228,6 +228,10 @@ pub struct RouterConfig {
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50050", value_parser = parse_listen_addr)]
     pub listen_addr: SocketAddr,
 
+    /// Extra address for Redis clients (RESP2), e.g. 0.0.0.0:6379; Redis clients are also served on LISTEN_ADDR.
+    #[arg(long, env = "REDIS_ADDR", value_parser = parse_listen_addr)]
+    pub redis_addr: Option<SocketAddr>,
+
     /// Requests per second admitted across all clients (0 = unlimited); excess gets "rate limited".
     #[arg(long, env = "RATE_LIMIT", default_value_t = 0)]
     pub rate_limit: u32,

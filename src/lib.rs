@@ -6,7 +6,7 @@
 //! `router` never import each other):
 //!
 //! - `router`: the router. Accepts clients on one port (binary protocol,
-//!   gRPC gateway, HTTP health and metrics), keeps the ring, forwards each
+//!   gRPC gateway, Redis clients, HTTP health and metrics), keeps the ring, forwards each
 //!   key to its owner. Its own `mod.rs` gives the tour of its rooms.
 //! - `node`: the cache node. `server` (sockets) → `execute` (the one
 //!   protocol ↔ cache match) → `cache` (memory, write-behind, read-through,
@@ -15,6 +15,8 @@
 //!   the load tester, node membership and the router's stats fan-out.
 //! - `grpc`: the gRPC contract generated from `protocol/milena.proto`
 //!   (`RouterClient`, `RouterServer`, the messages).
+//! - `resp`: the Redis protocol (RESP2) parsed and encoded, free of I/O;
+//!   the router's `redis` room executes its commands.
 //! - `ring`: rendezvous placement, pure functions shared by router and nodes.
 //! - `etcd`: membership in etcd (`ETCD_ENDPOINTS`) for several routers: a
 //!   small etcd v3 client, the ring record and a live view of it, shared by
@@ -43,6 +45,7 @@ pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod process;
+pub mod resp;
 pub mod ring;
 pub mod router;
 pub mod shutdown;

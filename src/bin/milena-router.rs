@@ -32,6 +32,13 @@ async fn serve(cfg: RouterConfig) -> anyhow::Result<()> {
     ) {
         warn!("{warning}");
     }
+    let redis = match cfg.redis_addr {
+        Some(addr) => Some(
+            milena::net::bind(addr)
+                .with_context(|| format!("cannot listen on REDIS_ADDR={addr}"))?,
+        ),
+        None => None,
+    };
     let router = Router::new(settings, shutdown.clone());
     if cfg.etcd.enabled() {
         let etcd = milena::etcd::Etcd::connect(&cfg.etcd).context("invalid etcd settings")?;
@@ -43,7 +50,14 @@ async fn serve(cfg: RouterConfig) -> anyhow::Result<()> {
         rate_limit = cfg.rate_limit,
         "router listening"
     );
+    let redis = redis.map(|l| {
+        info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "Redis clients on REDIS_ADDR");
+        tokio::spawn(milena::router::redis::serve(l, router.clone(), shutdown.clone()))
+    });
     milena::router::run(listener, router, shutdown).await;
+    if let Some(r) = redis {
+        let _ = r.await;
+    }
     info!("router stopped");
     Ok(())
 }

@@ -2,19 +2,14 @@
 //! member table and forwarding path, served on the router's port.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use bytes::Bytes;
-use milena_protocol::{
-    Body, Op, Request as WireRequest, Status as WireStatus, decode_response, encode_request,
-};
-use tokio::sync::Semaphore;
+use milena_protocol::{Body, Op, Status as WireStatus, decode_response};
 use tonic::{Request, Response, Status};
 
 use super::Router;
 use super::admit::Access;
-use super::request::{Forward, Kind, replies};
+use super::request::Kind;
 use crate::error::WireError;
 use crate::grpc::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, JoinRequest, JoinResponse,
@@ -22,28 +17,20 @@ use crate::grpc::{
     router_server,
 };
 use crate::net;
-use crate::ring::key_hash;
 
 /// Metadata entry that carries `CLUSTER_TOKEN` on Join and Leave.
 pub const TOKEN_METADATA: &str = "x-cluster-token";
-
-/// gRPC requests in flight at once across all gateway connections.
-const MAX_INFLIGHT: usize = 4096;
 
 /// The `milena.Router` service.
 #[derive(Debug, Clone)]
 pub struct Gateway {
     router: Arc<Router>,
-    slots: Arc<Semaphore>,
 }
 
 impl Gateway {
     /// A gateway over `router`.
     pub fn new(router: Arc<Router>) -> Self {
-        Gateway {
-            router,
-            slots: Arc::new(Semaphore::new(MAX_INFLIGHT)),
-        }
+        Gateway { router }
     }
 
     fn authorize<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
@@ -68,35 +55,10 @@ impl Gateway {
         value: Option<&[u8]>,
         op: Op<'_>,
     ) -> Result<Bytes, Status> {
-        let router = &self.router;
-        router.stats.requests.fetch_add(1, Ordering::Relaxed);
-        router
-            .admit(kind, key, value)
-            .map_err(|e| grpc_status(&e))?;
-        let mut frame = Vec::new();
-        encode_request(&WireRequest { id: 0, op }, &mut frame);
-        let permit = self
-            .slots
-            .clone()
-            .acquire_owned()
+        self.router
+            .call(kind, key, value, op)
             .await
-            .map_err(|_| Status::unavailable("the router is shutting down"))?;
-        let (reply, mut answer) = replies(router.settings.buffered.clone());
-        let fwd = Forward::new(
-            0,
-            Bytes::from(frame).slice(4..),
-            kind,
-            key_hash(key),
-            reply,
-            permit,
-            Instant::now(),
-        );
-        router.route(fwd).await;
-        answer
-            .recv()
-            .await
-            .map(|(body, _slot)| body)
-            .ok_or_else(|| Status::unavailable("the request was dropped"))
+            .map_err(|e| grpc_status(&e))
     }
 }
 

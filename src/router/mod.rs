@@ -1,4 +1,5 @@
-//! The router: accepts clients on one port (binary protocol, gRPC, HTTP),
+//! The router: accepts clients on one port (binary protocol, gRPC, Redis,
+//! HTTP),
 //! keeps the member table, and forwards each key to its owner.
 //!
 //! Lower rooms know nothing of the router: `request` (a request in
@@ -7,12 +8,15 @@
 //! `forward` routes and retries, `admit` is the one admission path every
 //! front shares. The fronts: `server` accepts and sniffs a connection,
 //! `session` runs the binary protocol (with `writer` writing answers),
-//! `http` serves health, metrics and `grpc` (the gateway); `local` answers
+//! `http` serves health, metrics and `grpc` (the gateway), `redis` serves
+//! Redis clients (RESP from `crate::resp`); both await each operation
+//! through `call`. `local` answers
 //! what the router answers itself, and `cluster_stats` gathers counters
 //! from every node. `etcd` follows the ring in etcd when membership
 //! lives there (several routers), instead of the member table deciding.
 
 pub mod admit;
+pub mod call;
 pub mod cluster_stats;
 pub mod etcd;
 pub mod forward;
@@ -23,6 +27,7 @@ pub mod members;
 pub mod metrics;
 pub mod pool;
 pub mod ratelimit;
+pub mod redis;
 pub mod request;
 pub mod server;
 pub mod session;
@@ -62,6 +67,8 @@ pub struct Router {
     pub membership_changes: governor::DefaultDirectRateLimiter,
     /// Membership in etcd, once [`etcd::follow`] has started.
     pub etcd: std::sync::OnceLock<etcd::EtcdMembers>,
+    /// Room for awaited calls (gRPC, Redis), see [`call::MAX_CALLS`].
+    pub calls: Arc<tokio::sync::Semaphore>,
 }
 
 impl Router {
@@ -106,6 +113,7 @@ impl Router {
                 pool: probes,
                 membership_changes: admit::membership_limiter(),
                 etcd: std::sync::OnceLock::new(),
+                calls: Arc::new(tokio::sync::Semaphore::new(call::MAX_CALLS)),
             }
         })
     }

@@ -78,6 +78,15 @@ async fn serve_connection(
         // connection would otherwise carry room for it.
         return Box::pin(serve_http(Stream::Plain(stream), router.clone(), shutdown)).await;
     }
+    if first[0] == b'*' {
+        // A binary frame starts with its length's top byte (0 or 1).
+        return Box::pin(super::redis::serve_resp(
+            Stream::Plain(stream),
+            router,
+            shutdown,
+        ))
+        .await;
+    }
     serve_binary(Stream::Plain(stream), router, shutdown).await
 }
 
