@@ -191,6 +191,7 @@ async fn serve_connection(
         let mut flow = Flow::Continue;
         let mut completed = false;
         let mut copying = 0usize;
+        let mut frames = 0usize;
         loop {
             // Bound the answer buffer: a batch of small gets for large
             // values would otherwise grow it to gigabytes before one write.
@@ -201,6 +202,7 @@ async fn serve_connection(
             match codec.decode_frame(&mut rbuf) {
                 Ok(Some(frame)) => {
                     completed = true;
+                    frames += 1;
                     let later;
                     (flow, later) = handle_frame(node, &frame, &mut greeted, &mut wbuf, &mut tally);
                     match later {
@@ -240,9 +242,11 @@ async fn serve_connection(
         // request still arriving: no clock for them.
         receiving.decoded(if backlog { &[] } else { &rbuf }, completed);
         // Writes of this batch wait for their copies (a round trip to the
-        // successors): for a moment, the batch's other answers wait with
-        // them, so that one write carries all (and the peer reads once).
-        if copying > 0 && !matches!(flow, Flow::Close) {
+        // successors). When they are most of the batch, its other answers
+        // wait with them for a moment, so that one write carries all (and
+        // the peer reads once); a batch of mostly reads is answered now,
+        // its reads not held up by a write's round trip.
+        if copying > 0 && copying * 2 >= frames && !matches!(flow, Flow::Close) {
             let deadline = tokio::time::sleep(COPY_WAIT);
             tokio::pin!(deadline);
             while copying > 0 {
