@@ -213,50 +213,61 @@ async fn the_guides_tls_snippet_runs() {
             .local_addr()
             .expect("addr")
     };
-    let (grpc_addr, router_addr) = (free(), free());
     let example = std::env::current_exe()
         .expect("test binary")
         .parent()
         .and_then(|deps| deps.parent())
         .map(|dir| dir.join("examples").join("tls"))
         .expect("examples dir");
-    let mut server = tokio::process::Command::new(&example)
-        .args(["serve"])
-        .arg(&cert)
-        .arg(&key)
-        .arg(grpc_addr.to_string())
-        .arg(router_addr.to_string())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{}: {e} (cargo test builds examples)", example.display()));
-    let node = ClusterNode::start(
-        "127.0.0.1:0",
-        &[format!("http://{router_addr}")],
-        small_settings(),
-    );
-    // The node joins once the example's router listens; the client retries
-    // until the gateway answers (bounded).
+    // The snippet serves on an address it is given, so the test picks free
+    // ports first; another test may take one before the example binds it,
+    // in which case the example exits and the test tries new ports (bounded).
     let mut last = String::new();
-    for _ in 0..200 {
-        let out = tokio::process::Command::new(&example)
-            .args(["put", &format!("https://localhost:{}", grpc_addr.port())])
-            .arg(&pki.ca)
-            .args(["greeting", "hello over tls"])
-            .output()
-            .await
-            .expect("run client");
-        if out.status.success() {
-            assert_eq!(
-                String::from_utf8_lossy(&out.stdout).trim(),
-                "hello over tls"
-            );
-            assert_eq!(node.node.cache.store().stats().items, 1);
-            let _ = server.kill().await;
-            node.stop().await;
-            return;
+    for _attempt in 0..5 {
+        let (grpc_addr, router_addr) = (free(), free());
+        let mut server = tokio::process::Command::new(&example)
+            .args(["serve"])
+            .arg(&cert)
+            .arg(&key)
+            .arg(grpc_addr.to_string())
+            .arg(router_addr.to_string())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (cargo test builds examples)", example.display()));
+        let node = ClusterNode::start(
+            "127.0.0.1:0",
+            &[format!("http://{router_addr}")],
+            small_settings(),
+        );
+        // The node joins once the example's router listens; the client
+        // retries until the gateway answers (bounded).
+        for _ in 0..200 {
+            if let Ok(Some(status)) = server.try_wait() {
+                last = format!("the example exited ({status}) before answering");
+                break;
+            }
+            let out = tokio::process::Command::new(&example)
+                .args(["put", &format!("https://localhost:{}", grpc_addr.port())])
+                .arg(&pki.ca)
+                .args(["greeting", "hello over tls"])
+                .output()
+                .await
+                .expect("run client");
+            if out.status.success() {
+                assert_eq!(
+                    String::from_utf8_lossy(&out.stdout).trim(),
+                    "hello over tls"
+                );
+                assert_eq!(node.node.cache.store().stats().items, 1);
+                let _ = server.kill().await;
+                node.stop().await;
+                return;
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        last = String::from_utf8_lossy(&out.stderr).into_owned();
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let _ = server.kill().await;
+        node.stop().await;
     }
     panic!("the TLS example never answered: {last}");
 }

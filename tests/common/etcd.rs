@@ -26,17 +26,28 @@ fn free_port() -> u16 {
 impl EtcdServer {
     /// Starts etcd and returns once it serves clients.
     pub fn start() -> EtcdServer {
-        let mut s = EtcdServer {
-            child: None,
-            dir: tempfile::tempdir().expect("etcd data dir"),
-            port: free_port(),
-            peer_port: free_port(),
-        };
-        s.spawn();
-        s
+        // etcd binds ports it is given, picked free a moment before; another
+        // test may take one meanwhile, so a failed start tries new ports.
+        for _ in 0..5 {
+            let mut s = EtcdServer {
+                child: None,
+                dir: tempfile::tempdir().expect("etcd data dir"),
+                port: free_port(),
+                peer_port: free_port(),
+            };
+            if s.try_spawn() {
+                return s;
+            }
+        }
+        panic!("etcd exited before serving, five times");
     }
 
     fn spawn(&mut self) {
+        assert!(self.try_spawn(), "etcd exited before serving");
+    }
+
+    /// Starts etcd on this server's ports; false if it exits first.
+    fn try_spawn(&mut self) -> bool {
         let client = format!("http://127.0.0.1:{}", self.port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let mut child = Command::new("etcd")
@@ -63,12 +74,17 @@ impl EtcdServer {
             match lines.next() {
                 Some(Ok(l)) if l.contains("ready to serve client requests") => break,
                 Some(Ok(_)) => {}
-                _ => panic!("etcd exited before serving"),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
             }
         }
         // Keep draining its log so it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         self.child = Some(child);
+        true
     }
 
     /// Its client URL.
