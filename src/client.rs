@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+/// The condition of [`Client::put_if`].
+pub use milena_protocol::Cond;
 use milena_protocol::{
     Body, DEFAULT_MAX_FRAME, FrameCodec, MAGIC, Op, PROTOCOL_VERSION, Request, Response, Status,
     decode_response, encode_request, peek_id,
@@ -179,7 +181,7 @@ impl Reply {
     /// `Ok(self)` for `Ok`/`NotFound`, the server's error otherwise.
     pub fn into_result(self) -> Result<Self, ClientError> {
         match self.status {
-            Status::Ok | Status::NotFound => Ok(self),
+            Status::Ok | Status::NotFound | Status::NotStored => Ok(self),
             status => {
                 let message = match self.response().body {
                     Body::Message(m) => m.to_string(),
@@ -390,6 +392,33 @@ impl Client {
             .await?
             .into_result()?;
         Ok(())
+    }
+
+    /// Stores `key` = `value` only if the key does not exist
+    /// (`Cond::Absent`) or does (`Cond::Present`); returns whether it was
+    /// written. The key's owner decides atomically.
+    pub async fn put_if(
+        &self,
+        cond: Cond,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<u32>,
+    ) -> Result<bool, ClientError> {
+        let op = Op::PutIf {
+            cond,
+            key,
+            value,
+            ttl,
+        };
+        let reply = self.call(op).await?.into_result()?;
+        match reply.status {
+            Status::Ok => Ok(true),
+            Status::NotStored => Ok(false),
+            status => Err(ClientError::Server {
+                status,
+                message: "unexpected answer to a conditional put".into(),
+            }),
+        }
     }
 
     /// Removes `key`; returns whether it existed.

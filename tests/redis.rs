@@ -179,3 +179,36 @@ async fn redis_benchmark_runs_against_the_router() {
         .map_or(0, |(_, v)| *v);
     assert_eq!(errors, 0, "{stats:?}");
 }
+
+/// `SET NX` and `SET XX` are decided by the key's owner: two `redis-cli`
+/// connections racing `SET NX` on the same keys each win some, and exactly
+/// one wins each key, whose value is then the winner's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_nx_races_from_two_connections_have_one_winner_per_key() {
+    let c = cluster().await;
+    assert_eq!(
+        cli(&c, "SET nx1 a NX\nSET nx1 b NX\nGET nx1\nSET xx1 a XX\nGET xx1\nSET nx1 c XX EX 100\nGET nx1\nSET nx1 d NX XX\n").await,
+        ["OK", "", "a", "", "", "OK", "c", "ERR syntax error", ""]
+    );
+    const KEYS: usize = 200;
+    let script = |who: &str| -> String {
+        (0..KEYS)
+            .map(|i| format!("SET race{i} {who} NX\n"))
+            .collect()
+    };
+    let (script_a, script_b) = (script("a"), script("b"));
+    let (a, b) = tokio::join!(cli(&c, &script_a), cli(&c, &script_b));
+    assert_eq!((a.len(), b.len()), (KEYS, KEYS));
+    let gets: String = (0..KEYS).map(|i| format!("GET race{i}\n")).collect();
+    let values = cli(&c, &gets).await;
+    for i in 0..KEYS {
+        let won = (a[i] == "OK", b[i] == "OK");
+        assert!(
+            won.0 ^ won.1,
+            "race{i}: a said {:?}, b said {:?}",
+            a[i],
+            b[i]
+        );
+        assert_eq!(values[i], if won.0 { "a" } else { "b" }, "race{i}");
+    }
+}

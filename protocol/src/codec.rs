@@ -137,27 +137,42 @@ mod tag {
     pub const FENCED_GET: u32 = 14;
     pub const FENCED_PUT: u32 = 15;
     pub const FENCED_DELETE: u32 = 16;
+    pub const PUT_IF: u32 = 19;
+    pub const ROUTED_PUT_IF: u32 = 20;
+    pub const FENCED_PUT_IF: u32 = 21;
 }
 
-/// Appends a framed request that forwards a client's `Get`, `Put` or
-/// `Delete` body under a new `id`: a get becomes `RoutedGet { since: meta }`
-/// (or `HandoffGet { since: meta, previous }` when the key's previous owner
-/// is given), a put `RoutedPut { epoch: meta }`, a delete stays as it is.
-/// The key and value bytes are copied straight across, without decoding
-/// them again.
+/// Appends a framed request that forwards a client's `Get`, `Put`,
+/// `Delete` or `PutIf` body under a new `id`: a get becomes
+/// `RoutedGet { since: meta }` (or `HandoffGet { since: meta, previous }`
+/// when the key's previous owner is given), a put `RoutedPut { epoch: meta }`,
+/// a conditional put `RoutedPutIf { version: meta, since, previous }`, a
+/// delete stays as it is. The key and value bytes are copied straight
+/// across, without decoding them again.
 ///
 /// Returns `false` (and appends nothing) if `client_body` is not one of
-/// those three operations.
+/// those operations.
 pub fn encode_forward(
     id: u64,
     client_body: &[u8],
     meta: u64,
+    since: u64,
     previous: Option<&str>,
     out: &mut Vec<u8>,
 ) -> bool {
     let Some((op_tag, fields)) = split_op(client_body) else {
         return false;
     };
+    if op_tag == tag::PUT_IF {
+        return encode_prefixed(
+            id,
+            tag::ROUTED_PUT_IF,
+            [meta, since],
+            Some(previous),
+            fields,
+            out,
+        );
+    }
     let (routed, previous) = match (op_tag, previous) {
         (tag::GET, None) => (Some(tag::ROUTED_GET), None),
         (tag::GET, Some(p)) => (Some(tag::HANDOFF_GET), Some(p)),
@@ -189,14 +204,15 @@ pub fn encode_forward(
     true
 }
 
-/// Appends a framed request that forwards a client's `Get`, `Put` or
-/// `Delete` body under a new `id` as its fenced form (`FencedGet`,
-/// `FencedPut`, `FencedDelete`) with the ring `revision` it was routed
-/// under and the `since` of its owner, the key and value bytes copied
-/// straight across. `previous` is sent with gets only.
+/// Appends a framed request that forwards a client's `Get`, `Put`,
+/// `Delete` or `PutIf` body under a new `id` as its fenced form
+/// (`FencedGet`, `FencedPut`, `FencedDelete`, `FencedPutIf`) with the ring
+/// `revision` it was routed under and the `since` of its owner, the key and
+/// value bytes copied straight across. `previous` is sent with gets and
+/// conditional puts only.
 ///
 /// Returns `false` (and appends nothing) if `client_body` is not one of
-/// those three operations.
+/// those operations.
 pub fn encode_fenced(
     id: u64,
     client_body: &[u8],
@@ -212,20 +228,34 @@ pub fn encode_fenced(
         tag::GET => (tag::FENCED_GET, Some(previous)),
         tag::PUT => (tag::FENCED_PUT, None),
         tag::DELETE => (tag::FENCED_DELETE, None),
+        tag::PUT_IF => (tag::FENCED_PUT_IF, Some(previous)),
         _ => return false,
     };
-    // An Option is a one-byte tag, then the value if present.
+    encode_prefixed(id, fenced, [revision, since], previous, fields, out)
+}
+
+/// Appends a framed request: `id`, `op_tag`, the `u64` fields of `words`,
+/// `previous` as an `Option<string>` when given, then `fields` as they are.
+fn encode_prefixed<const N: usize>(
+    id: u64,
+    op_tag: u32,
+    words: [u64; N],
+    previous: Option<Option<&str>>,
+    fields: &[u8],
+    out: &mut Vec<u8>,
+) -> bool {
     let extra = previous.map_or(0, |p| 1 + p.map_or(0, |p| 8 + p.len()));
-    let body_len = 8 + 4 + 16 + extra + fields.len();
+    let body_len = 8 + 4 + 8 * N + extra + fields.len();
     let Ok(len) = u32::try_from(body_len) else {
         return false;
     };
     out.reserve(LEN_PREFIX + body_len);
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&id.to_le_bytes());
-    out.extend_from_slice(&fenced.to_le_bytes());
-    out.extend_from_slice(&revision.to_le_bytes());
-    out.extend_from_slice(&since.to_le_bytes());
+    out.extend_from_slice(&op_tag.to_le_bytes());
+    for w in words {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
     match previous {
         Some(Some(p)) => {
             out.push(1);
@@ -272,6 +302,7 @@ pub fn peek_status(body: &[u8]) -> Option<crate::Status> {
         6 => Unauthorized,
         7 => Internal,
         8 => StaleRing,
+        9 => NotStored,
         _ => return None,
     })
 }

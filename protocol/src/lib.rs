@@ -16,7 +16,9 @@ pub use codec::{
     DecodeError, FrameCodec, FrameError, decode_request, decode_response, encode_fenced,
     encode_forward, encode_request, encode_response, patch_id, peek_id, peek_status,
 };
-pub use message::{Body, MAGIC, Op, PROTOCOL_VERSION, Request, Response, Settled, Stat, Status};
+pub use message::{
+    Body, Cond, MAGIC, Op, PROTOCOL_VERSION, Request, Response, Settled, Stat, Status,
+};
 
 /// Default largest frame a peer accepts (16 MiB of value plus room for the key).
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024 + 64 * 1024;

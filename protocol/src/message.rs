@@ -166,6 +166,64 @@ pub enum Op<'a> {
         /// The keys and the versions now durable.
         entries: Vec<Settled<'a>>,
     },
+    /// Writes a key only if it exists (`Present`) or does not (`Absent`),
+    /// decided atomically by the key's owner. Answered `Ok` when written,
+    /// `NotStored` when the condition did not hold.
+    PutIf {
+        /// What must hold for the write to happen.
+        cond: Cond,
+        /// The key (1 byte or more).
+        key: &'a [u8],
+        /// The value (may be empty).
+        value: &'a [u8],
+        /// As in `Put`.
+        ttl: Option<u32>,
+    },
+    /// A `PutIf` forwarded by a router: the write's version (as a
+    /// `RoutedPut`'s epoch), and what a get needs to see the key's current
+    /// value (as `HandoffGet`): when the node gained it and its previous owner.
+    RoutedPutIf {
+        /// The write's version (the router's epoch or clock).
+        version: u64,
+        /// The epoch at which the node last gained the key.
+        since: u64,
+        /// The key's previous owner, right after a ring change.
+        previous: Option<&'a str>,
+        /// As in `PutIf`.
+        cond: Cond,
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+        /// As in `Put`.
+        ttl: Option<u32>,
+    },
+    /// A `PutIf` routed under etcd membership (as `FencedGet`).
+    FencedPutIf {
+        /// The ring revision the router routed under.
+        revision: u64,
+        /// The revision at which the node last gained the key.
+        since: u64,
+        /// The key's previous owner, to ask for writes not yet durable.
+        previous: Option<&'a str>,
+        /// As in `PutIf`.
+        cond: Cond,
+        /// The key.
+        key: &'a [u8],
+        /// The value.
+        value: &'a [u8],
+        /// As in `Put`.
+        ttl: Option<u32>,
+    },
+}
+
+/// The condition of a `PutIf`.
+#[derive(SchemaWrite, SchemaRead, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cond {
+    /// Write only if the key does not exist (Redis `SET NX`, memcached `add`).
+    Absent,
+    /// Write only if the key exists (Redis `SET XX`, memcached `replace`).
+    Present,
 }
 
 /// A key and the version of it now durable (in `Settle`).
@@ -200,6 +258,8 @@ pub enum Status {
     /// node's, or the key is still changing hands; not applied, route it
     /// again once the ring has settled.
     StaleRing,
+    /// A `PutIf`'s condition did not hold: nothing was written.
+    NotStored,
 }
 
 impl Status {
@@ -215,6 +275,7 @@ impl Status {
             Status::Unauthorized => "unauthorized",
             Status::Internal => "internal",
             Status::StaleRing => "stale ring",
+            Status::NotStored => "not stored",
         }
     }
 }

@@ -198,6 +198,48 @@ fn requests() -> Vec<(&'static str, Request<'static>)> {
                 },
             },
         ),
+        (
+            "req_put_if",
+            Request {
+                id: 19,
+                op: Op::PutIf {
+                    cond: Cond::Absent,
+                    key: b"k",
+                    value: b"v",
+                    ttl: Some(60),
+                },
+            },
+        ),
+        (
+            "req_routed_put_if",
+            Request {
+                id: 20,
+                op: Op::RoutedPutIf {
+                    version: 1_764_750_000_000_000,
+                    since: 40,
+                    previous: Some("http://10.0.0.5:50051"),
+                    cond: Cond::Present,
+                    key: b"k",
+                    value: b"v",
+                    ttl: None,
+                },
+            },
+        ),
+        (
+            "req_fenced_put_if",
+            Request {
+                id: 21,
+                op: Op::FencedPutIf {
+                    revision: 42,
+                    since: 40,
+                    previous: None,
+                    cond: Cond::Absent,
+                    key: b"k",
+                    value: b"v",
+                    ttl: Some(0),
+                },
+            },
+        ),
     ]
 }
 
@@ -277,6 +319,14 @@ fn responses() -> Vec<(&'static str, Response<'static>)> {
                 id: 13,
                 status: Status::StaleRing,
                 body: Body::Message("stale ring"),
+            },
+        ),
+        (
+            "resp_not_stored",
+            Response {
+                id: 19,
+                status: Status::NotStored,
+                body: Body::Empty,
             },
         ),
         (

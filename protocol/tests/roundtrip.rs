@@ -22,6 +22,7 @@ enum OwnedOp {
     RoutedPut(u64, Vec<u8>, Vec<u8>, Option<u32>),
     Peek(Vec<u8>),
     HandoffGet(u64, String, Vec<u8>),
+    PutIf(bool, Vec<u8>, Vec<u8>, Option<u32>),
 }
 
 impl OwnedOp {
@@ -57,6 +58,12 @@ impl OwnedOp {
                 since: *s,
                 previous: p,
                 key: k,
+            },
+            OwnedOp::PutIf(absent, k, v, t) => Op::PutIf {
+                cond: if *absent { Cond::Absent } else { Cond::Present },
+                key: k,
+                value: v,
+                ttl: *t,
             },
         }
     }
@@ -94,6 +101,13 @@ fn owned_op() -> impl Strategy<Value = OwnedOp> {
             .prop_map(|(e, k, v, t)| OwnedOp::RoutedPut(e, k, v, t)),
         bytes().prop_map(OwnedOp::Peek),
         (any::<u64>(), ".{0,60}", bytes()).prop_map(|(s, p, k)| OwnedOp::HandoffGet(s, p, k)),
+        (
+            any::<bool>(),
+            bytes(),
+            bytes(),
+            proptest::option::of(any::<u32>())
+        )
+            .prop_map(|(c, k, v, t)| OwnedOp::PutIf(c, k, v, t)),
     ]
 }
 
@@ -226,11 +240,11 @@ proptest! {
     /// A router's spliced forward decodes as the routed form of the
     /// client's operation, with the new id and the key and value intact.
     #[test]
-    fn forwards_splice_into_routed_ops(client_id in any::<u64>(), node_id in any::<u64>(), meta in any::<u64>(), op in owned_op(), previous in proptest::option::of(".{0,40}")) {
+    fn forwards_splice_into_routed_ops(client_id in any::<u64>(), node_id in any::<u64>(), meta in any::<u64>(), since in any::<u64>(), op in owned_op(), previous in proptest::option::of(".{0,40}")) {
         let mut frame = Vec::new();
         encode_request(&Request { id: client_id, op: op.op() }, &mut frame);
         let mut fwd = Vec::new();
-        let spliced = encode_forward(node_id, &frame[4..], meta, previous.as_deref(), &mut fwd);
+        let spliced = encode_forward(node_id, &frame[4..], meta, since, previous.as_deref(), &mut fwd);
         let expect = match op.op() {
             Op::Get { key } => Some(match previous.as_deref() {
                 None => Op::RoutedGet { since: meta, key },
@@ -238,6 +252,7 @@ proptest! {
             }),
             Op::Put { key, value, ttl } => Some(Op::RoutedPut { epoch: meta, key, value, ttl }),
             Op::Delete { key } => Some(Op::Delete { key }),
+            Op::PutIf { cond, key, value, ttl } => Some(Op::RoutedPutIf { version: meta, since, previous: previous.as_deref(), cond, key, value, ttl }),
             _ => None,
         };
         prop_assert_eq!(spliced, expect.is_some());
@@ -264,6 +279,7 @@ proptest! {
             Op::Get { key } => Some(Op::FencedGet { revision, since, previous: previous.as_deref(), key }),
             Op::Put { key, value, ttl } => Some(Op::FencedPut { revision, since, key, value, ttl }),
             Op::Delete { key } => Some(Op::FencedDelete { revision, since, key }),
+            Op::PutIf { cond, key, value, ttl } => Some(Op::FencedPutIf { revision, since, previous: previous.as_deref(), cond, key, value, ttl }),
             _ => None,
         };
         prop_assert_eq!(spliced, expect.is_some());

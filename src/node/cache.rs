@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
+use milena_protocol::Cond;
 use tokio::sync::oneshot;
 
 use super::clock::{Clock, wall_micros};
@@ -108,24 +109,60 @@ pub enum Removal {
     Done(bool, Ack),
     /// Neither memory nor the queue knew the key: the tier is read first
     /// (nothing is queued until then, so a failed read applied nothing).
-    ReadFirst(DeleteFuture),
+    ReadFirst(ReadFirstFuture),
 }
 
-/// A delete reading the tier first: whether the key existed, and when the
-/// removal is acknowledged.
-pub type DeleteFuture =
-    Pin<Box<dyn Future<Output = Result<(bool, Ack), DeleteError>> + Send + 'static>>;
+/// What a conditional put did, or what it waits for.
+pub enum CondPut {
+    /// Decided now: whether it was written, and when that is acknowledged.
+    Done(bool, Ack),
+    /// Memory, the queue and the negative cache did not know whether the
+    /// key exists: the tier (and the key's previous owner) is read first.
+    ReadFirst(ReadFirstFuture),
+}
 
-/// Why a delete that read the tier first failed.
+/// A write reading the tier first: whether the key existed (a delete) or
+/// the write happened (a conditional put), and when it is acknowledged.
+pub type ReadFirstFuture =
+    Pin<Box<dyn Future<Output = Result<(bool, Ack), ReadFirstError>> + Send + 'static>>;
+
+/// Why a write that read the tier first failed; nothing was applied.
 #[derive(Debug, thiserror::Error)]
-pub enum DeleteError {
-    /// The tier could not be read: nothing was applied.
+pub enum ReadFirstError {
+    /// The tier could not be read.
     #[error("the tier could not be read: {0}")]
     TierRead(String),
     /// The queue was full by then.
     #[error(transparent)]
     Cache(#[from] CacheError),
+    /// The key was read three times and other writes kept the node from
+    /// settling whether it exists.
+    #[error("whether the key exists could not be settled (too many writes meanwhile); try again")]
+    Unsettled,
 }
+
+/// A conditional put's write and what its check needs (see [`Cache::put_if`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CondWrite<'a> {
+    /// The key.
+    pub key: &'a [u8],
+    /// The value.
+    pub value: &'a [u8],
+    /// Seconds to live (`None`: the default TTL).
+    pub ttl: Option<u32>,
+    /// The write's version (as [`Cache::put`]'s `epoch`).
+    pub version: u64,
+    /// Entries written before this epoch do not count (as a get's `since`).
+    pub since: u64,
+    /// The key's previous owner, right after a ring change.
+    pub previous: Option<&'a str>,
+}
+
+/// Stripes of locks that order a conditional put's check and write
+/// against every other write of the same key on this node.
+const WRITE_STRIPES: usize = 1024;
+/// Reads a conditional put makes before giving up on settling presence.
+const COND_READS: usize = 3;
 
 /// Counters of the read-through and handoff paths.
 #[derive(Debug, Default)]
@@ -163,6 +200,9 @@ pub struct Cache {
     _background: Option<Background>,
     /// Tier reads under way, so concurrent misses of one key share one read.
     reads: Mutex<HashMap<Vec<u8>, Waiters>>,
+    /// Held by every write for its key's stripe, so a conditional put's
+    /// check and write are one step (see [`Cache::put_if`]).
+    writes: Box<[Mutex<()>]>,
     /// Connections to other nodes, to ask a key's previous owner on a miss
     /// and to copy dirty writes to their successors.
     peers: Arc<Peers>,
@@ -255,6 +295,7 @@ impl Cache {
             queue,
             _background: background,
             reads: Mutex::new(HashMap::new()),
+            writes: (0..WRITE_STRIPES).map(|_| Mutex::new(())).collect(),
             peers,
             replicas,
             replication,
@@ -337,6 +378,24 @@ impl Cache {
         ttl: Option<u32>,
         epoch: u64,
     ) -> Result<Ack, CacheError> {
+        let _order = self.write_lock(key);
+        self.put_locked(key, value, ttl, epoch)
+    }
+
+    /// The key's write stripe, held while a write changes memory and queue.
+    fn write_lock(&self, key: &[u8]) -> MutexGuard<'_, ()> {
+        let i = (crate::ring::key_hash(key) % WRITE_STRIPES as u64) as usize;
+        self.writes[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`Cache::put`] with the key's write stripe held.
+    fn put_locked(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        ttl: Option<u32>,
+        epoch: u64,
+    ) -> Result<Ack, CacheError> {
         let ttl = ttl.unwrap_or(self.default_ttl);
         match self.store.put(key, value, ttl, self.clock.now(), epoch) {
             PutOutcome::Stored { .. } => {}
@@ -362,6 +421,7 @@ impl Cache {
     /// back). Says whether the key existed: from memory or the queue when
     /// they know, else from the tier, read first.
     pub fn delete(self: &Arc<Self>, key: &[u8]) -> Result<Removal, CacheError> {
+        let order = self.write_lock(key);
         let now = self.clock.now();
         let in_memory = self.store.delete(key, now);
         if self.queue.is_none() {
@@ -384,6 +444,7 @@ impl Cache {
             self.store.delete(key, self.clock.now());
             return Ok(Removal::Done(existed, ack));
         }
+        drop(order);
         let cache = self.clone();
         let key = key.to_vec();
         Ok(Removal::ReadFirst(Box::pin(async move {
@@ -393,15 +454,110 @@ impl Cache {
                 Ok(ReadOutcome::Absent | ReadOutcome::Expired) => false,
                 Err(e) => {
                     cache.stats.tier_read_errors.fetch_add(1, Ordering::Relaxed);
-                    return Err(DeleteError::TierRead(e.to_string()));
+                    return Err(ReadFirstError::TierRead(e.to_string()));
                 }
             };
             // Queued now, but with the version of the request's arrival:
             // a put of the key that arrived meanwhile is newer and wins.
+            let _order = cache.write_lock(&key);
             let ack = cache.persist(&key, Pending::Delete(version))?;
             cache.store.delete(&key, cache.clock.now());
             Ok((existed, ack))
         })))
+    }
+
+    /// Stores `key` = `value` (as [`Cache::put`], version `epoch`) only if
+    /// the key exists (`Cond::Present`) or does not (`Cond::Absent`) for a
+    /// request that may only see entries written since `since`, right after
+    /// a ring change asking `previous` too (as a get does).
+    ///
+    /// Atomic against every other write of the key on this node: the check
+    /// and the write happen under the key's write stripe, which every write
+    /// holds. When memory, the queue and the negative cache do not know the
+    /// key, a read through the tier (outside the stripe) fills them first,
+    /// and the check is made again under the stripe from what they then say:
+    /// a write that landed meanwhile is seen there.
+    pub fn put_if(self: &Arc<Self>, cond: Cond, w: CondWrite<'_>) -> Result<CondPut, CacheError> {
+        // Right after a ring change the queue may hold a write from an
+        // earlier ownership (as for a get: `read_through`).
+        let trust_queue = w.previous.is_none();
+        {
+            let _order = self.write_lock(w.key);
+            if let Some(exists) = self.exists(w.key, w.since, trust_queue) {
+                let (written, ack) = self.apply_if(cond, exists, &w)?;
+                return Ok(CondPut::Done(written, ack));
+            }
+        }
+        let cache = self.clone();
+        let (key, value) = (w.key.to_vec(), w.value.to_vec());
+        let previous = w.previous.map(str::to_string);
+        let (ttl, version, since) = (w.ttl, w.version, w.since);
+        Ok(CondPut::ReadFirst(Box::pin(async move {
+            for _ in 0..COND_READS {
+                // Fills memory (found) or the negative cache (missing).
+                let read = cache
+                    .clone()
+                    .read_through(key.clone(), since, previous.clone())
+                    .await;
+                if let ReadThrough::Failed(e) = read {
+                    return Err(ReadFirstError::TierRead(e));
+                }
+                let _order = cache.write_lock(&key);
+                if let Some(exists) = cache.exists(&key, since, trust_queue) {
+                    let w = CondWrite {
+                        key: &key,
+                        value: &value,
+                        ttl,
+                        version,
+                        since,
+                        previous: None,
+                    };
+                    return Ok(cache.apply_if(cond, exists, &w)?);
+                }
+                // Evicted again before the check (memory under pressure):
+                // read once more.
+            }
+            Err(ReadFirstError::Unsettled)
+        })))
+    }
+
+    /// Whether `key` exists as far as memory (entries written since
+    /// `since`), the queue (if trusted) and the negative cache know; `None`
+    /// when only the tier can tell. Without a tier, memory is all there is.
+    fn exists(&self, key: &[u8], since: u64, trust_queue: bool) -> Option<bool> {
+        let now = self.clock.now();
+        if self.store.peek_with(key, now, since, |_| ()).is_some() {
+            return Some(true);
+        }
+        if self.queue.is_none() {
+            return Some(false);
+        }
+        match self.peek(key).filter(|_| trust_queue) {
+            Some(Pending::Put(obj)) => return Some(!obj.is_expired(self.clock.unix_secs())),
+            Some(Pending::Delete(_)) => return Some(false),
+            None => {}
+        }
+        self.negative
+            .get_with(key, now, since, |_| ())
+            .map(|()| false)
+    }
+
+    /// Writes `w` if `cond` holds given `exists`; the stripe is held.
+    fn apply_if(
+        &self,
+        cond: Cond,
+        exists: bool,
+        w: &CondWrite<'_>,
+    ) -> Result<(bool, Ack), CacheError> {
+        let holds = match cond {
+            Cond::Absent => !exists,
+            Cond::Present => exists,
+        };
+        if !holds {
+            return Ok((false, Ack::Now));
+        }
+        let ack = self.put_locked(w.key, w.value, w.ttl, w.version)?;
+        Ok((true, ack))
     }
 
     /// Whether there is a tier behind memory, so a key memory lacks may

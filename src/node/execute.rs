@@ -8,9 +8,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use milena_protocol::{Body, Op, Response, Status, encode_response};
+use milena_protocol::{Body, Cond, Op, Response, Status, encode_response};
 
-use super::cache::{Ack, CacheError, Lookup, ReadThrough, Removal};
+use super::cache::{Ack, CacheError, CondPut, CondWrite, Lookup, ReadThrough, Removal};
 use super::tier::writeback::Pending;
 use super::{Node, Tally};
 use crate::error::WireError;
@@ -149,6 +149,70 @@ pub fn execute(
                 node.cache.replicas.settle(e.key, e.version);
             }
             Ok(Answer::Status(Status::Ok))
+        }
+        Op::PutIf {
+            cond,
+            key,
+            value,
+            ttl,
+        } => {
+            tally.puts += 1;
+            let version = node.ring_epoch.load(Ordering::Relaxed);
+            let write = CondWrite {
+                key,
+                value,
+                ttl,
+                version,
+                since: 0,
+                previous: None,
+            };
+            put_if(node, id, cond, write)
+        }
+        Op::RoutedPutIf {
+            version,
+            since,
+            previous,
+            cond,
+            key,
+            value,
+            ttl,
+        } => {
+            tally.puts += 1;
+            let write = CondWrite {
+                key,
+                value,
+                ttl,
+                version,
+                since,
+                previous,
+            };
+            put_if(node, id, cond, write)
+        }
+        Op::FencedPutIf {
+            revision,
+            since,
+            previous,
+            cond,
+            key,
+            value,
+            ttl,
+        } => {
+            tally.puts += 1;
+            let write = CondWrite {
+                key,
+                value,
+                ttl,
+                version: revision,
+                since,
+                previous,
+            };
+            fenced(
+                node,
+                revision,
+                since,
+                |_| put_if(node, id, cond, write),
+                out,
+            )
         }
         Op::Ping => Ok(Answer::Status(Status::Ok)),
         Op::Stats => {
@@ -311,6 +375,37 @@ fn delete(node: &Arc<Node>, id: u64, key: &[u8]) -> Result<Answer, WireError> {
         Removal::ReadFirst(read) => Ok(Answer::Later(Box::pin(async move {
             match read.await {
                 Ok((e, ack)) => settle(id, ack, existed(e)).await,
+                Err(e) => {
+                    let mut out = Vec::new();
+                    WireError::Unavailable(e.to_string()).respond(id, &mut out);
+                    out
+                }
+            }
+        }))),
+    }
+}
+
+/// A conditional put: `Ok` when written, `NotStored` when `cond` did not hold.
+fn put_if(
+    node: &Arc<Node>,
+    id: u64,
+    cond: Cond,
+    write: CondWrite<'_>,
+) -> Result<Answer, WireError> {
+    check_key(node, write.key)?;
+    check_value(node, write.value)?;
+    let status = |written: bool| {
+        if written {
+            Status::Ok
+        } else {
+            Status::NotStored
+        }
+    };
+    match node.cache.put_if(cond, write)? {
+        CondPut::Done(written, ack) => Ok(acknowledge(id, ack, status(written))),
+        CondPut::ReadFirst(read) => Ok(Answer::Later(Box::pin(async move {
+            match read.await {
+                Ok((written, ack)) => settle(id, ack, status(written)).await,
                 Err(e) => {
                     let mut out = Vec::new();
                     WireError::Unavailable(e.to_string()).respond(id, &mut out);

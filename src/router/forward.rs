@@ -37,7 +37,7 @@ impl Router {
                 // Every operation carries the ring it was routed under and
                 // when its owner gained the key: the node checks both.
                 let since = view.gained_since(owner, fwd.key_hash);
-                if fwd.kind == Kind::Get {
+                if matches!(fwd.kind, Kind::Get | Kind::PutIf) {
                     fwd.previous = view.handoff_from(owner, fwd.key_hash, since);
                 }
                 fwd.fence = Some((view.epoch, since));
@@ -54,6 +54,12 @@ impl Router {
                 // every write until the next change.
                 Kind::Put => view.epoch.max(wall_micros()),
                 Kind::Delete => 0,
+                // A write (versioned as a put) that first reads (as a get).
+                Kind::PutIf => {
+                    fwd.since = view.gained_since(owner, fwd.key_hash);
+                    fwd.previous = view.handoff_from(owner, fwd.key_hash, fwd.since);
+                    view.epoch.max(wall_micros())
+                }
             };
             let node = &view.nodes[owner];
             match node.send(fwd).await {

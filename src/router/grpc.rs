@@ -75,6 +75,7 @@ fn to_status(status: WireStatus, message: &str) -> Status {
         WireStatus::Internal => Status::unknown(message),
         // Never reaches a client (the router routes it again); not applied.
         WireStatus::StaleRing => Status::unavailable(message),
+        WireStatus::NotStored => Status::failed_precondition(message),
         WireStatus::Ok | WireStatus::NotFound => Status::internal(message),
     }
 }

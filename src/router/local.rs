@@ -45,8 +45,10 @@ pub fn answer(router: &Router, id: u64, op: &Op<'_>) -> Bytes {
         Op::FencedDelete { .. } => Err(WireError::NodeOnly("fenced delete")),
         Op::Replicate { .. } => Err(WireError::NodeOnly("replicate")),
         Op::Settle { .. } => Err(WireError::NodeOnly("settle")),
+        Op::RoutedPutIf { .. } => Err(WireError::NodeOnly("routed conditional put")),
+        Op::FencedPutIf { .. } => Err(WireError::NodeOnly("fenced conditional put")),
         // Handled by the caller; never answered here.
-        Op::Get { .. } | Op::Put { .. } | Op::Delete { .. } | Op::Stats => Err(
+        Op::Get { .. } | Op::Put { .. } | Op::Delete { .. } | Op::PutIf { .. } | Op::Stats => Err(
             WireError::Undecodable("operation answered in the wrong place".into()),
         ),
     };

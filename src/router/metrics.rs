@@ -50,7 +50,7 @@ pub struct RingGauges {
     pub etcd_connected: bool,
 }
 
-const STATUSES: [Status; 8] = [
+const STATUSES: [Status; 9] = [
     Status::Ok,
     Status::NotFound,
     Status::RateLimited,
@@ -59,8 +59,9 @@ const STATUSES: [Status; 8] = [
     Status::BadRequest,
     Status::Unauthorized,
     Status::Internal,
+    Status::NotStored,
 ];
-const KINDS: [Kind; 3] = [Kind::Get, Kind::Put, Kind::Delete];
+const KINDS: [Kind; 4] = [Kind::Get, Kind::Put, Kind::Delete, Kind::PutIf];
 
 fn must<T>(r: prometheus::Result<T>) -> T {
     r.expect("static metric definition") // ok: constant names, tested

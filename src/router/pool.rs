@@ -264,10 +264,11 @@ async fn serve(
     // on a slow S3 is answered out of order, after the others).
     let mut last_answer = tokio::time::Instant::now();
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut latency = ["get", "put", "delete"].map(|op| {
+    use super::request::Kind;
+    let mut latency = [Kind::Get, Kind::Put, Kind::Delete, Kind::PutIf].map(|k| {
         ctx.metrics
             .forward_duration
-            .with_label_values(&[op])
+            .with_label_values(&[k.as_str()])
             .local()
     });
 
@@ -357,12 +358,12 @@ fn enqueue(
     let previous = fwd.previous.as_deref();
     let encoded = match fwd.fence {
         Some((revision, since)) => encode_fenced(id, &fwd.body, revision, since, previous, out),
-        None => encode_forward(id, &fwd.body, fwd.meta, previous, out),
+        None => encode_forward(id, &fwd.body, fwd.meta, fwd.since, previous, out),
     };
     if encoded {
         inflight.insert(id, (fwd, Instant::now()));
     } else {
-        // The client loop only forwards gets, puts and deletes.
+        // The client loop only forwards gets, puts, deletes and conditional puts.
         let _ = fwd.reply.send((
             WireError::Undecodable("not a data operation".into()).body(fwd.client_id),
             Some(fwd.permit),
@@ -378,7 +379,7 @@ fn decode_answers(
     ctx: &PoolContext,
     node_requests: &prometheus::IntCounter,
     node_errors: &prometheus::IntCounter,
-    latency: &mut [prometheus::local::LocalHistogram; 3],
+    latency: &mut [prometheus::local::LocalHistogram; 4],
     answered: &mut Vec<(Forward, Option<bytes::Bytes>)>,
 ) -> Result<(), ConnError> {
     let metrics = &ctx.metrics;
@@ -422,7 +423,7 @@ fn decode_answers(
         }
         metrics.count(fwd.kind, status);
         node_requests.inc();
-        if !matches!(status, Status::Ok | Status::NotFound) {
+        if !matches!(status, Status::Ok | Status::NotFound | Status::NotStored) {
             node_errors.inc();
         }
         latency[fwd.kind as usize].observe(fwd.started.elapsed().as_secs_f64());

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::{BoxFuture, FutureExt, join_all};
-use milena_protocol::{Body, Op, Status, decode_response};
+use milena_protocol::{Body, Cond, Op, Status, decode_response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -374,13 +374,15 @@ fn client(session: &mut Session, args: &[Bytes]) -> Step {
     })
 }
 
-/// `SET key value [EX s | PX ms]`.
+/// `SET key value [NX | XX] [EX s | PX ms]`.
 fn set(r: Arc<Router>, args: Vec<Bytes>) -> Step {
-    let mut ttl = None;
+    let (mut ttl, mut cond) = (None, None);
     let mut i = 3;
     while i < args.len() {
         let opt = String::from_utf8_lossy(&args[i]).to_ascii_uppercase();
         match (opt.as_str(), args.get(i + 1)) {
+            ("NX", _) if cond.is_none() => cond = Some(Cond::Absent),
+            ("XX", _) if cond.is_none() => cond = Some(Cond::Present),
             ("EX", Some(v)) if ttl.is_none() => match seconds(v) {
                 Some(s) => ttl = Some(s),
                 None => return Step::Now(Reply::err("invalid expire time in 'set' command")),
@@ -389,19 +391,33 @@ fn set(r: Arc<Router>, args: Vec<Bytes>) -> Step {
                 Some(s) => ttl = Some(s),
                 None => return Step::Now(Reply::err("invalid expire time in 'set' command")),
             },
-            ("NX" | "XX" | "GET" | "KEEPTTL" | "EXAT" | "PXAT", _) => {
+            ("GET" | "KEEPTTL" | "EXAT" | "PXAT", _) => {
                 return Step::Now(Reply::err(format!(
-                    "SET option {opt} is not supported by Milena (yet): it needs a conditional write on the owning node"
+                    "SET option {opt} is not supported by Milena (yet)"
                 )));
             }
             _ => return Step::Now(Reply::err("syntax error")),
         }
-        i += 2;
+        i += if matches!(opt.as_str(), "NX" | "XX") {
+            1
+        } else {
+            2
+        };
     }
     Step::Later(
         async move {
             let (key, value) = (&args[1], &args[2]);
-            reply(put(&r, key, value, ttl).await, |()| Reply::OK)
+            match cond {
+                None => reply(put(&r, key, value, ttl).await, |()| Reply::OK),
+                // Not written: Redis answers a null bulk string.
+                Some(cond) => reply(put_if(&r, cond, key, value, ttl).await, |written| {
+                    if written {
+                        Reply::OK
+                    } else {
+                        Reply::Bulk(None)
+                    }
+                }),
+            }
         }
         .boxed(),
     )
@@ -461,6 +477,33 @@ async fn get(r: &Arc<Router>, key: &[u8]) -> Result<Option<Bytes>, Reply> {
 async fn put(r: &Arc<Router>, key: &[u8], value: &[u8], ttl: Option<u32>) -> Result<(), Reply> {
     let op = Op::Put { key, value, ttl };
     decode(r.call(Kind::Put, key, Some(value), op).await).map(|_| ())
+}
+
+/// A conditional put; whether it was written.
+async fn put_if(
+    r: &Arc<Router>,
+    cond: Cond,
+    key: &[u8],
+    value: &[u8],
+    ttl: Option<u32>,
+) -> Result<bool, Reply> {
+    let op = Op::PutIf {
+        cond,
+        key,
+        value,
+        ttl,
+    };
+    let frame = r
+        .call(Kind::PutIf, key, Some(value), op)
+        .await
+        .map_err(|e| error_reply(e.status(), &e.to_string()))?;
+    let answer = decode_response(&frame).map_err(|e| Reply::err(format!("bad answer: {e}")))?;
+    match (answer.status, answer.body) {
+        (Status::Ok, _) => Ok(true),
+        (Status::NotStored, _) => Ok(false),
+        (s, Body::Message(m)) => Err(error_reply(s, m)),
+        (s, _) => Err(error_reply(s, s.as_str())),
+    }
 }
 
 async fn delete(r: &Arc<Router>, key: &[u8]) -> Result<bool, Reply> {

@@ -180,6 +180,8 @@ pub enum Kind {
     Put,
     /// A delete (sent as is).
     Delete,
+    /// A conditional put (sent as `RoutedPutIf`).
+    PutIf,
 }
 
 impl Kind {
@@ -189,6 +191,7 @@ impl Kind {
             Kind::Get => "get",
             Kind::Put => "put",
             Kind::Delete => "delete",
+            Kind::PutIf => "put_if",
         }
     }
 }
@@ -206,6 +209,8 @@ pub struct Forward {
     pub key_hash: u64,
     /// `since` for a get, the epoch for a put; set when routed.
     pub meta: u64,
+    /// For a conditional put: `since`, as for a get; set when routed.
+    pub since: u64,
     /// For a get: the key's previous owner, to be asked on a miss; set when routed.
     pub previous: Option<Arc<str>>,
     /// Under etcd membership: the ring revision it was routed under and
@@ -245,6 +250,7 @@ impl Forward {
             kind,
             key_hash,
             meta: 0,
+            since: 0,
             previous: None,
             fence: None,
             ring_retries: 0,
