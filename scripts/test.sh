@@ -14,12 +14,13 @@ cd "$(dirname "$0")/.."
 
 # The deployment-file checks (scripts/check-deploy.py, run by
 # tests/deploy.rs) use PyYAML and the Kubernetes JSON schemas of
-# kubernetes-validate, from PyPI. They go into a virtual environment under
+# kubernetes-validate, from PyPI; the protocol tests (tests/memcache.rs,
+# tests/redis.rs) use the Python clients pymemcache and redis. They go into a virtual environment under
 # target/, never into the system Python (Debian's refuses `pip install`:
 # externally-managed-environment); Debian's `python3 -m venv` needs the
 # package python3-venv.
 PYENV=$PWD/target/pyenv
-pyenv_ready() { "$PYENV/bin/python3" -c 'import yaml, kubernetes_validate' 2>/dev/null; }
+pyenv_ready() { "$PYENV/bin/python3" -c 'import yaml, kubernetes_validate, pymemcache, redis' 2>/dev/null; }
 make_pyenv() { rm -rf "$PYENV" && python3 -m venv "$PYENV"; }
 
 need=()
@@ -27,6 +28,7 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v memcached >/dev/null 2>&1 || need+=(memcached)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v memccp >/dev/null 2>&1 || need+=(libmemcached-tools)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 if ! pyenv_ready; then
@@ -49,8 +51,9 @@ fi
 
 if ! pyenv_ready; then
   [ -x "$PYENV/bin/pip" ] || make_pyenv
-  echo "installing PyYAML and kubernetes-validate (PyPI) into $PYENV"
-  "$PYENV/bin/python3" -m pip install -q --disable-pip-version-check pyyaml kubernetes-validate
+  echo "installing PyYAML, kubernetes-validate, pymemcache and redis (PyPI) into $PYENV"
+  "$PYENV/bin/python3" -m pip install -q --disable-pip-version-check pyyaml kubernetes-validate \
+    pymemcache==4.0.0 redis==8.1.0
 fi
 # The venv's python3 comes first on PATH, so the tests' `python3` is it.
 export PATH="$PYENV/bin:$PATH"

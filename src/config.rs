@@ -232,6 +232,10 @@ pub struct RouterConfig {
     #[arg(long, env = "REDIS_ADDR", value_parser = parse_listen_addr)]
     pub redis_addr: Option<SocketAddr>,
 
+    /// Address for memcached clients (text protocol), e.g. 0.0.0.0:11211; off when unset.
+    #[arg(long, env = "MEMCACHE_ADDR", value_parser = parse_listen_addr)]
+    pub memcache_addr: Option<SocketAddr>,
+
     /// Requests per second admitted across all clients (0 = unlimited); excess gets "rate limited".
     #[arg(long, env = "RATE_LIMIT", default_value_t = 0)]
     pub rate_limit: u32,

@@ -41,6 +41,7 @@ pub mod error;
 pub mod etcd;
 pub mod grpc;
 pub mod logging;
+pub mod memcache;
 pub mod metrics;
 pub mod net;
 pub mod node;

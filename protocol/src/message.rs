@@ -224,6 +224,10 @@ pub enum Cond {
     Absent,
     /// Write only if the key exists (Redis `SET XX`, memcached `replace`).
     Present,
+    /// Only if the key exists, keeping its value (the request's is
+    /// ignored): only its time to live changes (memcached `touch`, Redis
+    /// `EXPIRE`).
+    Touch,
 }
 
 /// A key and the version of it now durable (in `Settle`).

@@ -32,13 +32,12 @@ async fn serve(cfg: RouterConfig) -> anyhow::Result<()> {
     ) {
         warn!("{warning}");
     }
-    let redis = match cfg.redis_addr {
-        Some(addr) => Some(
-            milena::net::bind(addr)
-                .with_context(|| format!("cannot listen on REDIS_ADDR={addr}"))?,
-        ),
-        None => None,
+    let bind_extra = |addr: Option<std::net::SocketAddr>, name: &str| -> anyhow::Result<_> {
+        addr.map(|a| milena::net::bind(a).with_context(|| format!("cannot listen on {name}={a}")))
+            .transpose()
     };
+    let redis = bind_extra(cfg.redis_addr, "REDIS_ADDR")?;
+    let memcache = bind_extra(cfg.memcache_addr, "MEMCACHE_ADDR")?;
     let router = Router::new(settings, shutdown.clone());
     if cfg.etcd.enabled() {
         let etcd = milena::etcd::Etcd::connect(&cfg.etcd).context("invalid etcd settings")?;
@@ -54,9 +53,13 @@ async fn serve(cfg: RouterConfig) -> anyhow::Result<()> {
         info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "Redis clients on REDIS_ADDR");
         tokio::spawn(milena::router::redis::serve(l, router.clone(), shutdown.clone()))
     });
+    let memcache = memcache.map(|l| {
+        info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "memcached clients on MEMCACHE_ADDR");
+        tokio::spawn(milena::router::memcache::serve(l, router.clone(), shutdown.clone()))
+    });
     milena::router::run(listener, router, shutdown).await;
-    if let Some(r) = redis {
-        let _ = r.await;
+    for side in [redis, memcache].into_iter().flatten() {
+        let _ = side.await;
     }
     info!("router stopped");
     Ok(())

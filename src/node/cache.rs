@@ -483,8 +483,8 @@ impl Cache {
         let trust_queue = w.previous.is_none();
         {
             let _order = self.write_lock(w.key);
-            if let Some(exists) = self.exists(w.key, w.since, trust_queue) {
-                let (written, ack) = self.apply_if(cond, exists, &w)?;
+            if let Some(current) = self.exists(w.key, w.since, trust_queue) {
+                let (written, ack) = self.apply_if(cond, current, &w)?;
                 return Ok(CondPut::Done(written, ack));
             }
         }
@@ -503,7 +503,7 @@ impl Cache {
                     return Err(ReadFirstError::TierRead(e));
                 }
                 let _order = cache.write_lock(&key);
-                if let Some(exists) = cache.exists(&key, since, trust_queue) {
+                if let Some(current) = cache.exists(&key, since, trust_queue) {
                     let w = CondWrite {
                         key: &key,
                         value: &value,
@@ -512,7 +512,7 @@ impl Cache {
                         since,
                         previous: None,
                     };
-                    return Ok(cache.apply_if(cond, exists, &w)?);
+                    return Ok(cache.apply_if(cond, current, &w)?);
                 }
                 // Evicted again before the check (memory under pressure):
                 // read once more.
@@ -521,42 +521,44 @@ impl Cache {
         })))
     }
 
-    /// Whether `key` exists as far as memory (entries written since
-    /// `since`), the queue (if trusted) and the negative cache know; `None`
-    /// when only the tier can tell. Without a tier, memory is all there is.
-    fn exists(&self, key: &[u8], since: u64, trust_queue: bool) -> Option<bool> {
+    /// Whether `key` exists, with its value, as far as memory (entries
+    /// written since `since`), the queue (if trusted) and the negative
+    /// cache know; `None` when only the tier can tell. Without a tier,
+    /// memory is all there is.
+    fn exists(&self, key: &[u8], since: u64, trust_queue: bool) -> Option<Option<Bytes>> {
         let now = self.clock.now();
-        if self.store.peek_with(key, now, since, |_| ()).is_some() {
-            return Some(true);
-        }
-        if self.queue.is_none() {
-            return Some(false);
+        let value = self
+            .store
+            .peek_with(key, now, since, Bytes::copy_from_slice);
+        if value.is_some() || self.queue.is_none() {
+            return Some(value);
         }
         match self.peek(key).filter(|_| trust_queue) {
-            Some(Pending::Put(obj)) => return Some(!obj.is_expired(self.clock.unix_secs())),
-            Some(Pending::Delete(_)) => return Some(false),
+            Some(Pending::Put(obj)) => {
+                return Some((!obj.is_expired(self.clock.unix_secs())).then_some(obj.value));
+            }
+            Some(Pending::Delete(_)) => return Some(None),
             None => {}
         }
         self.negative
             .get_with(key, now, since, |_| ())
-            .map(|()| false)
+            .map(|()| None)
     }
 
-    /// Writes `w` if `cond` holds given `exists`; the stripe is held.
+    /// Writes `w` if `cond` holds given the key's `current` value; the
+    /// stripe is held.
     fn apply_if(
         &self,
         cond: Cond,
-        exists: bool,
+        current: Option<Bytes>,
         w: &CondWrite<'_>,
     ) -> Result<(bool, Ack), CacheError> {
-        let holds = match cond {
-            Cond::Absent => !exists,
-            Cond::Present => exists,
+        let value = match (cond, &current) {
+            (Cond::Absent, None) | (Cond::Present, Some(_)) => w.value,
+            (Cond::Touch, Some(v)) => &v[..],
+            _ => return Ok((false, Ack::Now)),
         };
-        if !holds {
-            return Ok((false, Ack::Now));
-        }
-        let ack = self.put_locked(w.key, w.value, w.ttl, w.version)?;
+        let ack = self.put_locked(w.key, value, w.ttl, w.version)?;
         Ok((true, ack))
     }
 

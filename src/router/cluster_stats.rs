@@ -18,9 +18,29 @@ const NODE_STATS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Node counters that make no sense summed across nodes.
 const NOT_SUMMED: [&str; 3] = ["uptime_seconds", "ring_epoch", "shards"];
 
+/// [`counters`] as the answer to `Stats` request `id`.
+pub async fn gather(router: &Router, id: u64) -> Bytes {
+    let stats = counters(router).await;
+    let mut out = Vec::new();
+    respond(
+        id,
+        Body::Stats(
+            stats
+                .iter()
+                .map(|(name, value)| Stat {
+                    name,
+                    value: *value,
+                })
+                .collect(),
+        ),
+        &mut out,
+    );
+    Bytes::from(out).slice(4..)
+}
+
 /// The router's counters followed by every member node's, summed, as
 /// `nodes_<name>`, and how many nodes answered (`nodes_reporting`).
-pub async fn gather(router: &Router, id: u64) -> Bytes {
+pub async fn counters(router: &Router) -> Vec<(String, u64)> {
     let mut stats: Vec<(String, u64)> = router_stats(router)
         .into_iter()
         .map(|(n, v)| (n.to_string(), v))
@@ -55,21 +75,7 @@ pub async fn gather(router: &Router, id: u64) -> Bytes {
     }
     stats.push(("nodes_reporting".into(), reporting));
     stats.extend(sums.into_iter().map(|(n, v)| (format!("nodes_{n}"), v)));
-    let mut out = Vec::new();
-    respond(
-        id,
-        Body::Stats(
-            stats
-                .iter()
-                .map(|(name, value)| Stat {
-                    name,
-                    value: *value,
-                })
-                .collect(),
-        ),
-        &mut out,
-    );
-    Bytes::from(out).slice(4..)
+    stats
 }
 
 fn router_stats(router: &Router) -> Vec<(&'static str, u64)> {

@@ -24,6 +24,7 @@ pub mod grpc;
 pub mod http;
 pub mod local;
 pub mod members;
+pub mod memcache;
 pub mod metrics;
 pub mod pool;
 pub mod ratelimit;

@@ -50,32 +50,12 @@ pub async fn serve(
     router: Arc<Router>,
     shutdown: CancellationToken,
 ) {
-    let tracker = tokio_util::task::TaskTracker::new();
-    let (max, counters) = (router.settings.max_connections, router.stats.conns.clone());
-    let token = shutdown.clone();
-    crate::net::accept_loop(listener, max, counters, tracker, shutdown, move |tcp| {
-        let (router, shutdown) = (router.clone(), token.clone());
-        async move {
-            let stream = match &router.settings.tls {
-                None => Stream::Plain(tcp),
-                Some(tls) => {
-                    let accepted = tokio::time::timeout(
-                        router.settings.hello_timeout,
-                        tls.acceptor.accept(tcp),
-                    )
-                    .await;
-                    match accepted {
-                        Ok(Ok(s)) => Stream::Server(Box::new(s)),
-                        _ => {
-                            router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                            return Ok(());
-                        }
-                    }
-                }
-            };
-            serve_resp(stream, &router, &shutdown).await
-        }
-    })
+    super::server::serve_listener(
+        listener,
+        router,
+        shutdown,
+        |stream, router, shutdown| async move { serve_resp(stream, &router, &shutdown).await },
+    )
     .await;
 }
 
@@ -510,23 +490,8 @@ async fn delete(r: &Arc<Router>, key: &[u8]) -> Result<bool, Reply> {
     decode(r.call(Kind::Delete, key, None, Op::Delete { key }).await).map(|v| v.is_some())
 }
 
-/// The router's and its nodes' counters, as `stats` gives them.
-async fn stats(r: &Router) -> Vec<(String, u64)> {
-    let frame = super::cluster_stats::gather(r, 0).await;
-    match decode_response(&frame) {
-        Ok(resp) => match resp.body {
-            Body::Stats(list) => list
-                .into_iter()
-                .map(|s| (s.name.to_string(), s.value))
-                .collect(),
-            _ => Vec::new(),
-        },
-        Err(_) => Vec::new(),
-    }
-}
-
 async fn node_stat(r: &Router, name: &str) -> u64 {
-    stats(r)
+    super::cluster_stats::counters(r)
         .await
         .into_iter()
         .find(|(n, _)| n == name)
@@ -535,7 +500,7 @@ async fn node_stat(r: &Router, name: &str) -> u64 {
 
 /// `INFO`: Redis's sections with Milena's counters.
 async fn info(r: &Router) -> String {
-    let stats = stats(r).await;
+    let stats = super::cluster_stats::counters(r).await;
     let get = |name: &str| stats.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v);
     let mut s = String::new();
     s.push_str("# Server\r\n");
