@@ -53,6 +53,15 @@ fn router_port_survives_its_seeds_and_kept_inputs() {
 }
 
 #[test]
+fn memcache_port_survives_its_seeds_and_kept_inputs() {
+    replay(
+        "memcache_port",
+        harness::memcache_seeds(),
+        harness::memcache_port,
+    );
+}
+
+#[test]
 fn metrics_endpoint_survives_its_seeds_and_kept_inputs() {
     replay(
         "metrics_http",

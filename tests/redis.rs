@@ -212,3 +212,56 @@ async fn set_nx_races_from_two_connections_have_one_winner_per_key() {
         assert_eq!(values[i], if won.0 { "a" } else { "b" }, "race{i}");
     }
 }
+
+/// redis-py (PyPI, installed by scripts/test.sh), as an application uses
+/// it: connection handshake, plain and conditional sets, expiry, multi-key
+/// commands, a pipeline, errors as exceptions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_works_as_applications_use_it() {
+    let c = cluster().await;
+    let script = r#"
+import sys, redis
+r = redis.Redis(host='127.0.0.1', port=int(sys.argv[1]))
+assert r.ping() is True
+assert r.set('a', '1') is True
+assert r.get('a') == b'1'
+assert r.set('a', '2', nx=True) is None
+assert r.set('a', '3', xx=True) is True
+assert r.set('fresh', 'x', xx=True) is None
+assert r.set('fresh', 'y', nx=True, ex=100) is True
+assert r.expire('fresh', 50) is True
+assert r.expire('nope', 50) is False
+assert r.get('fresh') == b'y'
+assert r.mset({'m1': 'v1', 'm2': 'v2'}) is True
+assert r.mget(['m1', 'nope', 'm2']) == [b'v1', None, b'v2']
+assert r.exists('a', 'm1', 'nope') == 2
+assert r.delete('a', 'nope') == 1
+p = r.pipeline(transaction=False)
+for i in range(50):
+    p.set('p%d' % i, i)
+for i in range(50):
+    p.get('p%d' % i)
+out = p.execute()
+assert out[:50] == [True] * 50 and out[50:] == [str(i).encode() for i in range(50)]
+assert r.expire('p0', 0) is True and r.get('p0') is None
+assert r.dbsize() >= 50
+assert 'redis_version' in r.info()
+try:
+    r.execute_command('LPUSH', 'l', 'x')
+    raise SystemExit('LPUSH should fail')
+except redis.ResponseError as e:
+    assert 'unknown command' in str(e)
+print('ok')
+"#;
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script, &c.router.addr.port().to_string()])
+        .output()
+        .await
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}

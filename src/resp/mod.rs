@@ -171,6 +171,8 @@ pub enum Reply {
     Bulk(Option<Bytes>),
     /// `*2 ...`.
     Array(Vec<Reply>),
+    /// `%2 ...` in RESP3; a flat array of keys and values in RESP2.
+    Map(Vec<(Reply, Reply)>),
 }
 
 impl Reply {
@@ -187,8 +189,14 @@ impl Reply {
         Reply::Error(format!("ERR {message}"))
     }
 
-    /// Appends the encoded reply to `out`.
+    /// Appends the encoded reply to `out` (RESP2).
     pub fn encode(&self, out: &mut Vec<u8>) {
+        self.encode_as(out, false);
+    }
+
+    /// Appends the encoded reply to `out`, in RESP3 when `resp3` (a client
+    /// that said `HELLO 3`): nulls are `_`, maps are `%`.
+    pub fn encode_as(&self, out: &mut Vec<u8>, resp3: bool) {
         match self {
             Reply::Simple(s) => line_out(out, b'+', s.as_bytes()),
             // A reply line cannot hold a line break: it would end the reply.
@@ -200,6 +208,7 @@ impl Reply {
                 line_out(out, b'-', clean.as_bytes())
             }
             Reply::Int(n) => line_out(out, b':', n.to_string().as_bytes()),
+            Reply::Bulk(None) if resp3 => out.extend_from_slice(b"_\r\n"),
             Reply::Bulk(None) => out.extend_from_slice(b"$-1\r\n"),
             Reply::Bulk(Some(b)) => {
                 line_out(out, b'$', b.len().to_string().as_bytes());
@@ -209,7 +218,17 @@ impl Reply {
             Reply::Array(items) => {
                 line_out(out, b'*', items.len().to_string().as_bytes());
                 for i in items {
-                    i.encode(out);
+                    i.encode_as(out, resp3);
+                }
+            }
+            Reply::Map(pairs) => {
+                match resp3 {
+                    true => line_out(out, b'%', pairs.len().to_string().as_bytes()),
+                    false => line_out(out, b'*', (pairs.len() * 2).to_string().as_bytes()),
+                }
+                for (k, v) in pairs {
+                    k.encode_as(out, resp3);
+                    v.encode_as(out, resp3);
                 }
             }
         }
@@ -293,6 +312,20 @@ mod tests {
             out,
             b"+OK\r\n:-2\r\n$-1\r\n$2\r\nhi\r\n*2\r\n$-1\r\n:1\r\n-ERR bad  line\r\n"
         );
+    }
+
+    #[test]
+    fn resp3_has_its_own_nulls_and_maps() {
+        let map = Reply::Map(vec![
+            (Reply::text("proto"), Reply::Int(3)),
+            (Reply::text("none"), Reply::Bulk(None)),
+        ]);
+        let mut v3 = Vec::new();
+        map.encode_as(&mut v3, true);
+        assert_eq!(v3, b"%2\r\n$5\r\nproto\r\n:3\r\n$4\r\nnone\r\n_\r\n");
+        let mut v2 = Vec::new();
+        map.encode_as(&mut v2, false);
+        assert_eq!(v2, b"*4\r\n$5\r\nproto\r\n:3\r\n$4\r\nnone\r\n$-1\r\n");
     }
 
     proptest! {

@@ -25,8 +25,8 @@ use crate::tls::Stream;
 const MAX_BATCH: usize = 1024;
 /// The commands this front end knows (for `COMMAND COUNT`).
 const COMMANDS: &[&str] = &[
-    "GET", "SET", "SETEX", "DEL", "UNLINK", "EXISTS", "MGET", "MSET", "PING", "ECHO", "INFO",
-    "DBSIZE", "HELLO", "CLIENT", "SELECT", "COMMAND", "QUIT", "AUTH",
+    "GET", "SET", "SETEX", "EXPIRE", "PEXPIRE", "DEL", "UNLINK", "EXISTS", "MGET", "MSET", "PING",
+    "ECHO", "INFO", "DBSIZE", "HELLO", "CLIENT", "SELECT", "COMMAND", "QUIT", "AUTH",
 ];
 
 /// What a command left the connection to do.
@@ -41,6 +41,8 @@ enum Step {
 #[derive(Default)]
 struct Session {
     name: Option<Bytes>,
+    /// The client said `HELLO 3`: replies in RESP3.
+    resp3: bool,
 }
 
 /// Serves Redis clients on `listener` (`REDIS_ADDR`) until `shutdown`,
@@ -107,18 +109,20 @@ pub async fn serve_resp(
                 break;
             }
             match parse(&mut rbuf, &limits) {
+                // Each reply in the protocol version in force once its
+                // command ran (`HELLO 3` answers in RESP3).
                 Ok(Some(args)) => match command(router, &mut session, args) {
                     Step::Close(r) => {
-                        steps.push(Step::Now(r));
+                        steps.push((Step::Now(r), session.resp3));
                         close = true;
                         break;
                     }
-                    step => steps.push(step),
+                    step => steps.push((step, session.resp3)),
                 },
                 Ok(None) => break,
                 Err(e) => {
                     router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    steps.push(Step::Now(Reply::err(e)));
+                    steps.push((Step::Now(Reply::err(e)), session.resp3));
                     close = true;
                     break;
                 }
@@ -129,13 +133,14 @@ pub async fn serve_resp(
             (false, Some(t)) => Some(t),
             (false, None) => Some(tokio::time::Instant::now()),
         };
-        let replies = join_all(steps.into_iter().map(|s| match s {
+        let resp3: Vec<bool> = steps.iter().map(|(_, v3)| *v3).collect();
+        let replies = join_all(steps.into_iter().map(|(s, _)| match s {
             Step::Now(r) | Step::Close(r) => futures_util::future::ready(r).boxed(),
             Step::Later(f) => f,
         }))
         .await;
-        for r in &replies {
-            r.encode(&mut out);
+        for (r, v3) in replies.iter().zip(resp3) {
+            r.encode_as(&mut out, v3);
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;
@@ -209,6 +214,7 @@ fn command(router: &Arc<Router>, session: &mut Session, args: Vec<Bytes>) -> Ste
                     .boxed(),
             )
         }
+        "EXPIRE" | "PEXPIRE" if argc == 3 => expire(r, &name, args),
         "DEL" | "UNLINK" if argc >= 2 => Step::Later(
             async move {
                 let dels = args[1..].iter().map(|k| delete(&r, k));
@@ -289,13 +295,16 @@ fn unknown(args: &[Bytes]) -> Reply {
 }
 
 fn hello(session: &mut Session, args: &[Bytes]) -> Step {
-    if let Some(v) = args.get(1)
-        && &v[..] != b"2"
-    {
-        return Step::Now(Reply::Error(
-            "NOPROTO sorry, this protocol version is not supported".into(),
-        ));
-    }
+    let resp3 = match args.get(1).map(|v| &v[..]) {
+        None => session.resp3,
+        Some(b"2") => false,
+        Some(b"3") => true,
+        Some(_) => {
+            return Step::Now(Reply::Error(
+                "NOPROTO sorry, this protocol version is not supported".into(),
+            ));
+        }
+    };
     let mut i = 2;
     while i < args.len() {
         let opt = String::from_utf8_lossy(&args[i]).to_ascii_uppercase();
@@ -312,22 +321,16 @@ fn hello(session: &mut Session, args: &[Bytes]) -> Step {
             _ => return Step::Now(Reply::err(format!("Syntax error in HELLO option '{opt}'"))),
         }
     }
+    session.resp3 = resp3;
     let t = Reply::text;
-    Step::Now(Reply::Array(vec![
-        t("server"),
-        t("milena"),
-        t("version"),
-        t(env!("CARGO_PKG_VERSION")),
-        t("proto"),
-        Reply::Int(2),
-        t("id"),
-        Reply::Int(0),
-        t("mode"),
-        t("standalone"),
-        t("role"),
-        t("master"),
-        t("modules"),
-        Reply::Array(Vec::new()),
+    Step::Now(Reply::Map(vec![
+        (t("server"), t("milena")),
+        (t("version"), t(env!("CARGO_PKG_VERSION"))),
+        (t("proto"), Reply::Int(if resp3 { 3 } else { 2 })),
+        (t("id"), Reply::Int(0)),
+        (t("mode"), t("standalone")),
+        (t("role"), t("master")),
+        (t("modules"), Reply::Array(Vec::new())),
     ]))
 }
 
@@ -398,6 +401,38 @@ fn set(r: Arc<Router>, args: Vec<Bytes>) -> Step {
                     }
                 }),
             }
+        }
+        .boxed(),
+    )
+}
+
+/// `EXPIRE key seconds` / `PEXPIRE key ms`: a new time to live for an
+/// existing key, its value kept (the owner's conditional put with
+/// `Cond::Touch`); a time not in the future deletes the key, as in Redis.
+fn expire(r: Arc<Router>, name: &str, args: Vec<Bytes>) -> Step {
+    let n: Option<i64> = std::str::from_utf8(&args[2])
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let Some(n) = n else {
+        return Step::Now(Reply::err("value is not an integer or out of range"));
+    };
+    let secs = if name == "PEXPIRE" {
+        n.saturating_add(999) / 1000
+    } else {
+        n
+    };
+    Step::Later(
+        async move {
+            let key = &args[1];
+            if secs <= 0 {
+                return reply(delete(&r, key).await, |existed| {
+                    Reply::Int(i64::from(existed))
+                });
+            }
+            let ttl = u32::try_from(secs).unwrap_or(u32::MAX);
+            reply(put_if(&r, Cond::Touch, key, b"", Some(ttl)).await, |set| {
+                Reply::Int(i64::from(set))
+            })
         }
         .boxed(),
     )

@@ -37,6 +37,8 @@ pub struct Servers {
     pub router: SocketAddr,
     /// The node's `/metrics` port.
     pub metrics: SocketAddr,
+    /// The router's memcached listener (`MEMCACHE_ADDR`).
+    pub memcache: SocketAddr,
     /// A greeted binary connection to the router, for liveness checks.
     probe: Mutex<Option<Probe>>,
 }
@@ -75,6 +77,13 @@ fn start() -> Servers {
                 router.clone(),
                 shutdown.clone(),
             ));
+            let memcache_listener = milena::net::bind(loopback()).expect("bind memcache");
+            let memcache_addr = memcache_listener.local_addr().expect("memcache addr");
+            tokio::spawn(milena::router::memcache::serve(
+                memcache_listener,
+                router.clone(),
+                shutdown.clone(),
+            ));
 
             let node = Arc::new(Node::new(NodeSettings::default()));
             let node_listener = milena::net::bind(loopback()).expect("bind node");
@@ -101,15 +110,16 @@ fn start() -> Servers {
                 shutdown.clone(),
             ));
             router.members.wait_for(|v| v.ring.len() == 1).await;
-            let _ = tx.send((router_addr, metrics_addr));
+            let _ = tx.send((router_addr, metrics_addr, memcache_addr));
             // Serve until the process exits.
             std::future::pending::<()>().await;
         });
     });
-    let (router, metrics) = rx.recv().expect("servers started");
+    let (router, metrics, memcache) = rx.recv().expect("servers started");
     Servers {
         router,
         metrics,
+        memcache,
         probe: Mutex::new(None),
     }
 }
@@ -147,6 +157,20 @@ fn exchange_within(addr: SocketAddr, data: &[u8], wait: Duration) -> Vec<u8> {
 pub fn router_port(data: &[u8]) {
     let s = servers();
     feed(s.router, data);
+    s.check_router();
+}
+
+/// One input on the router's memcached listener, then checks it and the
+/// router's port still serve.
+pub fn memcache_port(data: &[u8]) {
+    let s = servers();
+    feed(s.memcache, data);
+    let answer = exchange(s.memcache, b"version\r\n");
+    assert!(
+        answer.starts_with(b"VERSION "),
+        "the memcached listener stopped answering after input {data:?}: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
     s.check_router();
 }
 
@@ -286,6 +310,15 @@ pub fn router_seeds() -> Vec<Vec<u8>> {
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec(),
         // Redis clients (RESP2), then inline commands on the same connection.
         b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*3\r\n$4\r\nMGET\r\n$1\r\nk\r\n$1\r\nx\r\nPING\r\nINFO\r\nDEL k x\r\n".to_vec(),
+    ]
+}
+
+/// Seeds for the memcached listener: every command it knows, noreply,
+/// an oversized value, errors.
+pub fn memcache_seeds() -> Vec<Vec<u8>> {
+    vec![
+        b"set k 0 60 1\r\nv\r\nget k x\r\ngets k\r\nadd k 0 0 1 noreply\r\nw\r\nreplace k 0 0 2\r\nvv\r\ntouch k 10\r\ndelete k\r\nstats\r\nversion\r\nmn\r\nquit\r\n".to_vec(),
+        b"set big 0 0 99999999\r\nxxxx\r\nincr n 1\r\nappend k 0 0 1\r\na\r\nbogus\r\n\r\nflush_all\r\nverbosity 1\r\n".to_vec(),
     ]
 }
 
