@@ -15,8 +15,9 @@
 //!   the load tester, node membership and the router's stats fan-out.
 //! - `grpc`: the gRPC contract generated from `protocol/milena.proto`
 //!   (`RouterClient`, `RouterServer`, the messages).
-//! - `resp`: the Redis protocol (RESP2) parsed and encoded, free of I/O;
-//!   the router's `redis` room executes its commands.
+//! - `resp`: the Redis protocol (RESP2, RESP3) parsed and encoded, free of
+//!   I/O; the router's `redis` room executes its commands. `memcache`: the
+//!   memcached text protocol parsed, executed by the router's `memcache` room.
 //! - `ring`: rendezvous placement, pure functions shared by router and nodes.
 //! - `etcd`: membership in etcd (`ETCD_ENDPOINTS`) for several routers: a
 //!   small etcd v3 client, the ring record and a live view of it, shared by

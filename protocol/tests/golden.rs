@@ -226,6 +226,18 @@ fn requests() -> Vec<(&'static str, Request<'static>)> {
             },
         ),
         (
+            "req_put_if_touch",
+            Request {
+                id: 22,
+                op: Op::PutIf {
+                    cond: Cond::Touch,
+                    key: b"k",
+                    value: b"",
+                    ttl: Some(30),
+                },
+            },
+        ),
+        (
             "req_fenced_put_if",
             Request {
                 id: 21,

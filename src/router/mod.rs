@@ -9,8 +9,8 @@
 //! front shares. The fronts: `server` accepts and sniffs a connection,
 //! `session` runs the binary protocol (with `writer` writing answers),
 //! `http` serves health, metrics and `grpc` (the gateway), `redis` serves
-//! Redis clients (RESP from `crate::resp`); both await each operation
-//! through `call`. `local` answers
+//! Redis clients (RESP from `crate::resp`), `memcache` memcached clients
+//! (from `crate::memcache`); they await each operation through `call`. `local` answers
 //! what the router answers itself, and `cluster_stats` gathers counters
 //! from every node. `etcd` follows the ring in etcd when membership
 //! lives there (several routers), instead of the member table deciding.
