@@ -303,6 +303,10 @@ pub struct RouterConfig {
     /// Shared secret nodes must present to join, leave or heartbeat.
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true, value_parser = parse_secret)]
     pub cluster_token: Option<crate::error::Secret>,
+
+    /// Shared secret clients must present for data operations: in the binary hello, as gRPC `authorization: Bearer` metadata, or with Redis AUTH.
+    #[arg(long, env = "CLIENT_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub client_token: Option<crate::error::Secret>,
 }
 
 /// Largest `MAX_VALUE_SIZE`: frames carry a 32-bit length.

@@ -94,8 +94,11 @@ pub enum WireError {
     #[error("unauthorized: {0} needs the cluster token (CLUSTER_TOKEN)")]
     Unauthorized(&'static str),
     /// A hello with a token that does not match.
-    #[error("unauthorized: wrong cluster token")]
+    #[error("unauthorized: wrong token (it is neither the cluster token nor the client token)")]
     WrongToken,
+    /// A data operation without the router's `CLIENT_TOKEN`.
+    #[error("unauthorized: data operations need the client token (CLIENT_TOKEN)")]
+    NeedsClientToken,
     /// Not applied: routed under another ring than the node's, or the key
     /// is still changing hands; the router routes it again.
     #[error("stale ring: {0}")]
@@ -117,7 +120,9 @@ impl WireError {
             WireError::Indeterminate(_) => Status::Internal,
             WireError::StaleRing(_) => Status::StaleRing,
             WireError::RateLimited(_) | WireError::MembershipRateLimited(_) => Status::RateLimited,
-            WireError::Unauthorized(_) | WireError::WrongToken => Status::Unauthorized,
+            WireError::Unauthorized(_) | WireError::WrongToken | WireError::NeedsClientToken => {
+                Status::Unauthorized
+            }
             WireError::EmptyKey
             | WireError::Undecodable(_)
             | WireError::HelloRequired

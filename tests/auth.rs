@@ -79,7 +79,7 @@ async fn a_wrong_token_is_refused_at_hello() {
         .await
         .expect_err("wrong token");
     assert_eq!(err.status(), Some(Status::Unauthorized), "{err}");
-    assert!(err.to_string().contains("wrong cluster token"), "{err}");
+    assert!(err.to_string().contains("wrong token"), "{err}");
     // The router still serves others.
     client(&router.url(), Some(TOKEN))
         .await
@@ -125,4 +125,118 @@ fn tokens_never_show_in_debug_output() {
     assert!(s.matches(Some(TOKEN)));
     assert!(!s.matches(Some("s3cret-cluster-tokeN")));
     assert!(!s.matches(None));
+}
+
+const CLIENT: &str = "s3cret-client-token";
+
+/// CLIENT_TOKEN: every data path needs it (binary hello, gRPC metadata,
+/// Redis AUTH); nodes still join with the cluster token alone; wrong
+/// tokens are refused; what needs no token keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_operations_need_the_client_token_when_one_is_set() {
+    let router = start_router(RouterSettings {
+        cluster_token: Some(Secret::new(TOKEN)),
+        client_token: Some(Secret::new(CLIENT)),
+        ..test_router_settings()
+    })
+    .await;
+    let node = ClusterNode::start_with_token(
+        "127.0.0.1:0",
+        &[router.url()],
+        small_settings(),
+        Some(TOKEN),
+    );
+    router.wait_members(&[&node.url()]).await;
+
+    // Binary protocol.
+    let anon = client(&router.url(), None)
+        .await
+        .expect("hello without a token");
+    anon.ping().await.expect("ping needs no token");
+    for err in [
+        anon.get(b"k").await.expect_err("get"),
+        anon.put(b"k", b"v", None).await.expect_err("put"),
+        anon.stats().await.expect_err("stats"),
+        anon.members().await.expect_err("members"),
+    ] {
+        assert_eq!(err.status(), Some(Status::Unauthorized), "{err}");
+        assert!(err.to_string().contains("CLIENT_TOKEN"), "{err}");
+        assert!(!err.to_string().contains(CLIENT), "the token never appears");
+    }
+    let app = client(&router.url(), Some(CLIENT))
+        .await
+        .expect("client token");
+    app.put(b"k", b"v", None)
+        .await
+        .expect("put with the client token");
+    assert_eq!(
+        app.get(b"k").await.expect("get").as_deref(),
+        Some(&b"v"[..])
+    );
+    let err = app
+        .join("http://127.0.0.1:1")
+        .await
+        .expect_err("no membership");
+    assert_eq!(err.status(), Some(Status::Unauthorized), "{err}");
+    let admin = client(&router.url(), Some(TOKEN))
+        .await
+        .expect("cluster token");
+    assert_eq!(
+        admin.get(b"k").await.expect("get").as_deref(),
+        Some(&b"v"[..])
+    );
+
+    // gRPC: `authorization: Bearer <token>` metadata.
+    use milena::grpc::{GetRequest, RouterClient};
+    let mut g = RouterClient::connect(router.url()).await.expect("grpc");
+    let err = g
+        .get(GetRequest { key: b"k".to_vec() })
+        .await
+        .expect_err("no metadata");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    let mut req = tonic::Request::new(GetRequest { key: b"k".to_vec() });
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {CLIENT}").parse().expect("metadata"),
+    );
+    assert_eq!(
+        g.get(req).await.expect("with the token").into_inner().value,
+        b"v"
+    );
+
+    // Redis: AUTH, and redis-cli's -a.
+    let redis = |args: &[&str], stdin: &str| {
+        let mut cmd = tokio::process::Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &router.addr.port().to_string()])
+            .args(args)
+            .env("REDISCLI_AUTH", "")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let stdin = stdin.to_string();
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let mut child = cmd.spawn().expect("redis-cli (Debian package redis-tools)");
+            let mut input = child.stdin.take().expect("stdin");
+            input.write_all(stdin.as_bytes()).await.expect("write");
+            drop(input);
+            let out = child.wait_with_output().await.expect("redis-cli ran");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let out = redis(&[], "GET k\nAUTH wrong\nAUTH s3cret-client-token\nGET k\n").await;
+    let lines: Vec<&str> = out.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(
+        lines,
+        [
+            "NOAUTH Authentication required.",
+            "WRONGPASS invalid username-password pair or user is disabled.",
+            "OK",
+            "v"
+        ]
+    );
+    let out = redis(&["-a", CLIENT, "--no-auth-warning"], "GET k\n").await;
+    assert_eq!(out.trim(), "v");
+    node.stop().await;
+    router.stop().await;
 }

@@ -240,6 +240,31 @@ async fn router_bad_configuration_exits_with_one_line_naming_the_variable() {
     }
 }
 
+/// The memcached text protocol cannot carry CLIENT_TOKEN: a router asked
+/// for both (without client certificates) refuses to start and says why.
+#[tokio::test]
+async fn memcache_addr_with_a_client_token_is_refused_at_start() {
+    let out = Command::new(ROUTER)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("MEMCACHE_ADDR", "127.0.0.1:0")
+        .env("CLIENT_TOKEN", "s3cret")
+        .output()
+        .await
+        .expect("milena-router runs");
+    // The error is logged, like every other start-up failure.
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("MEMCACHE_ADDR cannot be served with CLIENT_TOKEN"),
+        "{log}"
+    );
+    assert!(!log.contains("s3cret"), "the token never appears: {log}");
+}
+
 /// Reads log lines until one carries `addr=`, and returns that address.
 async fn listening_addr(
     lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,

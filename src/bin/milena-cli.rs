@@ -38,6 +38,10 @@ struct Cli {
     #[arg(long, env = "CLUSTER_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
 
+    /// Token for data operations, when the router has CLIENT_TOKEN (the cluster token also serves).
+    #[arg(long, env = "CLIENT_TOKEN", hide_env_values = true, global = true)]
+    client_token: Option<String>,
+
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -111,7 +115,8 @@ async fn run(cli: Cli) -> Result<ExitCode, ClientError> {
         None
     };
     let opts = milena::client::ClientOptions {
-        token: cli.token.clone(),
+        // One token per connection: the cluster token grants data too.
+        token: cli.token.clone().or_else(|| cli.client_token.clone()),
         tls,
         ..Default::default()
     };

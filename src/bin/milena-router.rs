@@ -36,6 +36,13 @@ async fn serve(cfg: RouterConfig) -> anyhow::Result<()> {
         addr.map(|a| milena::net::bind(a).with_context(|| format!("cannot listen on {name}={a}")))
             .transpose()
     };
+    if let Some(refusal) = milena::router::admit::memcache_refusal(
+        cfg.memcache_addr.is_some(),
+        cfg.client_token.is_some(),
+        cfg.tls.tls_client_auth,
+    ) {
+        anyhow::bail!(refusal);
+    }
     let redis = bind_extra(cfg.redis_addr, "REDIS_ADDR")?;
     let memcache = bind_extra(cfg.memcache_addr, "MEMCACHE_ADDR")?;
     let router = Router::new(settings, shutdown.clone());

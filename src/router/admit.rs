@@ -1,5 +1,6 @@
-//! The one admission path every front (binary protocol, gRPC) shares:
-//! cluster credentials at connection or call time, then, per data request,
+//! The one admission path every front (binary protocol, gRPC, Redis,
+//! memcached) shares: credentials (`CLUSTER_TOKEN`, `CLIENT_TOKEN`) at
+//! connection or call time, then, per data request,
 //! size limits and `RATE_LIMIT`, counted alike whichever way it came in;
 //! and, for joins, the checks an address passes before it enters the ring.
 
@@ -42,29 +43,51 @@ pub fn exposure_warning(
     ))
 }
 
+/// Why a router must not start with `MEMCACHE_ADDR` as configured: the
+/// memcached text protocol has no way to present `CLIENT_TOKEN`, so a
+/// listener for it would be an open door beside a locked one, unless
+/// clients prove themselves with certificates (`TLS_CLIENT_AUTH`).
+pub fn memcache_refusal(
+    memcache: bool,
+    client_token: bool,
+    client_certificates: bool,
+) -> Option<&'static str> {
+    (memcache && client_token && !client_certificates).then_some(
+        "MEMCACHE_ADDR cannot be served with CLIENT_TOKEN set: the memcached text protocol has no way to present a token; require client certificates (TLS_CLIENT_AUTH=true) or unset MEMCACHE_ADDR",
+    )
+}
+
 use super::Router;
 use super::request::Kind;
 use crate::error::WireError;
 
-/// What a client may do, from the cluster token it offered.
+/// What a client may do, from the token it offered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Data operations and membership (join, leave, heartbeat).
-    Cluster,
-    /// Data operations only: no token offered while one is configured.
-    Data,
+pub struct Access {
+    /// Membership: join, leave, heartbeat (needs `CLUSTER_TOKEN` when the
+    /// router has one).
+    pub cluster: bool,
+    /// Data operations, stats and the ring (need `CLIENT_TOKEN`, or the
+    /// cluster token, when the router has a client token).
+    pub data: bool,
 }
 
 impl Router {
-    /// The access `offered` (a hello's or a call's token) grants. A wrong
-    /// token is refused outright; none at all still allows data operations.
+    /// The access `offered` (a hello's, a call's or an `AUTH`'s token)
+    /// grants. A token that matches neither configured token is refused
+    /// outright; none at all grants what needs no token.
     pub fn access(&self, offered: Option<&str>) -> Result<Access, WireError> {
-        match &self.settings.cluster_token {
-            None => Ok(Access::Cluster),
-            Some(secret) if secret.matches(offered) => Ok(Access::Cluster),
-            Some(_) if offered.is_some() => Err(WireError::WrongToken),
-            Some(_) => Ok(Access::Data),
+        let s = &self.settings;
+        let cluster = s.cluster_token.as_ref().is_some_and(|t| t.matches(offered));
+        let client = s.client_token.as_ref().is_some_and(|t| t.matches(offered));
+        let any_configured = s.cluster_token.is_some() || s.client_token.is_some();
+        if offered.is_some() && any_configured && !cluster && !client {
+            return Err(WireError::WrongToken);
         }
+        Ok(Access {
+            cluster: s.cluster_token.is_none() || cluster,
+            data: s.client_token.is_none() || client || cluster,
+        })
     }
 
     /// Admits one data request: refuses keys and values the nodes would

@@ -39,10 +39,26 @@ impl Gateway {
             .get(TOKEN_METADATA)
             .and_then(|v| v.to_str().ok());
         match self.router.access(offered) {
-            Ok(Access::Cluster) => Ok(()),
-            Ok(Access::Data) | Err(_) => Err(Status::unauthenticated(format!(
+            Ok(Access { cluster: true, .. }) => Ok(()),
+            _ => Err(Status::unauthenticated(format!(
                 "{what} needs the cluster token (CLUSTER_TOKEN) in `{TOKEN_METADATA}` metadata"
             ))),
+        }
+    }
+
+    /// Data calls need `CLIENT_TOKEN` (or the cluster token) when the
+    /// router has one, as `authorization: Bearer <token>` metadata.
+    fn authorize_data<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let offered = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.strip_prefix("Bearer ").unwrap_or(v));
+        match self.router.access(offered) {
+            Ok(Access { data: true, .. }) => Ok(()),
+            _ => Err(Status::unauthenticated(
+                "data calls need the client token (CLIENT_TOKEN) as `authorization: Bearer <token>` metadata",
+            )),
         }
     }
 
@@ -130,6 +146,7 @@ impl router_server::Router for Gateway {
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        self.authorize_data(&req)?;
         let key = req.into_inner().key;
         let body = self
             .forward(Kind::Get, &key, None, Op::Get { key: &key })
@@ -142,6 +159,7 @@ impl router_server::Router for Gateway {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.authorize_data(&req)?;
         let p = req.into_inner();
         // proto3 has no "unset": 0 means the node's default TTL.
         let ttl = (p.ttl_seconds != 0).then_some(p.ttl_seconds);
@@ -159,6 +177,7 @@ impl router_server::Router for Gateway {
         &self,
         req: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
+        self.authorize_data(&req)?;
         let key = req.into_inner().key;
         let body = self
             .forward(Kind::Delete, &key, None, Op::Delete { key: &key })
@@ -171,8 +190,11 @@ impl router_server::Router for Gateway {
 
     async fn members(
         &self,
-        _: Request<MembersRequest>,
+        req: Request<MembersRequest>,
     ) -> Result<Response<MembersResponse>, Status> {
+        // Node addresses are for clients and for the cluster alike.
+        self.authorize_data(&req)
+            .or_else(|_| self.authorize(&req, "members"))?;
         let view = self.router.members.view();
         Ok(Response::new(MembersResponse {
             addresses: view.ring.addresses().map(str::to_string).collect(),

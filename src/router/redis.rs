@@ -43,6 +43,8 @@ struct Session {
     name: Option<Bytes>,
     /// The client said `HELLO 3`: replies in RESP3.
     resp3: bool,
+    /// Data commands allowed: no `CLIENT_TOKEN` is set, or `AUTH` gave it.
+    authed: bool,
 }
 
 /// Serves Redis clients on `listener` (`REDIS_ADDR`) until `shutdown`,
@@ -77,7 +79,10 @@ pub async fn serve_resp(
     };
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut out = Vec::with_capacity(16 * 1024);
-    let mut session = Session::default();
+    let mut session = Session {
+        authed: router.access(None).is_ok_and(|a| a.data),
+        ..Session::default()
+    };
     // When the command at the head of `rbuf` started arriving: a client
     // that trickles one never finishes holds its connection only so long.
     let mut partial_since: Option<tokio::time::Instant> = None;
@@ -167,6 +172,9 @@ fn arity(name: &str) -> Reply {
 fn command(router: &Arc<Router>, session: &mut Session, args: Vec<Bytes>) -> Step {
     let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
     let argc = args.len();
+    if !session.authed && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
+        return Step::Now(Reply::Error("NOAUTH Authentication required.".into()));
+    }
     let r = router.clone();
     match name.as_str() {
         "PING" => match argc {
@@ -181,10 +189,8 @@ fn command(router: &Arc<Router>, session: &mut Session, args: Vec<Bytes>) -> Ste
         } else {
             Reply::err("DB index is out of range")
         }),
-        "AUTH" if argc == 2 || argc == 3 => Step::Now(Reply::err(
-            "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-        )),
-        "HELLO" => hello(session, &args),
+        "AUTH" if argc == 2 || argc == 3 => Step::Now(auth(router, session, &args[argc - 1])),
+        "HELLO" => hello(router, session, &args),
         "CLIENT" if argc >= 2 => client(session, &args),
         "COMMAND" => {
             let sub = args
@@ -294,7 +300,26 @@ fn unknown(args: &[Bytes]) -> Reply {
     Reply::err(m)
 }
 
-fn hello(session: &mut Session, args: &[Bytes]) -> Step {
+/// `AUTH [user] password`: the password is `CLIENT_TOKEN` (or the
+/// cluster token); the user name is not checked.
+fn auth(router: &Router, session: &mut Session, password: &[u8]) -> Reply {
+    let s = &router.settings;
+    if s.client_token.is_none() && s.cluster_token.is_none() {
+        return Reply::err(
+            "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        );
+    }
+    let offered = std::str::from_utf8(password).ok();
+    match router.access(offered) {
+        Ok(a) if a.data => {
+            session.authed = true;
+            Reply::OK
+        }
+        _ => Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into()),
+    }
+}
+
+fn hello(router: &Router, session: &mut Session, args: &[Bytes]) -> Step {
     let resp3 = match args.get(1).map(|v| &v[..]) {
         None => session.resp3,
         Some(b"2") => false,
@@ -313,13 +338,17 @@ fn hello(session: &mut Session, args: &[Bytes]) -> Step {
                 session.name = Some(n.clone());
                 i += 2;
             }
-            ("AUTH", Some(_)) if i + 2 < args.len() => {
-                return Step::Now(Reply::err(
-                    "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-                ));
-            }
+            ("AUTH", Some(_)) if i + 2 < args.len() => match auth(router, session, &args[i + 2]) {
+                Reply::Simple(_) => i += 3,
+                refused => return Step::Now(refused),
+            },
             _ => return Step::Now(Reply::err(format!("Syntax error in HELLO option '{opt}'"))),
         }
+    }
+    if !session.authed {
+        return Step::Now(Reply::Error(
+            "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time".into(),
+        ));
     }
     session.resp3 = resp3;
     let t = Reply::text;

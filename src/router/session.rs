@@ -194,6 +194,15 @@ async fn handle_frame(
     let Ok(permit) = slots.clone().acquire_owned().await else {
         return Ok(());
     };
+    let open_to_all = match req.op {
+        Op::Ping | Op::Join { .. } | Op::Leave { .. } | Op::Heartbeat { .. } => true,
+        Op::Members => access.cluster,
+        _ => false,
+    };
+    if !access.data && !open_to_all {
+        reply_error(router, tx, id, WireError::NeedsClientToken, permit);
+        return Ok(());
+    }
     let (kind, key, value) = match req.op {
         Op::Get { key } => (Kind::Get, key, None),
         Op::Put { key, value, .. } => (Kind::Put, key, Some(value)),
@@ -207,7 +216,7 @@ async fn handle_frame(
             });
             return Ok(());
         }
-        Op::Join { .. } | Op::Leave { .. } | Op::Heartbeat { .. } if access != Access::Cluster => {
+        Op::Join { .. } | Op::Leave { .. } | Op::Heartbeat { .. } if !access.cluster => {
             let what = match req.op {
                 Op::Join { .. } => "join",
                 Op::Leave { .. } => "leave",

@@ -44,6 +44,8 @@ pub struct RouterSettings {
     pub node_timeout: Duration,
     /// `CLUSTER_TOKEN`: when set, join, leave and heartbeat need it.
     pub cluster_token: Option<crate::error::Secret>,
+    /// `CLIENT_TOKEN`: when set, data operations need it (or the cluster token).
+    pub client_token: Option<crate::error::Secret>,
     /// TLS for the router's port and for `https://` nodes.
     pub tls: Option<crate::tls::Tls>,
     /// Longest key forwarded (keep equal to the nodes' `MAX_KEY_SIZE`).
@@ -84,6 +86,7 @@ impl Default for RouterSettings {
             connect_timeout: defaults::NODE_CONNECT_TIMEOUT,
             node_timeout: Duration::from_millis(defaults::NODE_TIMEOUT_MS),
             cluster_token: None,
+            client_token: None,
             tls: None,
             max_key: defaults::MAX_KEY_SIZE as usize,
             max_value: defaults::MAX_VALUE_SIZE as usize,
@@ -108,6 +111,7 @@ impl From<&RouterConfig> for RouterSettings {
             buffered: crate::budget::ByteBudget::new(c.max_buffered_bytes),
             frame_timeout: Duration::from_secs(c.frame_timeout_seconds),
             cluster_token: c.cluster_token.clone(),
+            client_token: c.client_token.clone(),
             node_timeout: Duration::from_millis(c.node_timeout_ms),
             max_key: c.max_key_size as usize,
             max_value: c.max_value_size as usize,
