@@ -95,6 +95,10 @@ pub struct NodeConfig {
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50051", value_parser = parse_listen_addr)]
     pub listen_addr: SocketAddr,
 
+    /// Address for Redis clients straight to this node (RESP2/RESP3, single-node use and benchmarks), e.g. 0.0.0.0:6380; off when unset.
+    #[arg(long, env = "REDIS_ADDR", value_parser = parse_listen_addr)]
+    pub redis_addr: Option<SocketAddr>,
+
     /// Router URL(s) to join, comma-separated (e.g. http://localhost:50050).
     #[arg(long, env = "ROUTER_ADDR", value_delimiter = ',')]
     pub router_addr: Vec<String>,
@@ -228,7 +232,7 @@ pub struct RouterConfig {
     #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:50050", value_parser = parse_listen_addr)]
     pub listen_addr: SocketAddr,
 
-    /// Extra address for Redis clients (RESP2), e.g. 0.0.0.0:6379; Redis clients are also served on LISTEN_ADDR.
+    /// Extra address for Redis clients (RESP2, RESP3 after HELLO 3), e.g. 0.0.0.0:6379; Redis clients are also served on LISTEN_ADDR.
     #[arg(long, env = "REDIS_ADDR", value_parser = parse_listen_addr)]
     pub redis_addr: Option<SocketAddr>,
 

@@ -47,6 +47,7 @@ pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod process;
+pub mod redis;
 pub mod resp;
 pub mod ring;
 pub mod router;

@@ -265,3 +265,74 @@ print('ok')
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }
+
+/// A node's own `REDIS_ADDR`: the same commands on its cache, seen by
+/// binary clients of the node, and `redis-benchmark` with no errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_redis_port_serves_its_cache() {
+    let node = common::start_node(small_settings()).await;
+    let listener = milena::net::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let port = listener.local_addr().expect("addr").port().to_string();
+    tokio::spawn(milena::node::redis::serve(
+        listener,
+        node.node.clone(),
+        node.shutdown.clone(),
+    ));
+    let cli = |stdin: &'static str| {
+        let port = port.clone();
+        async move {
+            let mut child = tokio::process::Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &port])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("redis-cli");
+            let mut input = child.stdin.take().expect("stdin");
+            input.write_all(stdin.as_bytes()).await.expect("write");
+            drop(input);
+            let out = child.wait_with_output().await.expect("ran");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        cli("PING\nSET a 1\nSET a 2 NX\nGET a\nEXPIRE a 100\nMGET a b\nDEL a b\nDBSIZE\n").await,
+        ["PONG", "OK", "", "1", "1", "1", "", "1", "0"]
+    );
+    let bin = Client::connect(&node.url()).await.expect("binary");
+    bin.put(b"from-binary", b"x", None).await.expect("put");
+    assert_eq!(cli("GET from-binary\n").await, ["x"]);
+    let out = tokio::process::Command::new("redis-benchmark")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "get,set",
+            "-n",
+            "2000",
+            "-P",
+            "16",
+            "-q",
+        ])
+        .output()
+        .await
+        .expect("redis-benchmark");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = node.node.stats_list();
+    let errors = stats.iter().find(|s| s.name == "errors").map(|s| s.value);
+    assert_eq!(errors, Some(0));
+    let puts = stats
+        .iter()
+        .find(|s| s.name == "puts")
+        .map_or(0, |s| s.value);
+    assert!(puts >= 2000, "{puts} puts");
+    node.stop().await;
+}

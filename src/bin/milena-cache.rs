@@ -29,6 +29,16 @@ async fn serve(cfg: NodeConfig) -> anyhow::Result<()> {
     let tls_client = settings.tls.as_ref().map(|t| t.connector.clone());
     let tier = milena::node::tier::open(&cfg).await?;
     let node = Arc::new(Node::with_tier(settings, milena::node::Clock::new(), tier));
+    if let Some(addr) = cfg.redis_addr {
+        let redis = milena::net::bind(addr)
+            .with_context(|| format!("cannot listen on REDIS_ADDR={addr}"))?;
+        info!(addr = %redis.local_addr()?, "Redis clients on REDIS_ADDR");
+        tokio::spawn(milena::node::redis::serve(
+            redis,
+            node.clone(),
+            shutdown.clone(),
+        ));
+    }
     if let Some(port) = cfg.metrics_port {
         let addr = std::net::SocketAddr::new(cfg.listen_addr.ip(), port);
         let metrics = milena::net::bind(addr)

@@ -14,6 +14,7 @@ pub mod fence;
 pub mod membership;
 pub mod metrics;
 pub mod peers;
+pub mod redis;
 pub mod replicas;
 pub mod replication;
 pub mod server;

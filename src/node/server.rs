@@ -55,6 +55,27 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: Cancellatio
     .await;
 }
 
+/// An accepted connection as a stream: after the TLS handshake when the
+/// node has TLS (bounded by the hello timeout); `None`, counted as a
+/// protocol error, if that fails.
+pub(super) async fn accept_stream(tcp: TcpStream, node: &Node) -> Option<Stream> {
+    let Some(tls) = &node.settings.tls else {
+        return Some(Stream::Plain(tcp));
+    };
+    match tokio::time::timeout(node.settings.hello_timeout, tls.acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => Some(Stream::Server(Box::new(s))),
+        Ok(Err(e)) => {
+            node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
 /// What the frame loop does after a frame.
 enum Flow {
     Continue,
@@ -69,23 +90,8 @@ async fn serve_connection(
     node: &Arc<Node>,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
-    let mut stream = match &node.settings.tls {
-        Some(tls) => {
-            match tokio::time::timeout(node.settings.hello_timeout, tls.acceptor.accept(tcp)).await
-            {
-                Ok(Ok(s)) => Stream::Server(Box::new(s)),
-                Ok(Err(e)) => {
-                    node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    debug!(error = %e, "TLS handshake failed");
-                    return Ok(());
-                }
-                Err(_) => {
-                    node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
-                }
-            }
-        }
-        None => Stream::Plain(tcp),
+    let Some(mut stream) = accept_stream(tcp, node).await else {
+        return Ok(());
     };
     let mut codec = FrameCodec::new(node.settings.max_frame());
     let mut rbuf = BytesMut::with_capacity(BUF_CAPACITY);
