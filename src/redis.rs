@@ -15,11 +15,32 @@ use crate::error::WireError;
 use crate::resp::{Limits, Reply, parse};
 use crate::tls::Stream;
 
+/// A data operation's answer: a response body (without the length
+/// prefix), or the router's or node's error.
+pub type Answered = Result<Bytes, WireError>;
+
+/// A data operation, started.
+pub enum Answer {
+    /// Answered at once (a node's memory hit).
+    Now(Answered),
+    /// Answered when this completes.
+    Later(BoxFuture<'static, Answered>),
+}
+
+impl Answer {
+    /// The answer as a future, whichever it is.
+    fn future(self) -> BoxFuture<'static, Answered> {
+        match self {
+            Answer::Now(a) => futures_util::future::ready(a).boxed(),
+            Answer::Later(f) => f,
+        }
+    }
+}
+
 /// Where a Redis connection's commands go.
 pub trait Backend: Clone + Send + Sync + 'static {
-    /// Runs one data operation (`Get`, `Put`, `Delete`, `PutIf`): its
-    /// answer as a response body (without the length prefix).
-    fn call<'a>(&'a self, op: Op<'a>) -> BoxFuture<'a, Result<Bytes, WireError>>;
+    /// Starts one data operation (`Get`, `Put`, `Delete`, `PutIf`).
+    fn start(&self, op: Op<'_>) -> Answer;
     /// Counters for `INFO` and `DBSIZE`, named as the router's `stats`
     /// names them (`connections`, `nodes_items`, `nodes_hits`, ...).
     fn counters(&self) -> BoxFuture<'_, Vec<(String, u64)>>;
@@ -128,14 +149,23 @@ pub async fn serve_resp<B: Backend>(
             (false, Some(t)) => Some(t),
             (false, None) => Some(tokio::time::Instant::now()),
         };
-        let resp3: Vec<bool> = steps.iter().map(|(_, v3)| *v3).collect();
-        let replies = join_all(steps.into_iter().map(|(s, _)| match s {
-            Step::Now(r) | Step::Close(r) => futures_util::future::ready(r).boxed(),
-            Step::Later(f) => f,
-        }))
-        .await;
-        for (r, v3) in replies.iter().zip(resp3) {
-            r.encode_as(&mut out, v3);
+        if steps.iter().all(|(s, _)| !matches!(s, Step::Later(_))) {
+            // All answered already (memory hits on a node): no futures.
+            for (s, v3) in &steps {
+                if let Step::Now(r) | Step::Close(r) = s {
+                    r.encode_as(&mut out, *v3);
+                }
+            }
+        } else {
+            let resp3: Vec<bool> = steps.iter().map(|(_, v3)| *v3).collect();
+            let replies = join_all(steps.into_iter().map(|(s, _)| match s {
+                Step::Now(r) | Step::Close(r) => futures_util::future::ready(r).boxed(),
+                Step::Later(f) => f,
+            }))
+            .await;
+            for (r, v3) in replies.iter().zip(resp3) {
+                r.encode_as(&mut out, v3);
+            }
         }
         if !out.is_empty() {
             stream.write_all(&out).await?;
@@ -160,17 +190,26 @@ fn arity(name: &str) -> Reply {
 
 /// Executes one command (or starts it).
 fn command<B: Backend>(backend: &B, session: &mut Session, args: Vec<Bytes>) -> Step {
-    let name = String::from_utf8_lossy(&args[0]).to_ascii_uppercase();
+    // Upper-cased on the stack: no allocation per command.
+    let mut upper = [0u8; 16];
+    let name = match args[0].len() {
+        n @ 1..=16 => {
+            upper[..n].copy_from_slice(&args[0]);
+            upper[..n].make_ascii_uppercase();
+            std::str::from_utf8(&upper[..n]).unwrap_or("")
+        }
+        _ => "",
+    };
     let argc = args.len();
-    if !session.authed && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
+    if !session.authed && !matches!(name, "AUTH" | "HELLO" | "QUIT") {
         return Step::Now(Reply::Error("NOAUTH Authentication required.".into()));
     }
     let r = backend.clone();
-    match name.as_str() {
+    match name {
         "PING" => match argc {
             1 => Step::Now(Reply::Simple("PONG")),
             2 => Step::Now(Reply::Bulk(Some(args[1].clone()))),
-            _ => Step::Now(arity(&name)),
+            _ => Step::Now(arity(name)),
         },
         "ECHO" if argc == 2 => Step::Now(Reply::Bulk(Some(args[1].clone()))),
         "QUIT" => Step::Close(Reply::OK),
@@ -193,60 +232,56 @@ fn command<B: Backend>(backend: &B, session: &mut Session, args: Vec<Bytes>) -> 
                 _ => Reply::Array(Vec::new()),
             })
         }
-        "GET" if argc == 2 => Step::Later(
-            async move {
-                let key = &args[1];
-                reply(get(&r, key).await, Reply::Bulk)
-            }
-            .boxed(),
-        ),
-        "SET" if argc >= 3 => set(r, args),
+        "GET" if argc == 2 => single(&r, Op::Get { key: &args[1] }, |a| {
+            reply(decode(a), Reply::Bulk)
+        }),
+        "SET" if argc >= 3 => set(&r, &args),
         "SETEX" if argc == 4 => {
             let Some(ttl) = seconds(&args[2]) else {
                 return Step::Now(Reply::err("invalid expire time in 'setex' command"));
             };
-            Step::Later(
-                async move { reply(put(&r, &args[1], &args[3], Some(ttl)).await, |()| Reply::OK) }
-                    .boxed(),
-            )
+            let op = Op::Put {
+                key: &args[1],
+                value: &args[3],
+                ttl: Some(ttl),
+            };
+            single(&r, op, |a| reply(decode(a), |_| Reply::OK))
         }
-        "EXPIRE" | "PEXPIRE" if argc == 3 => expire(r, &name, args),
-        "DEL" | "UNLINK" if argc >= 2 => Step::Later(
-            async move {
-                let dels = args[1..].iter().map(|k| delete(&r, k));
+        "EXPIRE" | "PEXPIRE" if argc == 3 => expire(&r, name, &args),
+        "DEL" | "UNLINK" if argc >= 2 => {
+            let dels = every(&r, &args[1..], |key| Op::Delete { key });
+            later(async move {
                 let mut n = 0;
                 for d in join_all(dels).await {
-                    match d {
-                        Ok(true) => n += 1,
-                        Ok(false) => {}
-                        Err(e) => return e,
-                    }
-                }
-                Reply::Int(n)
-            }
-            .boxed(),
-        ),
-        "EXISTS" if argc >= 2 => Step::Later(
-            async move {
-                let gets = args[1..].iter().map(|k| get(&r, k));
-                let mut n = 0;
-                for g in join_all(gets).await {
-                    match g {
+                    match decode(d) {
                         Ok(Some(_)) => n += 1,
                         Ok(None) => {}
                         Err(e) => return e,
                     }
                 }
                 Reply::Int(n)
-            }
-            .boxed(),
-        ),
-        "MGET" if argc >= 2 => Step::Later(
-            async move {
-                let gets = args[1..].iter().map(|k| get(&r, k));
+            })
+        }
+        "EXISTS" if argc >= 2 => {
+            let gets = every(&r, &args[1..], |key| Op::Get { key });
+            later(async move {
+                let mut n = 0;
+                for g in join_all(gets).await {
+                    match decode(g) {
+                        Ok(Some(_)) => n += 1,
+                        Ok(None) => {}
+                        Err(e) => return e,
+                    }
+                }
+                Reply::Int(n)
+            })
+        }
+        "MGET" if argc >= 2 => {
+            let gets = every(&r, &args[1..], |key| Op::Get { key });
+            later(async move {
                 let mut values = Vec::with_capacity(argc - 1);
                 for g in join_all(gets).await {
-                    match g {
+                    match decode(g) {
                         Ok(v) => values.push(Reply::Bulk(v)),
                         // One error for the whole command, as a Redis
                         // Cluster client sees when a slot's node fails.
@@ -254,25 +289,33 @@ fn command<B: Backend>(backend: &B, session: &mut Session, args: Vec<Bytes>) -> 
                     }
                 }
                 Reply::Array(values)
-            }
-            .boxed(),
-        ),
-        "MSET" if argc >= 3 && argc % 2 == 1 => Step::Later(
-            async move {
-                let puts = args[1..].chunks(2).map(|kv| put(&r, &kv[0], &kv[1], None));
+            })
+        }
+        "MSET" if argc >= 3 && argc % 2 == 1 => {
+            let puts: Vec<_> = args[1..]
+                .chunks(2)
+                .map(|kv| {
+                    let op = Op::Put {
+                        key: &kv[0],
+                        value: &kv[1],
+                        ttl: None,
+                    };
+                    r.start(op).future()
+                })
+                .collect();
+            later(async move {
                 for p in join_all(puts).await {
-                    if let Err(e) = p {
+                    if let Err(e) = decode(p) {
                         return e;
                     }
                 }
                 Reply::OK
-            }
-            .boxed(),
-        ),
-        "DBSIZE" if argc == 1 => Step::Later(
-            async move { Reply::Int(node_stat(&r, "nodes_items").await as i64) }.boxed(),
-        ),
-        "INFO" => Step::Later(async move { Reply::Bulk(Some(info(&r).await.into())) }.boxed()),
+            })
+        }
+        "DBSIZE" if argc == 1 => {
+            later(async move { Reply::Int(node_stat(&r, "nodes_items").await as i64) })
+        }
+        "INFO" => later(async move { Reply::Bulk(Some(info(&r).await.into())) }),
         known if COMMANDS.contains(&known) => Step::Now(arity(known)),
         _ => Step::Now(unknown(&args)),
     }
@@ -375,7 +418,7 @@ fn client(session: &mut Session, args: &[Bytes]) -> Step {
 }
 
 /// `SET key value [NX | XX] [EX s | PX ms]`.
-fn set<B: Backend>(r: B, args: Vec<Bytes>) -> Step {
+fn set<B: Backend>(r: &B, args: &[Bytes]) -> Step {
     let (mut ttl, mut cond) = (None, None);
     let mut i = 3;
     while i < args.len() {
@@ -404,29 +447,36 @@ fn set<B: Backend>(r: B, args: Vec<Bytes>) -> Step {
             2
         };
     }
-    Step::Later(
-        async move {
-            let (key, value) = (&args[1], &args[2]);
-            match cond {
-                None => reply(put(&r, key, value, ttl).await, |()| Reply::OK),
-                // Not written: Redis answers a null bulk string.
-                Some(cond) => reply(put_if(&r, cond, key, value, ttl).await, |written| {
+    let (key, value) = (&args[1][..], &args[2][..]);
+    match cond {
+        None => single(r, Op::Put { key, value, ttl }, |a| {
+            reply(decode(a), |_| Reply::OK)
+        }),
+        Some(cond) => {
+            let op = Op::PutIf {
+                cond,
+                key,
+                value,
+                ttl,
+            };
+            // Not written: Redis answers a null bulk string.
+            single(r, op, |a| {
+                reply(decode_cond(a), |written| {
                     if written {
                         Reply::OK
                     } else {
                         Reply::Bulk(None)
                     }
-                }),
-            }
+                })
+            })
         }
-        .boxed(),
-    )
+    }
 }
 
 /// `EXPIRE key seconds` / `PEXPIRE key ms`: a new time to live for an
 /// existing key, its value kept (the owner's conditional put with
 /// `Cond::Touch`); a time not in the future deletes the key, as in Redis.
-fn expire<B: Backend>(r: B, name: &str, args: Vec<Bytes>) -> Step {
+fn expire<B: Backend>(r: &B, name: &str, args: &[Bytes]) -> Step {
     let n: Option<i64> = std::str::from_utf8(&args[2])
         .ok()
         .and_then(|v| v.parse().ok());
@@ -438,21 +488,49 @@ fn expire<B: Backend>(r: B, name: &str, args: Vec<Bytes>) -> Step {
     } else {
         n
     };
-    Step::Later(
-        async move {
-            let key = &args[1];
-            if secs <= 0 {
-                return reply(delete(&r, key).await, |existed| {
-                    Reply::Int(i64::from(existed))
-                });
-            }
-            let ttl = u32::try_from(secs).unwrap_or(u32::MAX);
-            reply(put_if(&r, Cond::Touch, key, b"", Some(ttl)).await, |set| {
-                Reply::Int(i64::from(set))
+    let key = &args[1][..];
+    if secs <= 0 {
+        return single(r, Op::Delete { key }, |a| {
+            reply(decode(a), |existed| {
+                Reply::Int(i64::from(existed.is_some()))
             })
-        }
-        .boxed(),
-    )
+        });
+    }
+    let op = Op::PutIf {
+        cond: Cond::Touch,
+        key,
+        value: b"",
+        ttl: Some(u32::try_from(secs).unwrap_or(u32::MAX)),
+    };
+    single(r, op, |a| {
+        reply(decode_cond(a), |set| Reply::Int(i64::from(set)))
+    })
+}
+
+/// A one-key command: its reply at once when the backend answered at
+/// once, else when it does.
+fn single<B: Backend>(
+    r: &B,
+    op: Op<'_>,
+    finish: impl FnOnce(Answered) -> Reply + Send + 'static,
+) -> Step {
+    match r.start(op) {
+        Answer::Now(a) => Step::Now(finish(a)),
+        Answer::Later(f) => later(async move { finish(f.await) }),
+    }
+}
+
+/// The same operation on every key, started at once.
+fn every<'k, B: Backend>(
+    r: &B,
+    keys: &'k [Bytes],
+    op: impl Fn(&'k [u8]) -> Op<'k>,
+) -> Vec<BoxFuture<'static, Answered>> {
+    keys.iter().map(|k| r.start(op(k)).future()).collect()
+}
+
+fn later(f: impl std::future::Future<Output = Reply> + Send + 'static) -> Step {
+    Step::Later(f.boxed())
 }
 
 /// A positive number of seconds that fits Milena's TTL.
@@ -490,7 +568,7 @@ fn error_reply(status: Status, message: &str) -> Reply {
 }
 
 /// Decodes a call's answer: `Ok(Some(value))`, `Ok(None)` for not found.
-fn decode(answer: Result<Bytes, WireError>) -> Result<Option<Bytes>, Reply> {
+fn decode(answer: Answered) -> Result<Option<Bytes>, Reply> {
     let frame = answer.map_err(|e| error_reply(e.status(), &e.to_string()))?;
     let r = decode_response(&frame).map_err(|e| Reply::err(format!("bad answer: {e}")))?;
     match (r.status, r.body) {
@@ -502,43 +580,16 @@ fn decode(answer: Result<Bytes, WireError>) -> Result<Option<Bytes>, Reply> {
     }
 }
 
-async fn get<B: Backend>(r: &B, key: &[u8]) -> Result<Option<Bytes>, Reply> {
-    decode(r.call(Op::Get { key }).await)
-}
-
-async fn put<B: Backend>(r: &B, key: &[u8], value: &[u8], ttl: Option<u32>) -> Result<(), Reply> {
-    decode(r.call(Op::Put { key, value, ttl }).await).map(|_| ())
-}
-
-/// A conditional put; whether it was written.
-async fn put_if<B: Backend>(
-    r: &B,
-    cond: Cond,
-    key: &[u8],
-    value: &[u8],
-    ttl: Option<u32>,
-) -> Result<bool, Reply> {
-    let op = Op::PutIf {
-        cond,
-        key,
-        value,
-        ttl,
-    };
-    let frame = r
-        .call(op)
-        .await
-        .map_err(|e| error_reply(e.status(), &e.to_string()))?;
-    let answer = decode_response(&frame).map_err(|e| Reply::err(format!("bad answer: {e}")))?;
-    match (answer.status, answer.body) {
+/// Decodes a conditional put's answer: whether it was written.
+fn decode_cond(answer: Answered) -> Result<bool, Reply> {
+    let frame = answer.map_err(|e| error_reply(e.status(), &e.to_string()))?;
+    let r = decode_response(&frame).map_err(|e| Reply::err(format!("bad answer: {e}")))?;
+    match (r.status, r.body) {
         (Status::Ok, _) => Ok(true),
         (Status::NotStored, _) => Ok(false),
         (s, Body::Message(m)) => Err(error_reply(s, m)),
         (s, _) => Err(error_reply(s, s.as_str())),
     }
-}
-
-async fn delete<B: Backend>(r: &B, key: &[u8]) -> Result<bool, Reply> {
-    decode(r.call(Op::Delete { key }).await).map(|v| v.is_some())
 }
 
 async fn node_stat<B: Backend>(r: &B, name: &str) -> u64 {

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::execute::{Later, execute};
 use super::{Node, Tally};
 use crate::error::WireError;
-use crate::redis::Backend;
+use crate::redis::{Answer, Answered, Backend};
 use crate::resp::Limits;
 
 /// A node as a Redis backend.
@@ -24,28 +24,26 @@ use crate::resp::Limits;
 struct Local(Arc<Node>);
 
 impl Backend for Local {
-    fn call<'a>(&'a self, op: Op<'a>) -> BoxFuture<'a, Result<Bytes, WireError>> {
+    fn start(&self, op: Op<'_>) -> Answer {
         let mut out = Vec::new();
         let mut tally = Tally::default();
         let later = execute(&self.0, 0, op, &mut out, &mut tally);
         self.0.stats.fold(&mut tally);
-        async move {
-            let frame = match later {
-                None => out,
-                // A tier read others may share: it runs to its end even if
-                // this connection goes.
-                Some(Later::Spawn(work)) => tokio::spawn(work)
-                    .await
-                    .map_err(|_| WireError::Unavailable("the request was dropped".into()))?,
-                Some(Later::Here(work)) => work.await,
-            };
-            // Without its length prefix, as a router's answer comes.
-            if frame.len() < 4 {
-                return Err(WireError::Unavailable("no answer was encoded".into()));
-            }
-            Ok(Bytes::from(frame).slice(4..))
+        match later {
+            None => Answer::Now(body(out)),
+            // A tier read others may share: it runs to its end even if
+            // this connection goes.
+            Some(Later::Spawn(work)) => Answer::Later(
+                async move {
+                    let frame = tokio::spawn(work)
+                        .await
+                        .map_err(|_| WireError::Unavailable("the request was dropped".into()))?;
+                    body(frame)
+                }
+                .boxed(),
+            ),
+            Some(Later::Here(work)) => Answer::Later(async move { body(work.await) }.boxed()),
         }
-        .boxed()
     }
 
     fn counters(&self) -> BoxFuture<'_, Vec<(String, u64)>> {
@@ -84,6 +82,14 @@ impl Backend for Local {
     fn protocol_error(&self) {
         self.0.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// An encoded response without its length prefix, as a router's answer comes.
+fn body(frame: Vec<u8>) -> Answered {
+    if frame.len() < 4 {
+        return Err(WireError::Unavailable("no answer was encoded".into()));
+    }
+    Ok(Bytes::from(frame).slice(4..))
 }
 
 /// Serves Redis clients on `listener` (the node's `REDIS_ADDR`) until

@@ -20,38 +20,38 @@ pub const MAX_CALLS: usize = 4096;
 impl Router {
     /// Admits `op` on `key` (sizes, rate limit), routes it, and returns
     /// the answer's response frame (the node's, or the router's error).
-    pub async fn call(
+    /// The admission and the encoding happen now; the future owns what it
+    /// needs, so it may outlive the arguments.
+    pub fn call(
         self: &Arc<Self>,
         kind: Kind,
         key: &[u8],
         value: Option<&[u8]>,
         op: Op<'_>,
-    ) -> Result<Bytes, WireError> {
+    ) -> impl std::future::Future<Output = Result<Bytes, WireError>> + Send + 'static {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
-        self.admit(kind, key, value)?;
-        let mut frame = Vec::new();
-        encode_request(&Request { id: 0, op }, &mut frame);
-        let permit = self
-            .calls
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| WireError::Unavailable("the router is shutting down".into()))?;
-        let (reply, mut answer) = replies(self.settings.buffered.clone());
-        let fwd = Forward::new(
-            0,
-            Bytes::from(frame).slice(4..),
-            kind,
-            key_hash(key),
-            reply,
-            permit,
-            Instant::now(),
-        );
-        self.route(fwd).await;
-        answer
-            .recv()
-            .await
-            .map(|(body, _slot)| body)
-            .ok_or_else(|| WireError::Unavailable("the request was dropped".into()))
+        let prepared = self.admit(kind, key, value).map(|()| {
+            let mut frame = Vec::new();
+            encode_request(&Request { id: 0, op }, &mut frame);
+            (Bytes::from(frame).slice(4..), key_hash(key))
+        });
+        let router = self.clone();
+        async move {
+            let (body, hash) = prepared?;
+            let permit = router
+                .calls
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| WireError::Unavailable("the router is shutting down".into()))?;
+            let (reply, mut answer) = replies(router.settings.buffered.clone());
+            let fwd = Forward::new(0, body, kind, hash, reply, permit, Instant::now());
+            router.route(fwd).await;
+            answer
+                .recv()
+                .await
+                .map(|(body, _slot)| body)
+                .ok_or_else(|| WireError::Unavailable("the request was dropped".into()))
+        }
     }
 }

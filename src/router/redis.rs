@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use milena_protocol::Op;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::Router;
 use super::request::Kind;
 use crate::error::WireError;
-use crate::redis::Backend;
+use crate::redis::{Answer, Backend};
 use crate::resp::Limits;
 use crate::tls::Stream;
 
@@ -25,18 +24,15 @@ use crate::tls::Stream;
 struct Routed(Arc<Router>);
 
 impl Backend for Routed {
-    fn call<'a>(&'a self, op: Op<'a>) -> BoxFuture<'a, Result<Bytes, WireError>> {
+    fn start(&self, op: Op<'_>) -> Answer {
         let (kind, key, value) = match op {
             Op::Get { key } => (Kind::Get, key, None),
             Op::Put { key, value, .. } => (Kind::Put, key, Some(value)),
             Op::Delete { key } => (Kind::Delete, key, None),
             Op::PutIf { key, value, .. } => (Kind::PutIf, key, Some(value)),
-            _ => {
-                let e = WireError::Undecodable("not a data operation".into());
-                return futures_util::future::ready(Err(e)).boxed();
-            }
+            _ => return Answer::Now(Err(WireError::Undecodable("not a data operation".into()))),
         };
-        self.0.call(kind, key, value, op).boxed()
+        Answer::Later(self.0.call(kind, key, value, op).boxed())
     }
 
     fn counters(&self) -> BoxFuture<'_, Vec<(String, u64)>> {
