@@ -25,7 +25,8 @@ struct Local(Arc<Node>);
 
 impl Backend for Local {
     fn start(&self, op: Op<'_>) -> Answer {
-        let mut out = Vec::new();
+        // Room for a small value's answer without growing.
+        let mut out = Vec::with_capacity(256);
         let mut tally = Tally::default();
         let later = execute(&self.0, 0, op, &mut out, &mut tally);
         self.0.stats.fold(&mut tally);
