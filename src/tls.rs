@@ -191,6 +191,17 @@ pub enum Stream {
     Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// TLS, connected.
     Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Another stream, with bytes already read from it (to tell which
+    /// protocol a TLS connection speaks) handed out first.
+    Prefixed(Box<Prefixed>),
+}
+
+/// A stream and the bytes read from it ahead of its reader.
+pub struct Prefixed {
+    /// Read already, not yet handed out.
+    pub prefix: bytes::Bytes,
+    /// The stream they came from.
+    pub inner: Stream,
 }
 
 impl Stream {
@@ -200,6 +211,7 @@ impl Stream {
             Stream::Plain(_) => None,
             Stream::Server(s) => s.get_ref().1.alpn_protocol(),
             Stream::Client(s) => s.get_ref().1.alpn_protocol(),
+            Stream::Prefixed(p) => p.inner.alpn(),
         }
     }
 }
@@ -214,6 +226,12 @@ impl AsyncRead for Stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Server(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Client(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Prefixed(p) if !p.prefix.is_empty() => {
+                let n = p.prefix.len().min(buf.remaining());
+                buf.put_slice(&p.prefix.split_to(n));
+                Poll::Ready(Ok(()))
+            }
+            Stream::Prefixed(p) => Pin::new(&mut p.inner).poll_read(cx, buf),
         }
     }
 }
@@ -228,6 +246,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Server(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Client(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Prefixed(p) => Pin::new(&mut p.inner).poll_write(cx, buf),
         }
     }
 
@@ -236,6 +255,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Server(s) => Pin::new(s).poll_flush(cx),
             Stream::Client(s) => Pin::new(s).poll_flush(cx),
+            Stream::Prefixed(p) => Pin::new(&mut p.inner).poll_flush(cx),
         }
     }
 
@@ -244,6 +264,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Server(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Client(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Prefixed(p) => Pin::new(&mut p.inner).poll_shutdown(cx),
         }
     }
 }

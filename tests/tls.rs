@@ -25,6 +25,11 @@ impl Pki {
         std::fs::create_dir_all(&dir).expect("dir");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Names of their own: OpenSSL (redis-cli, Python) takes a leaf whose
+        // subject equals its issuer's for self-signed, and refuses it.
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("milena test CA {name}"));
         let key = KeyPair::generate().expect("key");
         let ca = dir.join("ca.pem");
         std::fs::write(&ca, params.self_signed(&key).expect("ca").pem()).expect("write");
@@ -38,10 +43,11 @@ impl Pki {
     /// Cert and key files for `localhost`, signed by this CA.
     fn issue(&self, who: &str) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(vec!["localhost".to_string()])
-            .expect("params")
-            .signed_by(&key, &self.issuer)
-            .expect("sign");
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, who.to_string());
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
         let (c, k) = (
             self.dir.join(format!("{who}.pem")),
             self.dir.join(format!("{who}.key")),
@@ -270,4 +276,100 @@ async fn the_guides_tls_snippet_runs() {
         node.stop().await;
     }
     panic!("the TLS example never answered: {last}");
+}
+
+/// Redis and memcached clients over TLS: `redis-cli --tls` on the router's
+/// own port (told from the binary protocol by its first byte after the
+/// handshake) and on `REDIS_ADDR`; pymemcache with TLS on `MEMCACHE_ADDR`;
+/// a plain client on those ports gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_and_memcached_clients_over_tls() {
+    let pki = Pki::new("fronts");
+    let (router, node) = tls_cluster(&pki, false).await;
+    let bind = || milena::net::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let (redis_l, mc_l) = (bind(), bind());
+    let (redis_port, mc_port) = (
+        redis_l.local_addr().expect("addr").port(),
+        mc_l.local_addr().expect("addr").port(),
+    );
+    tokio::spawn(milena::router::redis::serve(
+        redis_l,
+        router.router.clone(),
+        router.shutdown.clone(),
+    ));
+    tokio::spawn(milena::router::memcache::serve(
+        mc_l,
+        router.router.clone(),
+        router.shutdown.clone(),
+    ));
+    let ca = pki.ca.to_str().expect("path").to_string();
+    let redis_cli = |port: u16, stdin: &'static str| {
+        let ca = ca.clone();
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let mut child = tokio::process::Command::new("redis-cli")
+                .args(["--tls", "--cacert", &ca])
+                .args(["-h", "localhost", "-p", &port.to_string()])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("redis-cli");
+            let mut input = child.stdin.take().expect("stdin");
+            input.write_all(stdin.as_bytes()).await.expect("write");
+            drop(input);
+            let out = child.wait_with_output().await.expect("ran");
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }
+    };
+    assert_eq!(
+        redis_cli(router.addr.port(), "SET tls-key v1\nGET tls-key\n").await,
+        "OK\nv1\n"
+    );
+    assert_eq!(redis_cli(redis_port, "GET tls-key\n").await, "v1\n");
+    let script = r#"
+import ssl, sys
+from pymemcache.client.base import Client
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+ctx.check_hostname = False
+c = Client(('127.0.0.1', int(sys.argv[1])), tls_context=ctx)
+assert c.get('tls-key') == b'v1'
+assert c.set('tls-mc', 'v2', noreply=False) is True
+print('ok')
+"#;
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script, &mc_port.to_string(), &ca])
+        .output()
+        .await
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The binary protocol on the same TLS port still works, and sees it.
+    let tls_opts = ClientOptions {
+        tls: Some(client_config(Some(&pki.ca), None).expect("client tls")),
+        ..ClientOptions::default()
+    };
+    let c = Client::connect_with(&https(router.addr), tls_opts)
+        .await
+        .expect("binary over tls");
+    assert_eq!(
+        c.get(b"tls-mc").await.expect("get").as_deref(),
+        Some(&b"v2"[..])
+    );
+    // Plain text on a TLS port is not served.
+    let plain = tokio::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &redis_port.to_string(), "PING"])
+        .output()
+        .await
+        .expect("redis-cli");
+    assert!(!String::from_utf8_lossy(&plain.stdout).contains("PONG"));
+    node.stop().await;
+    router.stop().await;
 }

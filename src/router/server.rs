@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -104,7 +105,32 @@ async fn serve_tls(
         Some(b"h2") | Some(b"http/1.1") => {
             Box::pin(serve_http(stream, router.clone(), shutdown)).await
         }
-        _ => serve_binary(stream, router, shutdown).await,
+        // No ALPN says which: the first byte does, as on a plain port
+        // (`*` for a Redis client, else the binary protocol).
+        _ => {
+            let mut stream = stream;
+            let mut first = [0u8; 1];
+            let read = tokio::select! {
+                r = tokio::time::timeout(router.settings.hello_timeout, stream.read(&mut first)) => r,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            match read {
+                Ok(Ok(1)) => {}
+                // Silent so far: the binary protocol's own hello deadline
+                // answers it (bounded, if later than on a plain port).
+                Err(_) => return serve_binary(stream, router, shutdown).await,
+                Ok(_) => return Ok(()), // closed or failed
+            }
+            let stream = Stream::Prefixed(Box::new(crate::tls::Prefixed {
+                prefix: bytes::Bytes::copy_from_slice(&first),
+                inner: stream,
+            }));
+            if first[0] == b'*' {
+                Box::pin(super::redis::serve_resp(stream, router, shutdown)).await
+            } else {
+                serve_binary(stream, router, shutdown).await
+            }
+        }
     }
 }
 
