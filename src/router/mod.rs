@@ -15,6 +15,7 @@
 //! from every node. `etcd` follows the ring in etcd when membership
 //! lives there (several routers), instead of the member table deciding.
 
+pub mod accept;
 pub mod admit;
 pub mod call;
 pub mod cluster_stats;

@@ -70,7 +70,7 @@ pub async fn serve(
     router: Arc<Router>,
     shutdown: CancellationToken,
 ) {
-    super::server::serve_listener(
+    super::accept::serve_listener(
         listener,
         router,
         shutdown,
