@@ -32,11 +32,15 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-start() { # name, then the command; sets URL
+start() { # name, then the command (taskset and env exec it: same pid)
   local name=$1; shift
   "$@" >"$OUT/$name.log" 2>&1 &
   pids+=($!)
+  echo $! >"$OUT/$name.pid"
 }
+# CPU time (utime + stime, clock ticks) of the named processes so far.
+ticks() { local sum=0 n; for n in "$@"; do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$(cat "$OUT/$n.pid")/stat"))); done; echo "$sum"; }
+declare -A PROCS=([memcached-t1]=memcached-t1 [memcached-t2]=memcached-t2 [redis]=redis [milena-node]=milena-node [milena-router]="milena-router milena-router-node")
 
 declare -A URL
 p=$(free_port); start memcached-t1 taskset -c "$SERVER_CPU" memcached -u "$(id -un)" -l 127.0.0.1 -p "$p" -U 0 -t 1 -m 1024 -c 4096
@@ -62,7 +66,11 @@ run() { # workload target extra-args...
   local w=$1 t=$2; shift 2
   local cmd="taskset -c $CLIENT_CPU $LT --target ${URL[$t]} $COMMON $*"
   echo "$cmd" >"$OUT/$w.$t.cmd"
+  local before after
+  before=$(ticks ${PROCS[$t]})
   $cmd >"$OUT/$w.$t.json" 2>/dev/null
+  after=$(ticks ${PROCS[$t]})
+  echo $((after - before)) >"$OUT/$w.$t.ticks"
   echo "  $w $t: $(python3 -c "import json,sys; r=json.load(open('$OUT/$w.$t.json')); print(f\"{r['throughput']:.0f} ops/s p99 {r['p99_us']:.0f} us\")")"
 }
 
@@ -94,9 +102,12 @@ mem_row memcached "memcache://127.0.0.1:$p" "$mpid"
 p=$(free_port); env LISTEN_ADDR=127.0.0.1:$p LRU_SIZE=2000000 TTL_SECONDS=0 LOG_LEVEL=warn ./target/release/milena-cache & npid=$!; pids+=($npid); wait_port "$p"
 mem_row milena-node "milena://127.0.0.1:$p" "$npid"
 
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" "$(getconf CLK_TCK)" "$DURATION" "$WARMUP" <<'PY'
 import json, os, sys, datetime
-out = sys.argv[1]
+out, hz = sys.argv[1], int(sys.argv[2])
+secs = lambda d: float(d.rstrip("s"))
+# CPU is measured over warm-up and run alike: requests ≈ throughput × both.
+window = secs(sys.argv[3]) + secs(sys.argv[4])
 targets = ["memcached-t1", "memcached-t2", "redis", "milena-node", "milena-router"]
 names = {"a": "a. 100% GET hits, pipeline 1", "b": "b. 100% GET hits, pipeline 16",
          "c": "c. 90/10 GET/SET, pipeline 1", "d": "d. open loop at 70% of memcached -t 1 saturation"}
@@ -104,15 +115,18 @@ lines = ["<!-- compare:start -->", "## Side by side with memcached and Redis (is
          f"Command: `bench/compare.sh` ({datetime.date.today()}). Servers pinned to core 0, "
          "`milena-loadtest` (one thread) to core 1; 64 connections, Zipf 0.99 over "
          "100k keys of 32 B, 100 B values, every key pre-filled; ratios are to memcached -t 1 "
-         "in the same run. The router + node row runs both on core 0.", ""]
+         "in the same run. The router + node row runs both on core 0. CPU µs/request: utime + "
+         "stime of the server process(es) from /proc over warm-up and run, divided by "
+         "throughput × (warm-up + duration); the router row counts router and node.", ""]
 for w in "abcd":
     base = json.load(open(f"{out}/{w}.memcached-t1.json"))
-    lines += [f"### {names[w]}", "", "| target | ops/s | × memcached -t 1 | p50 µs | p99 µs | p99 × memcached | p99.9 µs | command |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"### {names[w]}", "", "| target | ops/s | × memcached -t 1 | p50 µs | p99 µs | p99 × memcached | p99.9 µs | CPU µs/request | command |", "|---|---|---|---|---|---|---|---|---|"]
     for t in targets:
         r = json.load(open(f"{out}/{w}.{t}.json"))
         cmd = open(f"{out}/{w}.{t}.cmd").read().strip().replace(" --json", "")
         cmd = cmd.split("milena-loadtest ")[1]
-        lines.append(f"| {t} | {r['throughput']:.0f} | {r['throughput']/base['throughput']:.2f} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | {r['p99_us']/max(base['p99_us'],1e-9):.2f} | {r['p999_us']:.0f} | `milena-loadtest {cmd}` |")
+        cpu = int(open(f"{out}/{w}.{t}.ticks").read()) / hz * 1e6 / max(r['throughput'] * window, 1)
+        lines.append(f"| {t} | {r['throughput']:.0f} | {r['throughput']/base['throughput']:.2f} | {r['p50_us']:.0f} | {r['p99_us']:.0f} | {r['p99_us']/max(base['p99_us'],1e-9):.2f} | {r['p999_us']:.0f} | {cpu:.2f} | `milena-loadtest {cmd}` |")
     lines.append("")
 mem = [l.split() for l in open(f"{out}/memory.txt")]
 lines += ["### Memory per item (1M items, 32 B keys, 100 B values)", "",
