@@ -312,7 +312,10 @@ async fn a_client_that_does_not_read_holds_a_bounded_amount() {
         Body, FrameCodec, Op, Request, Status, decode_response, encode_request,
     };
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let budget = ByteBudget::new(8 << 20);
+    // Smaller than a connection's 8 MiB cap on queued answers less its
+    // 1 MiB free allowance: refusals start before the connection would stop
+    // reading, so all 200 gets are read and answered whatever the timing.
+    let budget = ByteBudget::new(4 << 20);
     let router = start_router(milena::router::RouterSettings {
         buffered: budget.clone(),
         ..test_router_settings()
@@ -343,19 +346,17 @@ async fn a_client_that_does_not_read_holds_a_bounded_amount() {
         .await
         .expect("connect");
     s.write_all(&frames).await.expect("send 200 gets");
-    // Until the node's 200 answers have all reached the router (each is
-    // then queued for the client or replaced by the error), however slow
-    // the machine: the count is by answer, not by time.
+    // Until all 200 gets are answered (each then queued for the client or
+    // replaced by the error), however slow the machine: the count is by
+    // answer, not by time, and of every status. (It once hung in CI: the
+    // frame splitter had consumed a partial frame's length, the router read
+    // body bytes as a length and waited for budget this very client held.)
     let answered = || {
         router
             .router
             .scrape()
             .lines()
-            .filter(|l| {
-                l.starts_with("milena_router_requests_total{")
-                    && l.contains("\"get\"")
-                    && l.contains("\"ok\"")
-            })
+            .filter(|l| l.starts_with("milena_router_requests_total{") && l.contains("\"get\""))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>()
     };

@@ -1,15 +1,21 @@
 //! Framing and body encoding.
 //!
-//! Decoding splits frames with tokio-util's `LengthDelimitedCodec` (4-byte
-//! big-endian length, no adjustment). Encoding writes the same layout
-//! straight into the caller's output buffer, so a batch of pipelined
-//! responses becomes one contiguous buffer and one `write` without staging
-//! each body in its own allocation.
+//! A frame is a 4-byte big-endian length and that many body bytes. The
+//! splitter is stateless: until a whole frame is there it consumes
+//! nothing, so a server's read buffer always starts at a frame's length
+//! prefix, and what it announces can be read off the buffer (to hold
+//! memory for a large frame before reading it). Encoding writes the same
+//! layout straight into the caller's output buffer, so a batch of
+//! pipelined responses becomes one contiguous buffer and one `write`
+//! without staging each body in its own allocation.
 
-use bytes::BytesMut;
-use tokio_util::codec::{Decoder, LengthDelimitedCodec, LengthDelimitedCodecError};
+use bytes::{Buf, BytesMut};
+use tokio_util::codec::Decoder;
 
 use crate::message::{Request, Response};
+
+/// Most room reserved at once for a frame still arriving.
+const RESERVE_STEP: usize = 64 * 1024;
 
 /// Bytes in the length prefix.
 const LEN_PREFIX: usize = 4;
@@ -37,19 +43,13 @@ pub struct DecodeError(String);
 /// Splits a byte stream into frames of at most `max_frame` bytes.
 #[derive(Debug)]
 pub struct FrameCodec {
-    inner: LengthDelimitedCodec,
     max_frame: usize,
 }
 
 impl FrameCodec {
     /// A codec refusing frames longer than `max_frame` body bytes.
     pub fn new(max_frame: usize) -> Self {
-        let inner = LengthDelimitedCodec::builder()
-            .length_field_length(LEN_PREFIX)
-            .big_endian()
-            .max_frame_length(max_frame)
-            .new_codec();
-        FrameCodec { inner, max_frame }
+        FrameCodec { max_frame }
     }
 
     /// The configured maximum body length.
@@ -57,23 +57,29 @@ impl FrameCodec {
         self.max_frame
     }
 
-    /// Splits the next complete frame body off `buf`, if there is one.
+    /// Splits the next complete frame body off `buf`, if there is one;
+    /// otherwise leaves `buf` as it is (with some room reserved for the rest).
     pub fn decode_frame(&mut self, buf: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
-        self.inner.decode(buf).map_err(|e| {
-            // The inner codec is stateful (it consumes the prefix before the
-            // body arrives), so the limit is enforced there and its error
-            // translated here rather than by peeking at the buffer.
-            let too_large = e
-                .get_ref()
-                .is_some_and(|inner| inner.is::<LengthDelimitedCodecError>());
-            if too_large {
-                FrameError::TooLarge {
-                    max: self.max_frame,
-                }
-            } else {
-                FrameError::Io(e)
-            }
-        })
+        let Some(head) = buf.get(..LEN_PREFIX) else {
+            return Ok(None);
+        };
+        let mut prefix = [0u8; LEN_PREFIX];
+        prefix.copy_from_slice(head);
+        let len = u32::from_be_bytes(prefix) as usize;
+        if len > self.max_frame {
+            return Err(FrameError::TooLarge {
+                max: self.max_frame,
+            });
+        }
+        let whole = LEN_PREFIX + len;
+        if buf.len() < whole {
+            // Room for what is coming, a step at a time: a length alone
+            // does not get its whole frame's memory before the bytes come.
+            buf.reserve((whole - buf.len()).min(RESERVE_STEP));
+            return Ok(None);
+        }
+        buf.advance(LEN_PREFIX);
+        Ok(Some(buf.split_to(len)))
     }
 }
 

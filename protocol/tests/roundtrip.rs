@@ -364,3 +364,26 @@ fn a_settle_claiming_a_huge_list_is_an_error_not_an_allocation() {
     frame[n - 8..].copy_from_slice(&(1u64 << 60).to_le_bytes());
     assert!(decode_request(&frame[4..]).is_err());
 }
+
+proptest! {
+    /// Until a frame is whole, the splitter consumes nothing: the buffer
+    /// still starts at the frame's length prefix, so a server reads what a
+    /// partial frame announces off the buffer. (The old stateful splitter
+    /// consumed the prefix; a router then read body bytes as a length and
+    /// held memory budget for gigabytes that never came.)
+    #[test]
+    fn a_partial_frame_is_left_whole_at_its_length_prefix(ops in proptest::collection::vec(owned_op(), 1..6), cut in 0usize..2000) {
+        let mut wire = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            encode_request(&Request { id: i as u64, op: op.op() }, &mut wire);
+        }
+        let cut = cut.min(wire.len());
+        let mut buf = BytesMut::from(&wire[..cut]);
+        let mut codec = FrameCodec::new(1 << 20);
+        let mut at = 0;
+        while let Some(frame) = codec.decode_frame(&mut buf).expect("valid") {
+            at += 4 + frame.len();
+        }
+        prop_assert_eq!(&buf[..], &wire[at..cut]);
+    }
+}
