@@ -15,6 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     milena::process::run_server(
         "milena-cache",
+        milena::process::Runtime::MultiThread,
         |c: &NodeConfig| (&c.log_level, c.log_format),
         serve,
     )

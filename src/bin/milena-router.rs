@@ -14,6 +14,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     milena::process::run_server(
         "milena-router",
+        milena::process::Runtime::CurrentThreadOnOneCore,
         |c: &RouterConfig| (&c.log_level, c.log_format),
         serve,
     )
