@@ -25,6 +25,12 @@ const MAX_BATCH: usize = 1024;
 const MAX_LINE: usize = 64 * 1024;
 /// memcached's bound between relative and absolute expiry times (30 days).
 const RELATIVE_EXPTIME_MAX: i64 = 60 * 60 * 24 * 30;
+/// What opens a value stored with memcached flags other than 0, followed
+/// by the flags (4 bytes, big-endian) and the client's bytes. Milena stores
+/// bytes only; a value with flags is one a client serialized its own way
+/// (pickled, compressed, an integer marker), so other protocols see the
+/// envelope with it; a value without flags is stored as it came.
+const FLAGS: &[u8; 8] = b"\0mcflags";
 /// The memcached version announced: the text protocol as of 1.6.
 const VERSION: &str = concat!("VERSION 1.6.0-milena-", env!("CARGO_PKG_VERSION"), "\r\n");
 
@@ -192,12 +198,17 @@ fn command(router: &Arc<Router>, cmd: Command) -> Step {
                     client_error(&format!("{name} is not supported by Milena (yet)")),
                 );
             }
-            if flags != 0 {
-                return quiet(
-                    noreply,
-                    client_error("flags other than 0 are not stored by Milena (yet)"),
-                );
-            }
+            // Flags other than 0 travel in front of the value (see `FLAGS`).
+            let data = match flags {
+                0 => data,
+                f => {
+                    let mut v = Vec::with_capacity(FLAGS.len() + 4 + data.len());
+                    v.extend_from_slice(FLAGS);
+                    v.extend_from_slice(&f.to_be_bytes());
+                    v.extend_from_slice(&data);
+                    Bytes::from(v)
+                }
+            };
             let step = async move {
                 match expiry(exptime) {
                     Expiry::Past => expire_now(&r, mode, &key).await,
@@ -410,17 +421,23 @@ async fn get_many(r: Arc<Router>, keys: Vec<Bytes>, cas: bool) -> Vec<u8> {
     let mut out = Vec::new();
     for (key, answer) in keys.iter().zip(found) {
         match answer {
-            Ok((Status::Ok, Some(v))) => {
+            Ok((Status::Ok, Some(stored))) => {
+                let (flags, v) = unwrap_flags(&stored);
                 out.extend_from_slice(b"VALUE ");
                 out.extend_from_slice(key);
                 match cas {
                     // No cas: a hash of the value stands for its version.
                     true => out.extend_from_slice(
-                        format!(" 0 {} {}\r\n", v.len(), crate::ring::key_hash(&v)).as_bytes(),
+                        format!(
+                            " {flags} {} {}\r\n",
+                            v.len(),
+                            crate::ring::key_hash(&stored)
+                        )
+                        .as_bytes(),
                     ),
-                    false => out.extend_from_slice(format!(" 0 {}\r\n", v.len()).as_bytes()),
+                    false => out.extend_from_slice(format!(" {flags} {}\r\n", v.len()).as_bytes()),
                 }
-                out.extend_from_slice(&v);
+                out.extend_from_slice(v);
                 out.extend_from_slice(b"\r\n");
             }
             Ok(_) => {}
@@ -429,6 +446,18 @@ async fn get_many(r: Arc<Router>, keys: Vec<Bytes>, cas: bool) -> Vec<u8> {
     }
     out.extend_from_slice(b"END\r\n");
     out
+}
+
+/// A stored value's memcached flags and the client's bytes.
+fn unwrap_flags(stored: &[u8]) -> (u32, &[u8]) {
+    match stored.strip_prefix(&FLAGS[..]) {
+        Some(rest) if rest.len() >= 4 => {
+            let mut f = [0u8; 4];
+            f.copy_from_slice(&rest[..4]);
+            (u32::from_be_bytes(f), &rest[4..])
+        }
+        _ => (0, stored),
+    }
 }
 
 /// `stats`: memcached's general statistics from Milena's counters.
