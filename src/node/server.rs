@@ -144,13 +144,7 @@ async fn serve_connection(
             tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
-            _ = &mut hello_deadline, if !greeted => {
-                node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                node.stats.errors.fetch_add(1, Ordering::Relaxed);
-                WireError::HelloTimeout(hello_timeout.as_secs()).respond(0, &mut wbuf);
-                stream.write_all(&wbuf).await?;
-                break;
-            }
+
             _ = budget::until(receiving.deadline()) => {
                 node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                 node.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -180,6 +174,15 @@ async fn serve_connection(
                 continue;
             }
             r = stream.read_buf(&mut rbuf), if room && !backlog => r?,
+            // After the read: a hello that has arrived is taken even if
+            // this task looks at it late (a busy node).
+            _ = &mut hello_deadline, if !greeted => {
+                node.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                node.stats.errors.fetch_add(1, Ordering::Relaxed);
+                WireError::HelloTimeout(hello_timeout.as_secs()).respond(0, &mut wbuf);
+                stream.write_all(&wbuf).await?;
+                break;
+            }
             }
         };
         backlog = false;

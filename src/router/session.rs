@@ -93,13 +93,15 @@ pub async fn serve_binary(
                     let _ = tx.send((WireError::FrameTimeout(secs).body(0), None));
                     break;
                 }
+                // Before the hello deadline: a hello that has arrived is
+                // taken even if this task looks at it late (a busy router).
+                r = rd.read_buf(&mut rbuf) => r?,
                 _ = &mut hello_deadline, if session.access.is_none() => {
                     router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                     let secs = router.settings.hello_timeout.as_secs();
                     let _ = tx.send((WireError::HelloTimeout(secs).body(0), None));
                     break;
                 }
-                r = rd.read_buf(&mut rbuf) => r?,
             }
         };
         backlog = false;
