@@ -421,6 +421,22 @@ impl Client {
         }
     }
 
+    /// How long `key` has left to live: `None` when it does not exist,
+    /// `Some(None)` when it never expires, else `Some(Some(left))`
+    /// (expiries are whole seconds, so up to a second over the TTL set).
+    pub async fn ttl(&self, key: &[u8]) -> Result<Option<Option<Duration>>, ClientError> {
+        let reply = self.call(Op::Ttl { key }).await?.into_result()?;
+        if reply.status == Status::NotFound {
+            return Ok(None);
+        }
+        match reply.response().body {
+            Body::Remaining { millis } => Ok(Some(millis.map(Duration::from_millis))),
+            _ => Err(ClientError::Protocol(
+                "ttl answered without the time remaining".into(),
+            )),
+        }
+    }
+
     /// Removes `key`; returns whether it existed.
     pub async fn delete(&self, key: &[u8]) -> Result<bool, ClientError> {
         let reply = self.call(Op::Delete { key }).await?.into_result()?;

@@ -58,8 +58,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
 const MAX_BATCH: usize = 1024;
 /// The commands this front end knows (for `COMMAND COUNT`).
 const COMMANDS: &[&str] = &[
-    "GET", "SET", "SETEX", "EXPIRE", "PEXPIRE", "DEL", "UNLINK", "EXISTS", "MGET", "MSET", "PING",
-    "ECHO", "INFO", "DBSIZE", "HELLO", "CLIENT", "SELECT", "COMMAND", "QUIT", "AUTH",
+    "GET", "SET", "SETEX", "EXPIRE", "PEXPIRE", "TTL", "PTTL", "DEL", "UNLINK", "EXISTS", "MGET",
+    "MSET", "PING", "ECHO", "INFO", "DBSIZE", "HELLO", "CLIENT", "SELECT", "COMMAND", "QUIT",
+    "AUTH",
 ];
 
 /// What a command left the connection to do.
@@ -248,6 +249,18 @@ fn command<B: Backend>(backend: &B, session: &mut Session, args: Vec<Bytes>) -> 
             single(&r, op, |a| reply(decode(a), |_| Reply::OK))
         }
         "EXPIRE" | "PEXPIRE" if argc == 3 => expire(&r, name, &args),
+        "TTL" | "PTTL" if argc == 2 => {
+            let millis = name == "PTTL";
+            single(&r, Op::Ttl { key: &args[1] }, move |a| {
+                reply(decode_ttl(a), |left| match left {
+                    None => Reply::Int(-2),
+                    Some(None) => Reply::Int(-1),
+                    // Whole seconds rounded down: never more than was set.
+                    Some(Some(ms)) if millis => Reply::Int(i64::try_from(ms).unwrap_or(i64::MAX)),
+                    Some(Some(ms)) => Reply::Int(i64::try_from(ms / 1000).unwrap_or(i64::MAX)),
+                })
+            })
+        }
         "DEL" | "UNLINK" if argc >= 2 => {
             let dels = every(&r, &args[1..], |key| Op::Delete { key });
             later(async move {
@@ -574,6 +587,18 @@ fn decode(answer: Answered) -> Result<Option<Bytes>, Reply> {
     match (r.status, r.body) {
         (Status::Ok, Body::Value(v)) => Ok(Some(frame.slice_ref(v))),
         (Status::Ok, _) => Ok(Some(Bytes::new())),
+        (Status::NotFound, _) => Ok(None),
+        (s, Body::Message(m)) => Err(error_reply(s, m)),
+        (s, _) => Err(error_reply(s, s.as_str())),
+    }
+}
+
+/// Decodes a `Ttl`'s answer: `None` for not found, `Some(None)` for no expiry.
+fn decode_ttl(answer: Answered) -> Result<Option<Option<u64>>, Reply> {
+    let frame = answer.map_err(|e| error_reply(e.status(), &e.to_string()))?;
+    let r = decode_response(&frame).map_err(|e| Reply::err(format!("bad answer: {e}")))?;
+    match (r.status, r.body) {
+        (Status::Ok, Body::Remaining { millis }) => Ok(Some(millis)),
         (Status::NotFound, _) => Ok(None),
         (s, Body::Message(m)) => Err(error_reply(s, m)),
         (s, _) => Err(error_reply(s, s.as_str())),

@@ -118,6 +118,17 @@ async fn routers_share_one_ring_numbered_by_etcd() {
             .expect("get after leave");
         assert_eq!(got.as_deref(), Some(format!("v{i}").as_bytes()));
     }
+    // `Ttl` is fenced as a get is: every key has the nodes' default TTL.
+    for i in 0..100 {
+        let left = cb
+            .ttl(format!("k{i}").as_bytes())
+            .await
+            .expect("ttl after leave")
+            .expect("exists")
+            .expect("expires");
+        assert!(left > std::time::Duration::from_secs(3000), "{left:?}");
+    }
+    assert_eq!(cb.ttl(b"never-written").await.expect("ttl"), None);
 
     // A node that dies without a word leaves every ring when its lease
     // lapses.

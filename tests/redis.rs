@@ -232,6 +232,11 @@ assert r.set('fresh', 'y', nx=True, ex=100) is True
 assert r.expire('fresh', 50) is True
 assert r.expire('nope', 50) is False
 assert r.get('fresh') == b'y'
+assert r.ttl('fresh') in (49, 50)
+assert 49000 < r.pttl('fresh') <= 51000
+assert r.ttl('nope') == -2 and r.pttl('nope') == -2
+assert r.set('plain', 'x') is True
+assert 3598 <= r.ttl('plain') <= 3600, 'a SET without EX takes the nodes TTL_SECONDS'
 assert r.mset({'m1': 'v1', 'm2': 'v2'}) is True
 assert r.mget(['m1', 'nope', 'm2']) == [b'v1', None, b'v2']
 assert r.exists('a', 'm1', 'nope') == 2

@@ -146,14 +146,17 @@ mod tag {
     pub const PUT_IF: u32 = 19;
     pub const ROUTED_PUT_IF: u32 = 20;
     pub const FENCED_PUT_IF: u32 = 21;
+    pub const TTL: u32 = 22;
+    pub const ROUTED_TTL: u32 = 23;
+    pub const FENCED_TTL: u32 = 24;
 }
 
 /// Appends a framed request that forwards a client's `Get`, `Put`,
-/// `Delete` or `PutIf` body under a new `id`: a get becomes
+/// `Delete`, `PutIf` or `Ttl` body under a new `id`: a get becomes
 /// `RoutedGet { since: meta }` (or `HandoffGet { since: meta, previous }`
 /// when the key's previous owner is given), a put `RoutedPut { epoch: meta }`,
 /// a conditional put `RoutedPutIf { version: meta, since, previous }`, a
-/// delete stays as it is. The key and value bytes are copied straight
+/// `Ttl` `RoutedTtl { since: meta, previous }`, a delete stays as it is. The key and value bytes are copied straight
 /// across, without decoding them again.
 ///
 /// Returns `false` (and appends nothing) if `client_body` is not one of
@@ -178,6 +181,9 @@ pub fn encode_forward(
             fields,
             out,
         );
+    }
+    if op_tag == tag::TTL {
+        return encode_prefixed(id, tag::ROUTED_TTL, [meta], Some(previous), fields, out);
     }
     let (routed, previous) = match (op_tag, previous) {
         (tag::GET, None) => (Some(tag::ROUTED_GET), None),
@@ -211,11 +217,11 @@ pub fn encode_forward(
 }
 
 /// Appends a framed request that forwards a client's `Get`, `Put`,
-/// `Delete` or `PutIf` body under a new `id` as its fenced form
-/// (`FencedGet`, `FencedPut`, `FencedDelete`, `FencedPutIf`) with the ring
+/// `Delete`, `PutIf` or `Ttl` body under a new `id` as its fenced form
+/// (`FencedGet`, `FencedPut`, `FencedDelete`, `FencedPutIf`, `FencedTtl`) with the ring
 /// `revision` it was routed under and the `since` of its owner, the key and
-/// value bytes copied straight across. `previous` is sent with gets and
-/// conditional puts only.
+/// value bytes copied straight across. `previous` is sent with gets,
+/// conditional puts and `Ttl` only.
 ///
 /// Returns `false` (and appends nothing) if `client_body` is not one of
 /// those operations.
@@ -235,6 +241,7 @@ pub fn encode_fenced(
         tag::PUT => (tag::FENCED_PUT, None),
         tag::DELETE => (tag::FENCED_DELETE, None),
         tag::PUT_IF => (tag::FENCED_PUT_IF, Some(previous)),
+        tag::TTL => (tag::FENCED_TTL, Some(previous)),
         _ => return false,
     };
     encode_prefixed(id, fenced, [revision, since], previous, fields, out)

@@ -215,6 +215,33 @@ pub enum Op<'a> {
         /// As in `Put`.
         ttl: Option<u32>,
     },
+    /// Asks how long a key has left to live (Redis `TTL`/`PTTL`). Read as
+    /// a `Get` reads (memory, queue, tier), answered `Ok` + `Remaining`,
+    /// or `NotFound`.
+    Ttl {
+        /// The key (1 byte or more).
+        key: &'a [u8],
+    },
+    /// A `Ttl` forwarded by a router, with what a get needs (as `HandoffGet`).
+    RoutedTtl {
+        /// The epoch at which the node last gained the key.
+        since: u64,
+        /// The key's previous owner, right after a ring change.
+        previous: Option<&'a str>,
+        /// The key.
+        key: &'a [u8],
+    },
+    /// A `Ttl` routed under etcd membership (as `FencedGet`).
+    FencedTtl {
+        /// The ring revision the router routed under.
+        revision: u64,
+        /// The revision at which the node last gained the key.
+        since: u64,
+        /// The key's previous owner, to ask for writes not yet durable.
+        previous: Option<&'a str>,
+        /// The key.
+        key: &'a [u8],
+    },
 }
 
 /// The condition of a `PutIf`.
@@ -336,6 +363,12 @@ pub enum Body<'a> {
         deleted: bool,
         /// The value.
         value: &'a [u8],
+    },
+    /// Answer to `Ttl`: how long the key has left to live.
+    Remaining {
+        /// Milliseconds; `None` = it never expires. Expiries are kept in
+        /// whole seconds, so this can read up to a second over the TTL set.
+        millis: Option<u64>,
     },
 }
 

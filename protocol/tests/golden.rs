@@ -252,6 +252,36 @@ fn requests() -> Vec<(&'static str, Request<'static>)> {
                 },
             },
         ),
+        (
+            "req_ttl",
+            Request {
+                id: 23,
+                op: Op::Ttl { key: b"k" },
+            },
+        ),
+        (
+            "req_routed_ttl",
+            Request {
+                id: 24,
+                op: Op::RoutedTtl {
+                    since: 40,
+                    previous: Some("http://10.0.0.5:50051"),
+                    key: b"k",
+                },
+            },
+        ),
+        (
+            "req_fenced_ttl",
+            Request {
+                id: 25,
+                op: Op::FencedTtl {
+                    revision: 42,
+                    since: 40,
+                    previous: None,
+                    key: b"k",
+                },
+            },
+        ),
     ]
 }
 
@@ -331,6 +361,24 @@ fn responses() -> Vec<(&'static str, Response<'static>)> {
                 id: 13,
                 status: Status::StaleRing,
                 body: Body::Message("stale ring"),
+            },
+        ),
+        (
+            "resp_remaining",
+            Response {
+                id: 23,
+                status: Status::Ok,
+                body: Body::Remaining {
+                    millis: Some(59_500),
+                },
+            },
+        ),
+        (
+            "resp_remaining_forever",
+            Response {
+                id: 23,
+                status: Status::Ok,
+                body: Body::Remaining { millis: None },
             },
         ),
         (

@@ -23,6 +23,7 @@ enum OwnedOp {
     Peek(Vec<u8>),
     HandoffGet(u64, String, Vec<u8>),
     PutIf(bool, Vec<u8>, Vec<u8>, Option<u32>),
+    Ttl(Vec<u8>),
 }
 
 impl OwnedOp {
@@ -65,6 +66,7 @@ impl OwnedOp {
                 value: v,
                 ttl: *t,
             },
+            OwnedOp::Ttl(k) => Op::Ttl { key: k },
         }
     }
 }
@@ -108,6 +110,7 @@ fn owned_op() -> impl Strategy<Value = OwnedOp> {
             proptest::option::of(any::<u32>())
         )
             .prop_map(|(c, k, v, t)| OwnedOp::PutIf(c, k, v, t)),
+        bytes().prop_map(OwnedOp::Ttl),
     ]
 }
 
@@ -253,6 +256,7 @@ proptest! {
             Op::Put { key, value, ttl } => Some(Op::RoutedPut { epoch: meta, key, value, ttl }),
             Op::Delete { key } => Some(Op::Delete { key }),
             Op::PutIf { cond, key, value, ttl } => Some(Op::RoutedPutIf { version: meta, since, previous: previous.as_deref(), cond, key, value, ttl }),
+            Op::Ttl { key } => Some(Op::RoutedTtl { since: meta, previous: previous.as_deref(), key }),
             _ => None,
         };
         prop_assert_eq!(spliced, expect.is_some());
@@ -280,6 +284,7 @@ proptest! {
             Op::Put { key, value, ttl } => Some(Op::FencedPut { revision, since, key, value, ttl }),
             Op::Delete { key } => Some(Op::FencedDelete { revision, since, key }),
             Op::PutIf { cond, key, value, ttl } => Some(Op::FencedPutIf { revision, since, previous: previous.as_deref(), cond, key, value, ttl }),
+            Op::Ttl { key } => Some(Op::FencedTtl { revision, since, previous: previous.as_deref(), key }),
             _ => None,
         };
         prop_assert_eq!(spliced, expect.is_some());

@@ -141,6 +141,25 @@ pub enum ReadFirstError {
     Unsettled,
 }
 
+/// How long a key has left to live (see [`Cache::ttl`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Remaining {
+    /// No live entry.
+    Missing,
+    /// It never expires.
+    Forever,
+    /// Milliseconds.
+    Millis(u64),
+}
+
+/// What a `Ttl` found at once, or what it waits for.
+pub enum TtlLookup {
+    /// Known now.
+    Now(Remaining),
+    /// Read through the tier first.
+    ReadFirst(Pin<Box<dyn Future<Output = Result<Remaining, ReadFirstError>> + Send + 'static>>),
+}
+
 /// A conditional put's write and what its check needs (see [`Cache::put_if`]).
 #[derive(Debug, Clone, Copy)]
 pub struct CondWrite<'a> {
@@ -519,6 +538,65 @@ impl Cache {
             }
             Err(ReadFirstError::Unsettled)
         })))
+    }
+
+    /// How long `key` has left to live, found as a get finds it (memory
+    /// written since `since`, the queue, the tier, `previous`).
+    pub fn ttl(self: &Arc<Self>, key: &[u8], since: u64, previous: Option<&str>) -> TtlLookup {
+        let trust_queue = previous.is_none();
+        if let Some(r) = self.remaining(key, since, trust_queue) {
+            return TtlLookup::Now(r);
+        }
+        let cache = self.clone();
+        let key = key.to_vec();
+        let previous = previous.map(str::to_string);
+        TtlLookup::ReadFirst(Box::pin(async move {
+            for _ in 0..COND_READS {
+                // Fills memory (found) or the negative cache (missing).
+                let read = cache
+                    .clone()
+                    .read_through(key.clone(), since, previous.clone())
+                    .await;
+                match read {
+                    ReadThrough::Failed(e) => return Err(ReadFirstError::TierRead(e)),
+                    ReadThrough::Missing => return Ok(Remaining::Missing),
+                    ReadThrough::Found(_) => {}
+                }
+                if let Some(r) = cache.remaining(&key, since, trust_queue) {
+                    return Ok(r);
+                }
+                // Gone from memory again before the look (evicted or
+                // changed): read once more.
+            }
+            Err(ReadFirstError::Unsettled)
+        }))
+    }
+
+    /// [`Cache::ttl`] from what the node knows without the tier; `None`
+    /// when only the tier can tell. Without a tier, memory is all there is.
+    fn remaining(&self, key: &[u8], since: u64, trust_queue: bool) -> Option<Remaining> {
+        let now = self.clock.now();
+        if let Some(left) = self.store.remaining(key, now, since) {
+            return Some(left.map_or(Remaining::Forever, Remaining::Millis));
+        }
+        if self.queue.is_none() {
+            return Some(Remaining::Missing);
+        }
+        match self.peek(key).filter(|_| trust_queue) {
+            Some(Pending::Put(obj)) => {
+                let unix = self.clock.unix_secs();
+                return Some(match obj.expires_at {
+                    _ if obj.is_expired(unix) => Remaining::Missing,
+                    None => Remaining::Forever,
+                    Some(at) => Remaining::Millis(at.saturating_sub(unix) * 1000),
+                });
+            }
+            Some(Pending::Delete(_)) => return Some(Remaining::Missing),
+            None => {}
+        }
+        self.negative
+            .get_with(key, now, since, |_| ())
+            .map(|()| Remaining::Missing)
     }
 
     /// Whether `key` exists, with its value, as far as memory (entries

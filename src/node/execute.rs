@@ -10,7 +10,9 @@ use std::sync::atomic::Ordering;
 
 use milena_protocol::{Body, Cond, Op, Response, Status, encode_response};
 
-use super::cache::{Ack, CacheError, CondPut, CondWrite, Lookup, ReadThrough, Removal};
+use super::cache::{
+    Ack, CacheError, CondPut, CondWrite, Lookup, ReadThrough, Remaining, Removal, TtlLookup,
+};
 use super::tier::writeback::Pending;
 use super::{Node, Tally};
 use crate::error::WireError;
@@ -214,6 +216,33 @@ pub fn execute(
                 out,
             )
         }
+        Op::Ttl { key } => {
+            tally.gets += 1;
+            ttl(node, id, key, 0, None, out)
+        }
+        Op::RoutedTtl {
+            since,
+            previous,
+            key,
+        } => {
+            tally.gets += 1;
+            ttl(node, id, key, since, previous, out)
+        }
+        Op::FencedTtl {
+            revision,
+            since,
+            previous,
+            key,
+        } => {
+            tally.gets += 1;
+            fenced(
+                node,
+                revision,
+                since,
+                |out| ttl(node, id, key, since, previous, out),
+                out,
+            )
+        }
         Op::Ping => Ok(Answer::Status(Status::Ok)),
         Op::Stats => {
             respond(id, Status::Ok, Body::Stats(node.stats_list()), out);
@@ -320,6 +349,37 @@ fn get(
                     WireError::Unavailable(format!("the tier could not be read: {e}"))
                         .respond(id, &mut out)
                 }
+            }
+            out
+        })),
+    })
+}
+
+/// How long a key has left: `Ok` + `Remaining`, or `NotFound`.
+fn ttl(
+    node: &Arc<Node>,
+    id: u64,
+    key: &[u8],
+    since: u64,
+    previous: Option<&str>,
+    out: &mut Vec<u8>,
+) -> Result<Answer, WireError> {
+    check_key(node, key)?;
+    let answer = move |r: Remaining, out: &mut Vec<u8>| match r {
+        Remaining::Missing => respond(id, Status::NotFound, Body::Empty, out),
+        Remaining::Forever => respond(id, Status::Ok, Body::Remaining { millis: None }, out),
+        Remaining::Millis(ms) => respond(id, Status::Ok, Body::Remaining { millis: Some(ms) }, out),
+    };
+    Ok(match node.cache.ttl(key, since, previous) {
+        TtlLookup::Now(r) => {
+            answer(r, out);
+            Answer::Encoded
+        }
+        TtlLookup::ReadFirst(read) => Answer::Later(Box::pin(async move {
+            let mut out = Vec::new();
+            match read.await {
+                Ok(r) => answer(r, &mut out),
+                Err(e) => WireError::Unavailable(e.to_string()).respond(id, &mut out),
             }
             out
         })),

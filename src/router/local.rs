@@ -47,10 +47,17 @@ pub fn answer(router: &Router, id: u64, op: &Op<'_>) -> Bytes {
         Op::Settle { .. } => Err(WireError::NodeOnly("settle")),
         Op::RoutedPutIf { .. } => Err(WireError::NodeOnly("routed conditional put")),
         Op::FencedPutIf { .. } => Err(WireError::NodeOnly("fenced conditional put")),
+        Op::RoutedTtl { .. } => Err(WireError::NodeOnly("routed ttl")),
+        Op::FencedTtl { .. } => Err(WireError::NodeOnly("fenced ttl")),
         // Handled by the caller; never answered here.
-        Op::Get { .. } | Op::Put { .. } | Op::Delete { .. } | Op::PutIf { .. } | Op::Stats => Err(
-            WireError::Undecodable("operation answered in the wrong place".into()),
-        ),
+        Op::Get { .. }
+        | Op::Put { .. }
+        | Op::Delete { .. }
+        | Op::PutIf { .. }
+        | Op::Ttl { .. }
+        | Op::Stats => Err(WireError::Undecodable(
+            "operation answered in the wrong place".into(),
+        )),
     };
     if let Err(e) = result {
         router.stats.errors.fetch_add(1, Ordering::Relaxed);

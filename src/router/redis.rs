@@ -30,6 +30,7 @@ impl Backend for Routed {
             Op::Put { key, value, .. } => (Kind::Put, key, Some(value)),
             Op::Delete { key } => (Kind::Delete, key, None),
             Op::PutIf { key, value, .. } => (Kind::PutIf, key, Some(value)),
+            Op::Ttl { key } => (Kind::Get, key, None),
             _ => return Answer::Now(Err(WireError::Undecodable("not a data operation".into()))),
         };
         Answer::Later(self.0.call(kind, key, value, op).boxed())

@@ -210,6 +210,7 @@ async fn handle_frame(
         Op::Put { key, value, .. } => (Kind::Put, key, Some(value)),
         Op::Delete { key } => (Kind::Delete, key, None),
         Op::PutIf { key, value, .. } => (Kind::PutIf, key, Some(value)),
+        Op::Ttl { key } => (Kind::Get, key, None),
         Op::Stats => {
             // Gathers from every node: off the connection's read loop.
             let (router, tx) = (router.clone(), tx.clone());

@@ -309,7 +309,7 @@ pub fn router_seeds() -> Vec<Vec<u8>> {
         // HTTP/2 preface and an empty SETTINGS frame.
         b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec(),
         // Redis clients (RESP2), then inline commands on the same connection.
-        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*3\r\n$4\r\nMGET\r\n$1\r\nk\r\n$1\r\nx\r\nPING\r\nINFO\r\nDEL k x\r\n".to_vec(),
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*3\r\n$4\r\nMGET\r\n$1\r\nk\r\n$1\r\nx\r\nPING\r\nINFO\r\nTTL k\r\nPTTL x\r\nDEL k x\r\n".to_vec(),
     ]
 }
 

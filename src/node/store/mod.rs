@@ -160,6 +160,15 @@ impl Store {
         shard.lookup(hash, key, now, since, false).map(f)
     }
 
+    /// How long `key`'s live entry written in epoch `since` or later has
+    /// left: `Some(None)` = it never expires, `Some(Some(ms))`, or `None`
+    /// when there is no such entry. Counts nothing.
+    pub fn remaining(&self, key: &[u8], now: Millis, since: u64) -> Option<Option<u64>> {
+        let (hash, shard) = self.locate(key);
+        let expire = shard.expiry(hash, key, now, since)?;
+        Some((expire != 0).then(|| (u64::from(expire) * 1000).saturating_sub(now.0)))
+    }
+
     /// The live value of `key`, copied out, whatever epoch it was written in.
     pub fn get(&self, key: &[u8], now: Millis) -> Option<Vec<u8>> {
         self.get_with(key, now, 0, <[u8]>::to_vec)

@@ -228,6 +228,13 @@ impl Shard {
         Some(self.slots[idx as usize].value())
     }
 
+    /// The expiry second (0 = never) of `key`'s live entry written in epoch
+    /// `since` or later, without counting or reordering anything.
+    pub fn expiry(&self, hash: u64, key: &[u8], now: Millis, since: u64) -> Option<u32> {
+        let slot = &self.slots[self.find(hash, key)? as usize];
+        (!is_expired(slot.expire, now) && slot.epoch >= since).then_some(slot.expire)
+    }
+
     /// Whether a live (unexpired) entry for `key` is held, whatever its epoch.
     pub fn holds(&self, hash: u64, key: &[u8], now: Millis) -> bool {
         self.find(hash, key)
