@@ -120,7 +120,6 @@ fn bench_store(c: &mut Criterion) {
                 max_items: CAPACITY,
                 max_bytes: None,
                 shards: StoreConfig::default_shards(),
-                exact_lru: false,
             },
             Millis(0),
         );

@@ -171,7 +171,6 @@ async fn lru_size_bounds_the_node() {
             max_items: 100,
             max_bytes: None,
             shards: 4,
-            exact_lru: false,
         },
         ..small_settings()
     })

@@ -245,7 +245,6 @@ async fn a_queued_write_is_never_bypassed_by_a_read_through() {
             max_items: 1,
             max_bytes: None,
             shards: 1,
-            exact_lru: true,
         },
         ..small_settings()
     };

@@ -303,7 +303,6 @@ impl Cache {
                 max_items: NEGATIVE_ENTRIES,
                 max_bytes: None,
                 shards: NEGATIVE_SHARDS,
-                exact_lru: false,
             },
             clock.now(),
         );

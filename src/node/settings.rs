@@ -68,7 +68,6 @@ impl Default for NodeSettings {
                 max_items: defaults::LRU_SIZE as usize,
                 max_bytes: None,
                 shards: StoreConfig::default_shards(),
-                exact_lru: false,
             },
             default_ttl: defaults::TTL_SECONDS,
             max_key: defaults::MAX_KEY_SIZE as usize,
@@ -98,7 +97,6 @@ impl From<&NodeConfig> for NodeSettings {
                 shards: c
                     .shards
                     .map_or_else(StoreConfig::default_shards, |s| s as usize),
-                exact_lru: false,
             },
             default_ttl: c.ttl_seconds,
             max_key: c.max_key_size as usize,

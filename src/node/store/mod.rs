@@ -1,13 +1,12 @@
-//! The in-memory store: N lock-striped shards of LRU with TTL. By default
-//! a hit in the most recent quarter of its stripe is not moved to the
-//! head (like memcached's once-a-minute bump): hot keys cost no list
-//! surgery, at a hit ratio within a tenth of a percent of exact LRU, which
-//! `StoreConfig::exact_lru` gives for tests and comparisons.
+//! The in-memory store: N lock-striped shards of segment storage with TTL
+//! buckets (see `shard` for the layout, eviction and expiry): per item a
+//! 16-byte header in its segment and a 4-byte index entry, no allocation.
 //!
 //! Synchronous and socket-free by design: the connection loop calls it with
 //! borrowed keys and values and a clock reading, and the answer is encoded
 //! straight from the shard's memory while the stripe lock is held.
 
+mod segment;
 mod shard;
 pub mod ttl;
 
@@ -16,7 +15,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use hashbrown::DefaultHashBuilder;
 
-pub use shard::{ENTRY_OVERHEAD, PutOutcome, Shard, ShardCounters};
+pub use segment::HEADER as ITEM_HEADER;
+pub use shard::{PutOutcome, Shard, ShardCounters};
 pub use ttl::{Millis, expiry_for};
 
 /// Sizing of a store.
@@ -24,14 +24,11 @@ pub use ttl::{Millis, expiry_for};
 pub struct StoreConfig {
     /// Most entries held (`LRU_SIZE`).
     pub max_items: usize,
-    /// Most bytes held, keys + values + [`ENTRY_OVERHEAD`] each (`MAX_MEMORY`).
+    /// Most bytes held: segments (items with their headers) and index
+    /// (`MAX_MEMORY`).
     pub max_bytes: Option<u64>,
     /// Lock stripes; rounded down to a power of two and to at most `max_items`.
     pub shards: usize,
-    /// Move every hit to the head (exact LRU per stripe) instead of only
-    /// hits outside the most recent quarter. Slower on hot keys; for tests
-    /// and hit-ratio comparisons.
-    pub exact_lru: bool,
 }
 
 impl StoreConfig {
@@ -48,7 +45,7 @@ impl StoreConfig {
 pub struct StoreStats {
     /// Entries held.
     pub items: u64,
-    /// Bytes charged (keys + values + overhead).
+    /// Bytes held: segments and index.
     pub bytes: u64,
     /// Counters summed over shards.
     pub counters: ShardCounters,
@@ -58,7 +55,7 @@ pub struct StoreStats {
 #[repr(align(128))]
 struct Padded<T>(T);
 
-/// A sharded LRU + TTL store. Cheap to share behind an `Arc`.
+/// A sharded segment store with TTL. Cheap to share behind an `Arc`.
 pub struct Store {
     shards: Box<[Padded<Mutex<Shard>>]>,
     hasher: DefaultHashBuilder,
@@ -93,16 +90,17 @@ impl Store {
             .map(|i| {
                 // Budgets split exactly: the first `rem` stripes take one more.
                 let items = max_items / n + usize::from(i < max_items % n);
-                let bytes = max_bytes / n as u64 + u64::from((i as u64) < max_bytes % n as u64);
-                let window = if cfg.exact_lru {
-                    0
-                } else {
-                    Shard::default_window(items, bytes)
+                // No budget stays no budget (a stripe sizes its segments
+                // and reclaims dead space by it).
+                let bytes = match cfg.max_bytes {
+                    None => u64::MAX,
+                    Some(_) => max_bytes / n as u64 + u64::from((i as u64) < max_bytes % n as u64),
                 };
+                let seg_size = Shard::segment_size_for(items, bytes);
                 Padded(Mutex::new(Shard::new(
                     items,
                     bytes,
-                    window,
+                    seg_size,
                     hasher.clone(),
                     now,
                 )))
@@ -187,7 +185,7 @@ impl Store {
     ) -> PutOutcome {
         let expire = expiry_for(now, ttl_secs);
         let (hash, mut shard) = self.locate(key);
-        shard.put(hash, key, value, expire, epoch)
+        shard.put(hash, key, value, expire, epoch, now)
     }
 
     /// As [`Store::put`], unless a live entry for `key` is already held:
@@ -206,7 +204,7 @@ impl Store {
         if shard.holds(hash, key, now) {
             return None;
         }
-        Some(shard.put(hash, key, value, expire, epoch))
+        Some(shard.put(hash, key, value, expire, epoch, now))
     }
 
     /// Removes `key`; returns whether a live entry was there.

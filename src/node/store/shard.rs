@@ -1,65 +1,65 @@
-//! One lock stripe of the store: a hash table of slot indices, a slab of
-//! slots threaded by an intrusive LRU list, and a timing wheel.
+//! One lock stripe of the store: items appended to segments, a compact
+//! index, TTL bucket chains and eviction by segment (Segcache's layout).
 //!
-//! Per entry the shard spends one allocation holding key and value back to
-//! back, a 48-byte slot (pointer, lengths, list links, expiry, wheel mark,
-//! recency stamp, ring epoch) and a 4-byte table index; no list nodes or timers live on
-//! the heap.
+//! - **Index**: a hash table of 32-bit entries, each naming a segment
+//!   (14 bits) and an item's offset in it (18 bits, in 4-byte units).
+//!   Keys live only in the segments; the table compares through them.
+//! - **Segments** are written in order; each belongs to one TTL bucket
+//!   (items of similar time to live) and has a place in the shard's age
+//!   order (oldest first). Writes go to their bucket's head segment.
+//! - **Expiry** frees a bucket's oldest segment whole once its latest
+//!   expiry has passed; no item is scanned to find it (its items are
+//!   walked once, to drop their index entries). A read never returns an
+//!   expired item, whether or not its segment has gone.
+//! - **Eviction** is S3-FIFO by segment. New items go to *small*
+//!   segments. While small segments hold more than a tenth of the bytes,
+//!   eviction takes the oldest of them: items read since they were
+//!   written (frequency > 0) stay, moved to its front, and the segment
+//!   joins the *main* queue as its newest; the rest go (a one-pass scan
+//!   never reaches the main queue). Otherwise it takes the oldest main
+//!   segment the same way (items read since the last pass stay with their
+//!   frequency lowered: FIFO with reinsertion, close to LRU on skewed
+//!   traffic). A kept segment becomes its bucket's head in its queue, its
+//!   free tail taking writes. A few rounds keep items; after that the
+//!   oldest segment is emptied outright, so a put never waits long.
+//! - **Dead space** (overwritten, deleted, expired items) is reclaimed as
+//!   eviction passes over it; without a byte budget, live items of the
+//!   most wasteful old segments are copied out once dead space exceeds
+//!   half of what is written, so memory follows what is held.
 
 use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use super::ttl::{Millis, WHEEL_SLOTS, Wheel, is_expired};
+use super::segment::{ALIGN, BUCKETS, HEADER, MAX_SEGMENT, NIL, Segment, bucket_of, item_size};
+use super::ttl::{Millis, is_expired};
 
-/// Marks "no slot" in links and free lists.
-const NIL: u32 = u32::MAX;
+/// Segments a shard may hold (the index entry's segment bits).
+const MAX_SEGMENTS: usize = 1 << 14;
+/// The queues, as indices.
+const SMALL: usize = 0;
+const MAIN: usize = 1;
+/// Offset bits of an index entry (in [`ALIGN`] units: 1 MiB).
+const OFFSET_BITS: u32 = 18;
+/// Eviction rounds of one put that keep recently read items; later
+/// rounds empty the oldest segment outright.
+const KEEP_ROUNDS: u32 = 4;
+/// Item bytes walked per lock hold while reclaiming expired segments.
+const EXPIRE_BUDGET: usize = 1 << 20;
+/// Oldest segments looked at when choosing one to reclaim dead space from.
+const GC_CANDIDATES: usize = 8;
 
-/// Bytes charged against `MAX_MEMORY` per entry on top of its key and value:
-/// the slot, the table index and control byte, a wheel hint and the
-/// allocator's header, rounded up.
-pub const ENTRY_OVERHEAD: u64 = 64;
-
-/// Hints examined per lock hold while reclaiming expired entries.
-const EXPIRE_BUDGET: usize = 256;
-
-#[derive(Debug)]
-struct Slot {
-    /// Key followed by value; `None` for a free slot.
-    data: Option<Box<[u8]>>,
-    key_len: u32,
-    /// Towards the most recently used end; unused while free.
-    prev: u32,
-    /// Towards the least recently used end; next free slot while free.
-    next: u32,
-    /// Expiry second, 0 for never.
-    expire: u32,
-    /// The second this slot's wheel hint is due, 0 when it has none.
-    wheel_at: u32,
-    /// The shard's push counter when this slot last moved to the head.
-    stamp: u32,
-    /// Ring epoch the entry was written in (0 when written directly).
-    epoch: u64,
+#[inline]
+fn entry(id: u32, offset: usize) -> u32 {
+    (id << OFFSET_BITS) | (offset / ALIGN) as u32
 }
 
-impl Slot {
-    fn key(&self) -> &[u8] {
-        match &self.data {
-            Some(d) => &d[..self.key_len as usize],
-            None => &[],
-        }
-    }
-
-    fn value(&self) -> &[u8] {
-        match &self.data {
-            Some(d) => &d[self.key_len as usize..],
-            None => &[],
-        }
-    }
-
-    fn charge(&self) -> u64 {
-        self.data.as_ref().map_or(0, |d| d.len() as u64) + ENTRY_OVERHEAD
-    }
+#[inline]
+fn split(e: u32) -> (usize, usize) {
+    (
+        (e >> OFFSET_BITS) as usize,
+        (e & ((1 << OFFSET_BITS) - 1)) as usize * ALIGN,
+    )
 }
 
 /// Counters a shard keeps under its own lock (so they cost no atomics).
@@ -94,83 +94,104 @@ pub enum PutOutcome {
 #[derive(Debug)]
 pub struct Shard {
     table: HashTable<u32>,
-    slots: Vec<Slot>,
-    free: u32,
-    head: u32,
-    tail: u32,
-    len: usize,
-    bytes: u64,
+    segs: Vec<Segment>,
+    free_ids: Vec<u32>,
+    /// Per queue (small, main), age order: the next segment eviction
+    /// examines, and the newest.
+    oldest: [u32; 2],
+    newest: [u32; 2],
+    /// Bytes of each queue's segments.
+    queue_bytes: [u64; 2],
+    /// Per queue and TTL bucket: the segment writes go to.
+    heads: [Box<[u32]>; 2],
+    /// Per TTL bucket: its chain's ends (both queues).
+    chain_first: Box<[u32]>,
+    chain_last: Box<[u32]>,
+    /// Size of a normal segment.
+    seg_size: usize,
+    /// Bytes of the segments held.
+    seg_bytes: u64,
+    /// Bytes written into normal segments, and how many of those belong
+    /// to items still indexed.
+    written: u64,
+    live: u64,
     max_items: usize,
     max_bytes: u64,
-    wheel: Wheel,
     hasher: DefaultHashBuilder,
     counters: ShardCounters,
-    /// Moves to the head so far (wrapping); see `promote_window`.
-    pushes: u32,
-    /// A hit moves its entry to the head only if at least this many entries
-    /// went to the head since it last did. An entry that recent sits in the
-    /// front part of the list and cannot be next to go, so leaving it there
-    /// saves touching two neighbouring slots (two cache misses) on most hits
-    /// of hot keys, like memcached's once-a-minute bump. 0 = exact LRU.
-    promote_window: u32,
+    /// The bucket the expiry sweep resumes at.
+    expire_cursor: usize,
 }
 
 impl Shard {
     /// An empty shard holding at most `max_items` entries and `max_bytes`
-    /// charged bytes, hashing keys with `hasher` (the store's, so the hash
+    /// bytes (segments and index), in segments of `seg_size` bytes (at
+    /// most 1 MiB), hashing keys with `hasher` (the store's, so the hash
     /// passed to each call matches the one used when the table grows).
-    ///
-    /// `promote_window` 0 gives an exact LRU; the store uses a quarter of
-    /// the shard's capacity (see [`Shard::default_window`]).
     pub fn new(
         max_items: usize,
         max_bytes: u64,
-        promote_window: u32,
+        seg_size: usize,
         hasher: DefaultHashBuilder,
-        now: Millis,
+        _now: Millis,
     ) -> Self {
         Shard {
             table: HashTable::new(),
-            slots: Vec::new(),
-            free: NIL,
-            head: NIL,
-            tail: NIL,
-            len: 0,
-            bytes: 0,
+            segs: Vec::new(),
+            free_ids: Vec::new(),
+            oldest: [NIL; 2],
+            newest: [NIL; 2],
+            queue_bytes: [0; 2],
+            heads: [
+                vec![NIL; BUCKETS].into_boxed_slice(),
+                vec![NIL; BUCKETS].into_boxed_slice(),
+            ],
+            chain_first: vec![NIL; BUCKETS].into_boxed_slice(),
+            chain_last: vec![NIL; BUCKETS].into_boxed_slice(),
+            seg_size: seg_size.clamp(ALIGN * 64, MAX_SEGMENT),
+            seg_bytes: 0,
+            written: 0,
+            live: 0,
             max_items: max_items.max(1),
             max_bytes,
-            wheel: Wheel::new(now),
             hasher,
             counters: ShardCounters::default(),
-            pushes: 0,
-            promote_window,
+            expire_cursor: 0,
         }
     }
 
-    /// The promotion window the store uses for a shard of `max_items`: a
-    /// quarter of it, so a skipped entry still has three quarters of the
-    /// list behind it. With a byte budget the list can be shorter than
-    /// `max_items`, so the window is also bounded by what the bytes allow
-    /// for the smallest entries.
-    pub fn default_window(max_items: usize, max_bytes: u64) -> u32 {
-        let by_bytes = max_bytes / ENTRY_OVERHEAD;
-        let len = (max_items as u64).min(by_bytes);
-        u32::try_from(len / 4).unwrap_or(u32::MAX)
+    /// The segment size the store uses for a shard of `max_items` items and
+    /// `max_bytes` bytes: about a sixteenth of what it holds (so eviction
+    /// takes a small slice at a time), a power of two from 1 KiB to 1 MiB.
+    pub fn segment_size_for(max_items: usize, max_bytes: u64) -> usize {
+        // Without a byte budget, guess 160 bytes an item.
+        let expected = if max_bytes == u64::MAX {
+            (max_items as u64).saturating_mul(160)
+        } else {
+            max_bytes
+        };
+        let want = (expected / 16).clamp(1024, MAX_SEGMENT as u64);
+        1 << (63 - want.leading_zeros())
     }
 
-    /// Live entries (including expired ones not yet reclaimed).
+    /// Entries indexed (including expired ones not yet reclaimed).
     pub fn len(&self) -> usize {
-        self.len
+        self.table.len()
     }
 
     /// Whether the shard holds no entries.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.table.is_empty()
     }
 
-    /// Bytes charged against the byte budget.
+    /// Bytes held: segments and index.
     pub fn bytes(&self) -> u64 {
-        self.bytes
+        self.seg_bytes + self.table.allocation_size() as u64
+    }
+
+    /// Segments held (tests and debugging).
+    pub fn segments(&self) -> usize {
+        self.segs.len() - self.free_ids.len()
     }
 
     /// This shard's counters.
@@ -178,22 +199,30 @@ impl Shard {
         self.counters
     }
 
+    #[inline]
+    fn key_of(segs: &[Segment], e: u32) -> &[u8] {
+        let (id, off) = split(e);
+        segs[id].item(off).key()
+    }
+
+    #[inline]
     fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
-        let slots = &self.slots;
+        let segs = &self.segs;
         self.table
-            .find(hash, |&i| slots[i as usize].key() == key)
+            .find(hash, |&e| Self::key_of(segs, e) == key)
             .copied()
     }
 
     /// Looks `key` up and, if live and written in epoch `since` or later,
-    /// marks it most recently used and returns its value. An expired or
-    /// stale entry is reclaimed on the spot. Counts a hit or a miss.
+    /// returns its value. An expired or stale entry is dropped on the spot.
+    /// Counts a hit or a miss.
     pub fn get(&mut self, hash: u64, key: &[u8], now: Millis, since: u64) -> Option<&[u8]> {
         self.lookup(hash, key, now, since, true)
     }
 
     /// As [`Shard::get`]; `count` says whether this lookup is a request's
     /// hit or miss, or a second look on behalf of a request already counted.
+    #[inline]
     pub fn lookup(
         &mut self,
         hash: u64,
@@ -203,47 +232,46 @@ impl Shard {
         count: bool,
     ) -> Option<&[u8]> {
         let miss = u64::from(count);
-        let Some(idx) = self.find(hash, key) else {
+        let Some(e) = self.find(hash, key) else {
             self.counters.misses += miss;
             return None;
         };
-        let slot = &self.slots[idx as usize];
-        if is_expired(slot.expire, now) || slot.epoch < since {
-            if is_expired(slot.expire, now) {
+        let (id, off) = split(e);
+        let item = self.segs[id].item(off);
+        let expired = is_expired(item.expire(), now);
+        if expired || item.epoch() < since {
+            if expired {
                 self.counters.expirations += 1;
             } else {
                 self.counters.stale += 1;
             }
-            self.remove_at(hash, idx);
+            self.unindex(hash, e);
             self.counters.misses += miss;
             return None;
         }
         self.counters.hits += miss;
-        // With a byte budget the list can be far shorter than the window;
-        // a quarter of what it holds now keeps the skip safe.
-        let window = self.promote_window.min(self.len as u32 / 4);
-        if self.pushes.wrapping_sub(self.slots[idx as usize].stamp) >= window {
-            self.move_to_front(idx);
-        }
-        Some(self.slots[idx as usize].value())
+        self.segs[id].touch(off);
+        Some(self.segs[id].item(off).value())
     }
 
     /// The expiry second (0 = never) of `key`'s live entry written in epoch
     /// `since` or later, without counting or reordering anything.
     pub fn expiry(&self, hash: u64, key: &[u8], now: Millis, since: u64) -> Option<u32> {
-        let slot = &self.slots[self.find(hash, key)? as usize];
-        (!is_expired(slot.expire, now) && slot.epoch >= since).then_some(slot.expire)
+        let (id, off) = split(self.find(hash, key)?);
+        let item = self.segs[id].item(off);
+        (!is_expired(item.expire(), now) && item.epoch() >= since).then_some(item.expire())
     }
 
     /// Whether a live (unexpired) entry for `key` is held, whatever its epoch.
     pub fn holds(&self, hash: u64, key: &[u8], now: Millis) -> bool {
-        self.find(hash, key)
-            .is_some_and(|idx| !is_expired(self.slots[idx as usize].expire, now))
+        self.find(hash, key).is_some_and(|e| {
+            let (id, off) = split(e);
+            !is_expired(self.segs[id].item(off).expire(), now)
+        })
     }
 
     /// Stores `key` = `value` expiring at second `expire` (0 = never),
-    /// written in ring epoch `epoch`, evicting least recently used entries
-    /// as needed.
+    /// written in ring epoch `epoch` at `now`, evicting as needed.
     pub fn put(
         &mut self,
         hash: u64,
@@ -251,240 +279,544 @@ impl Shard {
         value: &[u8],
         expire: u32,
         epoch: u64,
+        now: Millis,
     ) -> PutOutcome {
-        let charge = (key.len() + value.len()) as u64 + ENTRY_OVERHEAD;
-        if charge > self.max_bytes || key.len() > u32::MAX as usize {
+        let normal = item_size(key.len(), value.len());
+        let jumbo = key.len() > u8::MAX as usize || normal > self.seg_size;
+        let size = if jumbo {
+            HEADER + key.len() + value.len()
+        } else {
+            normal
+        };
+        let fixed = self.table.allocation_size() as u64;
+        if size as u64 + fixed > self.max_bytes || value.len() >= 1 << 32 {
             return PutOutcome::TooLarge;
         }
-        let mut data = Vec::with_capacity(key.len() + value.len());
-        data.extend_from_slice(key);
-        data.extend_from_slice(value);
-        let data = data.into_boxed_slice();
-
-        let mut evicted = 0;
-        let idx = match self.find(hash, key) {
-            Some(idx) => {
-                let slot = &mut self.slots[idx as usize];
-                let old = slot.charge();
-                slot.data = Some(data);
-                slot.expire = expire;
-                slot.epoch = epoch;
-                self.bytes = self.bytes - old + charge;
-                self.move_to_front(idx);
-                idx
-            }
-            None => {
-                while self.len >= self.max_items || self.bytes + charge > self.max_bytes {
-                    if !self.evict_tail() {
-                        break;
-                    }
-                    evicted += 1;
-                }
-                let idx = self.alloc(Slot {
-                    data: Some(data),
-                    key_len: key.len() as u32,
-                    prev: NIL,
-                    next: NIL,
-                    expire,
-                    wheel_at: 0,
-                    stamp: 0,
-                    epoch,
-                });
-                let (slots, hasher) = (&self.slots, &self.hasher);
-                self.table
-                    .insert_unique(hash, idx, |&i| hasher.hash_one(slots[i as usize].key()));
-                self.len += 1;
-                self.bytes += charge;
-                self.push_front(idx);
-                idx
-            }
-        };
-        // A grown value may push the shard over its byte budget; the entry
-        // just written is at the head, so eviction stops before reaching it.
-        while self.bytes > self.max_bytes && self.tail != idx {
-            if !self.evict_tail() {
-                break;
-            }
-            evicted += 1;
+        if let Some(old) = self.find(hash, key) {
+            self.unindex(hash, old);
         }
-        self.schedule(idx);
+        let mut evicted = 0;
+        let mut rounds = 0;
+        while self.table.len() >= self.max_items {
+            match self.evict_oldest(rounds < KEEP_ROUNDS, now) {
+                Some(n) => evicted += n,
+                None => break,
+            }
+            rounds += 1;
+        }
+        // Grow the index now, so the room made below counts its new size.
+        let (segs, hasher) = (&self.segs, &self.hasher);
+        self.table
+            .reserve(1, |&x| hasher.hash_one(Self::key_of(segs, x)));
+        while self.bytes() > self.max_bytes {
+            match self.evict_oldest(false, now) {
+                Some(n) => evicted += n,
+                None => break,
+            }
+        }
+        let ttl = if expire == 0 {
+            0
+        } else {
+            expire.saturating_sub(now.secs_floor()).max(1)
+        };
+        let bucket = bucket_of(ttl);
+        let target = if jumbo {
+            None
+        } else {
+            self.room_in(bucket, size, now, &mut evicted, &mut rounds)
+        };
+        let id = match target {
+            Some(id) => id,
+            // Too large for a segment, or no segment fits the budget: a
+            // segment of its own, exactly sized.
+            None => match self.jumbo_room(bucket, key.len(), value.len(), now, &mut evicted) {
+                Some(id) => id,
+                None => return PutOutcome::TooLarge,
+            },
+        };
+        let off = self.segs[id].append(key, value, expire, epoch);
+        if self.segs[id].jumbo.is_none() {
+            self.segs[id].live += size as u32;
+            self.written += size as u64;
+            self.live += size as u64;
+        }
+        let e = entry(id as u32, off);
+        let (segs, hasher) = (&self.segs, &self.hasher);
+        self.table
+            .insert_unique(hash, e, |&x| hasher.hash_one(Self::key_of(segs, x)));
+        if self.max_bytes == u64::MAX {
+            self.reclaim_dead(now);
+        }
         PutOutcome::Stored { evicted }
     }
 
     /// Removes `key`; returns whether a live entry was there.
     pub fn delete(&mut self, hash: u64, key: &[u8], now: Millis) -> bool {
-        let Some(idx) = self.find(hash, key) else {
+        let Some(e) = self.find(hash, key) else {
             return false;
         };
-        let live = !is_expired(self.slots[idx as usize].expire, now);
+        let (id, off) = split(e);
+        let live = !is_expired(self.segs[id].item(off).expire(), now);
         if !live {
             self.counters.expirations += 1;
         }
-        self.remove_at(hash, idx);
+        self.unindex(hash, e);
         live
     }
 
-    /// Reclaims up to a lock-hold's worth of expired entries. Returns the
-    /// number reclaimed and whether the wheel has caught up with `now`.
+    /// Frees up to a lock-hold's worth of segments whose items have all
+    /// expired. Returns the entries reclaimed and whether every bucket has
+    /// been looked at.
     pub fn expire_step(&mut self, now: Millis) -> (u64, bool) {
         let mut reclaimed = 0;
-        let mut examined = 0;
-        while examined < EXPIRE_BUDGET {
-            let Some((second, due)) = self.wheel.take_due(now, EXPIRE_BUDGET - examined) else {
-                self.maybe_compact();
-                return (reclaimed, true);
-            };
-            examined += due.len();
-            for idx in due {
-                let slot = &self.slots[idx as usize];
-                if slot.data.is_none() || slot.wheel_at != second {
-                    continue; // stale hint
-                }
-                if is_expired(slot.expire, now) {
-                    let hash = self.hasher.hash_one(slot.key());
-                    self.remove_at(hash, idx);
-                    self.counters.expirations += 1;
-                    reclaimed += 1;
-                } else {
-                    self.slots[idx as usize].wheel_at = 0;
-                    self.schedule(idx);
+        let mut walked = 0;
+        while self.expire_cursor < BUCKETS {
+            let first = self.chain_first[self.expire_cursor];
+            if first != NIL {
+                let seg = &self.segs[first as usize];
+                if seg.max_expire != u32::MAX && is_expired(seg.max_expire, now) {
+                    walked += seg.used as usize;
+                    reclaimed += self.drop_segment(first, now);
+                    if walked >= EXPIRE_BUDGET {
+                        return (reclaimed, false);
+                    }
+                    continue;
                 }
             }
+            self.expire_cursor += 1;
         }
-        (reclaimed, false)
+        self.expire_cursor = 0;
+        (reclaimed, true)
     }
 
-    /// Gives `idx` a wheel hint for its expiry unless it already has one
-    /// due no later than needed (that hint will re-file it when it fires).
-    fn schedule(&mut self, idx: u32) {
-        let slot = &self.slots[idx as usize];
-        if slot.expire == 0 {
-            return;
+    /// Drops the index entry `e` of `key`'s item (overwritten, deleted,
+    /// expired, stale or evicted). A jumbo segment goes with its item.
+    fn unindex(&mut self, hash: u64, e: u32) {
+        if let Ok(found) = self.table.find_entry(hash, |&x| x == e) {
+            found.remove();
         }
-        let at = self.wheel.target(slot.expire);
-        if slot.wheel_at != 0 && slot.wheel_at <= at && slot.wheel_at > self.wheel.cursor() {
-            return;
-        }
-        self.slots[idx as usize].wheel_at = at;
-        self.wheel.file(idx, at);
-    }
-
-    /// Sweeps stale wheel hints once they outnumber live entries, which
-    /// bounds the wheel's memory under delete- or eviction-heavy churn.
-    fn maybe_compact(&mut self) {
-        if self.wheel.refs() <= 2 * self.len + 1024 {
-            return;
-        }
-        let slots = &self.slots;
-        let cursor = self.wheel.cursor();
-        // A reused slot can be named by several hints for the same second;
-        // keep only the first, so what survives is one hint per live entry.
-        let mut kept = vec![false; slots.len()];
-        self.wheel.compact(|idx, bucket| {
-            let s = &slots[idx as usize];
-            let live = s.data.is_some()
-                && s.wheel_at > cursor
-                && s.wheel_at % WHEEL_SLOTS == bucket
-                && !kept[idx as usize];
-            if live {
-                kept[idx as usize] = true;
-            }
-            live
-        });
-    }
-
-    fn evict_tail(&mut self) -> bool {
-        let idx = self.tail;
-        if idx == NIL {
-            return false;
-        }
-        let hash = self.hasher.hash_one(self.slots[idx as usize].key());
-        self.remove_at(hash, idx);
-        self.counters.evictions += 1;
-        true
-    }
-
-    fn remove_at(&mut self, hash: u64, idx: u32) {
-        if let Ok(entry) = self.table.find_entry(hash, |&i| i == idx) {
-            entry.remove();
-        }
-        self.unlink(idx);
-        let charge = self.slots[idx as usize].charge();
-        let slot = &mut self.slots[idx as usize];
-        slot.data = None;
-        slot.wheel_at = 0;
-        slot.next = self.free;
-        self.free = idx;
-        self.len -= 1;
-        self.bytes -= charge;
-    }
-
-    fn alloc(&mut self, slot: Slot) -> u32 {
-        if self.free != NIL {
-            let idx = self.free;
-            self.free = self.slots[idx as usize].next;
-            self.slots[idx as usize] = slot;
-            idx
+        let (id, off) = split(e);
+        if self.segs[id].jumbo.is_some() {
+            self.free_segment(id as u32);
         } else {
-            self.slots.push(slot);
-            (self.slots.len() - 1) as u32
+            let size = self.segs[id].item(off).size();
+            self.segs[id].live -= size as u32;
+            self.live -= size as u64;
         }
     }
 
-    fn push_front(&mut self, idx: u32) {
-        let old = self.head;
+    /// A segment of `bucket` with `size` bytes free: its head, a new one,
+    /// or room made by evicting. `None` when the budget cannot hold a
+    /// normal segment at all.
+    fn room_in(
+        &mut self,
+        bucket: u16,
+        size: usize,
+        now: Millis,
+        evicted: &mut u32,
+        rounds: &mut u32,
+    ) -> Option<usize> {
+        loop {
+            let h = self.heads[SMALL][bucket as usize];
+            if h != NIL && self.segs[h as usize].room() >= size {
+                return Some(h as usize);
+            }
+            if self.can_allocate(self.seg_size) {
+                return Some(self.allocate(self.seg_size, bucket, None, false));
+            }
+            let keep = *rounds < KEEP_ROUNDS;
+            *rounds += 1;
+            *evicted += self.evict_oldest(keep, now)?;
+        }
+    }
+
+    /// A segment sized for one item, room made by evicting.
+    fn jumbo_room(
+        &mut self,
+        bucket: u16,
+        key_len: usize,
+        value_len: usize,
+        now: Millis,
+        evicted: &mut u32,
+    ) -> Option<usize> {
+        let size = HEADER + key_len + value_len;
+        let mut rounds = 0;
+        while !self.can_allocate(size) {
+            *evicted += self.evict_oldest(rounds < KEEP_ROUNDS, now)?;
+            rounds += 1;
+        }
+        let lens = Some((key_len as u32, value_len as u32));
+        Some(self.allocate(size, bucket, lens, false))
+    }
+
+    fn can_allocate(&self, size: usize) -> bool {
+        (!self.free_ids.is_empty() || self.segs.len() < MAX_SEGMENTS)
+            && self.seg_bytes + size as u64 + self.table.allocation_size() as u64 <= self.max_bytes
+    }
+
+    /// A new segment, newest in its queue and in its bucket's chain; a
+    /// normal one becomes the bucket's head in its queue.
+    fn allocate(
+        &mut self,
+        size: usize,
+        bucket: u16,
+        jumbo: Option<(u32, u32)>,
+        main: bool,
+    ) -> usize {
+        let id = match self.free_ids.pop() {
+            Some(id) => id,
+            None => {
+                self.segs.push(Segment::free());
+                (self.segs.len() - 1) as u32
+            }
+        };
         {
-            let s = &mut self.slots[idx as usize];
-            s.prev = NIL;
-            s.next = old;
-            s.stamp = self.pushes;
+            let s = &mut self.segs[id as usize];
+            // Zeroed memory straight from the system: pages cost RSS only
+            // once written.
+            s.data = vec![0u8; size].into_boxed_slice();
+            s.used = 0;
+            s.bucket = bucket;
+            s.jumbo = jumbo;
+            s.max_expire = 0;
+            s.main = main;
         }
-        self.pushes = self.pushes.wrapping_add(1);
-        if old != NIL {
-            self.slots[old as usize].prev = idx;
-        } else {
-            self.tail = idx;
+        self.seg_bytes += size as u64;
+        self.queue_bytes[usize::from(main)] += size as u64;
+        self.link_newest(id);
+        self.chain_push(id);
+        if jumbo.is_none() {
+            self.heads[usize::from(main)][bucket as usize] = id;
         }
-        self.head = idx;
+        id as usize
     }
 
-    fn unlink(&mut self, idx: u32) {
-        let (prev, next) = {
-            let s = &self.slots[idx as usize];
-            (s.prev, s.next)
+    /// The segment eviction takes next: the small queue's oldest while
+    /// that queue holds more than a tenth of the bytes, else the main's.
+    fn victim(&self) -> u32 {
+        let small_first = self.queue_bytes[SMALL] * 10 > self.seg_bytes;
+        match (self.oldest[SMALL], self.oldest[MAIN]) {
+            (s, NIL) => s,
+            (NIL, m) => m,
+            (s, _) if small_first => s,
+            (_, m) => m,
+        }
+    }
+
+    /// Examines the next victim: items read since the last pass stay (if
+    /// `keep`), moved to its front with their frequency lowered; the
+    /// others go. A segment left empty is freed; one that is not becomes
+    /// the newest of the main queue, and its bucket's head there when it
+    /// has more room than the current one. Returns the entries evicted,
+    /// or `None` when there is no segment.
+    fn evict_oldest(&mut self, keep: bool, now: Millis) -> Option<u32> {
+        let id = self.victim();
+        if id == NIL {
+            return None;
+        }
+        // Survivors merge into the main queue's head for their bucket.
+        let into = self.heads[MAIN][self.segs[id as usize].bucket as usize];
+        let walk = self.compact(id, now, |freq| keep && freq > 0, into);
+        if walk.kept == 0 {
+            self.free_segment(id);
+        } else {
+            self.unlink_age(id);
+            let (bucket, len) = {
+                let s = &self.segs[id as usize];
+                (s.bucket as usize, s.data.len() as u64)
+            };
+            if !self.segs[id as usize].main {
+                if self.heads[SMALL][bucket] == id {
+                    self.heads[SMALL][bucket] = NIL;
+                }
+                self.segs[id as usize].main = true;
+                self.queue_bytes[SMALL] -= len;
+                self.queue_bytes[MAIN] += len;
+            }
+            self.link_newest(id);
+            self.chain_unlink(id);
+            self.chain_push(id);
+            self.maybe_head(id);
+        }
+        Some(walk.evicted)
+    }
+
+    /// Walks segment `id`: expired items go (counted as expirations),
+    /// items for which `stays(freq)` holds stay with their frequency
+    /// lowered by one, others go (counted as evictions). Items that stay
+    /// are appended to segment `into` while it has room (merging the
+    /// survivors of several segments into one), the rest moved to the
+    /// front of `id`. `kept` counts those left in `id`.
+    fn compact(&mut self, id: u32, now: Millis, stays: impl Fn(u8) -> bool, into: u32) -> Walk {
+        let idx = id as usize;
+        let (mut off, mut to) = (0usize, 0usize);
+        let mut walk = Walk::default();
+        let used = self.segs[idx].used as usize;
+        let jumbo = self.segs[idx].jumbo.is_some();
+        let into = if jumbo || into == id { NIL } else { into };
+        while off < used {
+            let item = self.segs[idx].item(off);
+            let size = if jumbo { used } else { item.size() };
+            let (expired, freq) = (is_expired(item.expire(), now), item.freq());
+            let e = entry(id, off);
+            let hash = self.hasher.hash_one(item.key());
+            if self.table.find(hash, |&x| x == e).is_some() {
+                if expired {
+                    self.drop_entry(hash, e, id, size);
+                    self.counters.expirations += 1;
+                    walk.expired += 1;
+                } else if stays(freq) {
+                    let moved = if into != NIL && self.segs[into as usize].room() >= size {
+                        let (src, dst) = two(&mut self.segs, idx, into as usize);
+                        let at = dst.used as usize;
+                        dst.data[at..at + size].copy_from_slice(&src.data[off..off + size]);
+                        dst.data[at + 1] = freq - 1;
+                        dst.used += size as u32;
+                        dst.live += size as u32;
+                        dst.max_expire = dst.max_expire.max(src.max_expire);
+                        src.live -= size as u32;
+                        self.written += size as u64;
+                        entry(into, at)
+                    } else {
+                        let seg = &mut self.segs[idx];
+                        if to != off {
+                            seg.data.copy_within(off..off + size, to);
+                        }
+                        seg.data[to + 1] = freq - 1;
+                        to += size;
+                        walk.kept += 1;
+                        entry(id, to - size)
+                    };
+                    if moved != e
+                        && let Some(slot) = self.table.find_mut(hash, |&x| x == e)
+                    {
+                        *slot = moved;
+                    }
+                } else {
+                    self.drop_entry(hash, e, id, size);
+                    self.counters.evictions += 1;
+                    walk.evicted += 1;
+                }
+            }
+            off += size;
+        }
+        if !jumbo {
+            self.written -= (used - to) as u64;
+            self.segs[idx].used = to as u32;
+            debug_assert_eq!(self.segs[idx].live as usize, to);
+        }
+        walk
+    }
+
+    /// Removes the index entry `e` of an item of segment `id` during a
+    /// walk (the segment stays for now).
+    fn drop_entry(&mut self, hash: u64, e: u32, id: u32, size: usize) {
+        if let Ok(found) = self.table.find_entry(hash, |&x| x == e) {
+            found.remove();
+        }
+        let seg = &mut self.segs[id as usize];
+        if seg.jumbo.is_none() {
+            seg.live -= size as u32;
+            self.live -= size as u64;
+        }
+    }
+
+    /// Drops every item of segment `id` (all expired) and frees it.
+    /// Returns the entries reclaimed.
+    fn drop_segment(&mut self, id: u32, now: Millis) -> u64 {
+        let walk = self.compact(id, now, |_| false, NIL);
+        self.free_segment(id);
+        u64::from(walk.expired + walk.evicted)
+    }
+
+    /// Without a byte budget, nothing evicts while the item count is under
+    /// `LRU_SIZE`: once dead items take more than half of what is written,
+    /// the live items of the most wasteful of the oldest segments are
+    /// copied to their bucket's head and that segment is freed.
+    fn reclaim_dead(&mut self, now: Millis) {
+        let dead = self.written - self.live;
+        if dead <= self.written / 2 || dead < self.seg_size as u64 {
+            return;
+        }
+        let mut best = (NIL, 0u32);
+        for queue in [SMALL, MAIN] {
+            let mut id = self.oldest[queue];
+            for _ in 0..GC_CANDIDATES {
+                if id == NIL {
+                    break;
+                }
+                let s = &self.segs[id as usize];
+                let is_head = self.heads[queue][s.bucket as usize] == id;
+                if s.jumbo.is_none() && !is_head && s.used - s.live > best.1 {
+                    best = (id, s.used - s.live);
+                }
+                id = s.newer;
+            }
+        }
+        if best.0 != NIL {
+            self.move_out(best.0, now);
+        }
+    }
+
+    /// Copies the live items of segment `id` to their bucket's head in its
+    /// queue and frees it (no budget: a new head can always be had).
+    fn move_out(&mut self, id: u32, now: Millis) {
+        let idx = id as usize;
+        let (bucket, main) = (self.segs[idx].bucket, self.segs[idx].main);
+        let queue = usize::from(main);
+        let used = self.segs[idx].used as usize;
+        let mut off = 0;
+        while off < used {
+            let (size, expired, hash) = {
+                let item = self.segs[idx].item(off);
+                (
+                    item.size(),
+                    is_expired(item.expire(), now),
+                    self.hasher.hash_one(item.key()),
+                )
+            };
+            let e = entry(id, off);
+            if self.table.find(hash, |&x| x == e).is_some() {
+                if expired {
+                    self.drop_entry(hash, e, id, size);
+                    self.counters.expirations += 1;
+                } else {
+                    let h = match self.heads[queue][bucket as usize] {
+                        h if h != NIL && self.segs[h as usize].room() >= size => h as usize,
+                        _ => self.allocate(self.seg_size, bucket, None, main),
+                    };
+                    let (src, dst) = two(&mut self.segs, idx, h);
+                    let to = dst.used as usize;
+                    dst.data[to..to + size].copy_from_slice(&src.data[off..off + size]);
+                    dst.used += size as u32;
+                    dst.live += size as u32;
+                    dst.max_expire = dst.max_expire.max(src.max_expire);
+                    src.live -= size as u32;
+                    self.written += size as u64;
+                    if let Some(slot) = self.table.find_mut(hash, |&x| x == e) {
+                        *slot = entry(h as u32, to);
+                    }
+                }
+            }
+            off += size;
+        }
+        self.free_segment(id);
+    }
+
+    /// Returns segment `id`'s memory and unlinks it everywhere.
+    fn free_segment(&mut self, id: u32) {
+        self.unlink_age(id);
+        self.chain_unlink(id);
+        let s = &mut self.segs[id as usize];
+        let queue = usize::from(s.main);
+        if self.heads[queue][s.bucket as usize] == id {
+            self.heads[queue][s.bucket as usize] = NIL;
+        }
+        self.seg_bytes -= s.data.len() as u64;
+        self.queue_bytes[queue] -= s.data.len() as u64;
+        if s.jumbo.is_none() {
+            self.written -= u64::from(s.used);
+        }
+        *s = Segment::free();
+        self.free_ids.push(id);
+    }
+
+    /// Makes `id` its bucket's head in its queue if it has more room than
+    /// the head.
+    fn maybe_head(&mut self, id: u32) {
+        let s = &self.segs[id as usize];
+        if s.jumbo.is_some() {
+            return;
+        }
+        let (queue, b) = (usize::from(s.main), s.bucket as usize);
+        let h = self.heads[queue][b];
+        if h == NIL || self.segs[h as usize].room() < s.room() {
+            self.heads[queue][b] = id;
+        }
+    }
+
+    fn link_newest(&mut self, id: u32) {
+        let q = usize::from(self.segs[id as usize].main);
+        let old = self.newest[q];
+        {
+            let s = &mut self.segs[id as usize];
+            s.older = old;
+            s.newer = NIL;
+        }
+        if old != NIL {
+            self.segs[old as usize].newer = id;
+        } else {
+            self.oldest[q] = id;
+        }
+        self.newest[q] = id;
+    }
+
+    fn unlink_age(&mut self, id: u32) {
+        let (q, older, newer) = {
+            let s = &self.segs[id as usize];
+            (usize::from(s.main), s.older, s.newer)
+        };
+        if older != NIL {
+            self.segs[older as usize].newer = newer;
+        } else {
+            self.oldest[q] = newer;
+        }
+        if newer != NIL {
+            self.segs[newer as usize].older = older;
+        } else {
+            self.newest[q] = older;
+        }
+    }
+
+    fn chain_push(&mut self, id: u32) {
+        let b = self.segs[id as usize].bucket as usize;
+        let last = self.chain_last[b];
+        {
+            let s = &mut self.segs[id as usize];
+            s.chain_prev = last;
+            s.chain_next = NIL;
+        }
+        if last != NIL {
+            self.segs[last as usize].chain_next = id;
+        } else {
+            self.chain_first[b] = id;
+        }
+        self.chain_last[b] = id;
+    }
+
+    fn chain_unlink(&mut self, id: u32) {
+        let (b, prev, next) = {
+            let s = &self.segs[id as usize];
+            (s.bucket as usize, s.chain_prev, s.chain_next)
         };
         if prev != NIL {
-            self.slots[prev as usize].next = next;
+            self.segs[prev as usize].chain_next = next;
         } else {
-            self.head = next;
+            self.chain_first[b] = next;
         }
         if next != NIL {
-            self.slots[next as usize].prev = prev;
+            self.segs[next as usize].chain_prev = prev;
         } else {
-            self.tail = prev;
+            self.chain_last[b] = prev;
         }
     }
+}
 
-    fn move_to_front(&mut self, idx: u32) {
-        if self.head != idx {
-            self.unlink(idx);
-            self.push_front(idx);
-        }
-    }
+/// What a walk over a segment did.
+#[derive(Debug, Default)]
+struct Walk {
+    evicted: u32,
+    expired: u32,
+    kept: u32,
+}
 
-    /// Wheel hints held, live or stale (tests and debugging).
-    pub fn wheel_refs(&self) -> usize {
-        self.wheel.refs()
-    }
-
-    /// Keys from most to least recently used (tests and debugging).
-    pub fn keys_mru(&self) -> Vec<Vec<u8>> {
-        let mut out = Vec::with_capacity(self.len);
-        let mut i = self.head;
-        while i != NIL {
-            out.push(self.slots[i as usize].key().to_vec());
-            i = self.slots[i as usize].next;
-        }
-        out
+/// Two distinct segments: one to move items out of, one to move them to.
+fn two(segs: &mut [Segment], a: usize, b: usize) -> (&mut Segment, &mut Segment) {
+    if a < b {
+        let (lo, hi) = segs.split_at_mut(b);
+        (&mut lo[a], &mut hi[0])
+    } else {
+        let (lo, hi) = segs.split_at_mut(a);
+        (&mut hi[0], &mut lo[b])
     }
 }

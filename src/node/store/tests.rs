@@ -1,6 +1,8 @@
-//! The store against an exact, single-lock LRU reference model.
+//! The store against a reference model: what is stored is returned until
+//! it expires, is deleted or is evicted, never a wrong or torn value; with
+//! room for everything, nothing is evicted and the store is the model.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 
 use hashbrown::DefaultHashBuilder;
 use proptest::prelude::*;
@@ -8,72 +10,18 @@ use proptest::prelude::*;
 use super::*;
 use std::hash::BuildHasher;
 
-/// The obviously-correct model: a recency-ordered list, most recent first.
+/// Key → (value, expiry second).
+#[derive(Default)]
 struct Model {
-    entries: VecDeque<(Vec<u8>, Vec<u8>, u32)>,
-    max_items: usize,
-    max_bytes: u64,
-    bytes: u64,
-}
-
-fn charge(k: &[u8], v: &[u8]) -> u64 {
-    (k.len() + v.len()) as u64 + ENTRY_OVERHEAD
+    entries: HashMap<Vec<u8>, (Vec<u8>, u32)>,
 }
 
 impl Model {
-    fn pos(&self, k: &[u8]) -> Option<usize> {
-        self.entries.iter().position(|e| e.0 == k)
-    }
-    fn remove(&mut self, i: usize) {
-        if let Some((k, v, _)) = self.entries.remove(i) {
-            self.bytes -= charge(&k, &v);
-        }
-    }
-    fn get(&mut self, k: &[u8], now: Millis) -> Option<Vec<u8>> {
-        let i = self.pos(k)?;
-        if ttl::is_expired(self.entries[i].2, now) {
-            self.remove(i);
-            return None;
-        }
-        let e = self.entries.remove(i)?;
-        let v = e.1.clone();
-        self.entries.push_front(e);
-        Some(v)
-    }
-    fn put(&mut self, k: &[u8], v: &[u8], expire: u32) -> bool {
-        let c = charge(k, v);
-        if c > self.max_bytes {
-            return false;
-        }
-        if let Some(i) = self.pos(k) {
-            self.remove(i);
-        } else {
-            while !self.entries.is_empty()
-                && (self.entries.len() >= self.max_items || self.bytes + c > self.max_bytes)
-            {
-                self.remove(self.entries.len() - 1);
-            }
-        }
-        self.entries.push_front((k.to_vec(), v.to_vec(), expire));
-        self.bytes += c;
-        while self.bytes > self.max_bytes && self.entries.len() > 1 {
-            self.remove(self.entries.len() - 1);
-        }
-        true
-    }
-    fn delete(&mut self, k: &[u8], now: Millis) -> bool {
-        match self.pos(k) {
-            Some(i) => {
-                let live = !ttl::is_expired(self.entries[i].2, now);
-                self.remove(i);
-                live
-            }
-            None => false,
-        }
-    }
-    fn expire(&mut self, now: Millis) {
-        self.entries.retain(|e| !ttl::is_expired(e.2, now));
-        self.bytes = self.entries.iter().map(|e| charge(&e.0, &e.1)).sum();
+    fn live(&self, k: &[u8], now: Millis) -> Option<&Vec<u8>> {
+        self.entries
+            .get(k)
+            .filter(|(_, e)| !ttl::is_expired(*e, now))
+            .map(|(v, _)| v)
     }
 }
 
@@ -85,81 +33,151 @@ enum Action {
     Advance(u32),
 }
 
-fn action() -> impl Strategy<Value = Action> {
+fn action(max_value: usize) -> impl Strategy<Value = Action> {
     prop_oneof![
-        4 => (0u8..24).prop_map(Action::Get),
-        4 => (0u8..24, proptest::collection::vec(any::<u8>(), 0..48), prop_oneof![Just(0u32), 1u32..5, Just(600u32)])
+        4 => (0u8..40).prop_map(Action::Get),
+        4 => (0u8..40, proptest::collection::vec(any::<u8>(), 0..max_value), prop_oneof![Just(0u32), 1u32..5, 10u32..40, Just(3000u32)])
             .prop_map(|(k, v, t)| Action::Put(k, v, t)),
-        1 => (0u8..24).prop_map(Action::Delete),
-        1 => (0u32..3000).prop_map(Action::Advance),
+        1 => (0u8..40).prop_map(Action::Delete),
+        1 => (0u32..4000).prop_map(Action::Advance),
     ]
 }
 
+/// Keys of several lengths, one of them past 255 bytes (a jumbo item).
 fn key(k: u8) -> Vec<u8> {
-    format!("key-{k}").into_bytes()
+    let mut key = format!("key-{k}").into_bytes();
+    if k.is_multiple_of(13) {
+        key.resize(300, b'x');
+    }
+    key
+}
+
+/// Runs `actions` against a shard and the model. With `exact`, nothing
+/// may be evicted; otherwise a value the shard no longer has is taken as
+/// evicted (and must stay gone), and every value it returns must be the
+/// model's.
+fn check(
+    mut shard: Shard,
+    hasher: &DefaultHashBuilder,
+    max_items: usize,
+    max_bytes: u64,
+    exact: bool,
+    actions: Vec<Action>,
+) -> Result<(), TestCaseError> {
+    let mut now = Millis(0);
+    let mut model = Model::default();
+    for a in actions {
+        match a {
+            Action::Get(k) => {
+                let k = key(k);
+                let got = shard
+                    .get(hasher.hash_one(&k), &k, now, 0)
+                    .map(<[u8]>::to_vec);
+                let want = model.live(&k, now).cloned();
+                match (&got, &want) {
+                    (Some(g), Some(w)) => prop_assert_eq!(g, w),
+                    (Some(g), None) => {
+                        prop_assert!(false, "returned {:?} for a key it should not hold", g)
+                    }
+                    (None, Some(_)) => {
+                        prop_assert!(!exact, "lost {:?} with room for everything", k);
+                        prop_assert!(shard.counters().evictions > 0);
+                        model.entries.remove(&k);
+                    }
+                    (None, None) => {}
+                }
+            }
+            Action::Put(k, v, ttl) => {
+                let k = key(k);
+                let expire = expiry_for(now, ttl);
+                match shard.put(hasher.hash_one(&k), &k, &v, expire, 0, now) {
+                    PutOutcome::Stored { .. } => {
+                        model.entries.insert(k, (v, expire));
+                    }
+                    PutOutcome::TooLarge => {
+                        prop_assert!(!exact);
+                        model.entries.remove(&k);
+                    }
+                }
+            }
+            Action::Delete(k) => {
+                let k = key(k);
+                let had = shard.delete(hasher.hash_one(&k), &k, now);
+                let want = model.live(&k, now).is_some();
+                if exact {
+                    prop_assert_eq!(had, want);
+                } else {
+                    prop_assert!(!had || want, "deleted a key it should not hold");
+                }
+                model.entries.remove(&k);
+            }
+            Action::Advance(ms) => {
+                now = Millis(now.0 + u64::from(ms));
+                while !shard.expire_step(now).1 {}
+            }
+        }
+        prop_assert!(shard.len() <= max_items);
+        prop_assert!(
+            shard.bytes() <= max_bytes,
+            "{} > {}",
+            shard.bytes(),
+            max_bytes
+        );
+        if exact {
+            let live = model
+                .entries
+                .values()
+                .filter(|(_, e)| !ttl::is_expired(*e, now))
+                .count();
+            prop_assert!(shard.len() >= live, "{} < {live}", shard.len());
+        }
+    }
+    Ok(())
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig::with_cases(300))]
 
-    /// One shard behaves exactly like the model: same hits, same values,
-    /// same recency order, same byte charge, whatever the op sequence.
+    /// With room for every key, the shard is the model.
     #[test]
-    fn shard_matches_exact_lru(
-        max_items in 1usize..10,
-        budget in prop_oneof![Just(None), (2u64..6).prop_map(Some)],
-        actions in proptest::collection::vec(action(), 1..300),
+    fn with_room_the_shard_is_the_model(
+        seg_size in prop_oneof![Just(256usize), Just(1024), Just(64 * 1024)],
+        actions in proptest::collection::vec(action(200), 1..400),
     ) {
-        let max_bytes = budget.map_or(u64::MAX, |n| n * (ENTRY_OVERHEAD + 30));
         let hasher = DefaultHashBuilder::default();
-        let mut now = Millis(0);
-        let mut shard = Shard::new(max_items, max_bytes, 0, hasher.clone(), now);
-        let mut model = Model { entries: VecDeque::new(), max_items, max_bytes, bytes: 0 };
-        for a in actions {
-            match a {
-                Action::Get(k) => {
-                    let k = key(k);
-                    let got = shard.get(hasher.hash_one(&k), &k, now, 0).map(<[u8]>::to_vec);
-                    prop_assert_eq!(got, model.get(&k, now));
-                }
-                Action::Put(k, v, ttl) => {
-                    let k = key(k);
-                    let expire = expiry_for(now, ttl);
-                    let stored = shard.put(hasher.hash_one(&k), &k, &v, expire, 0);
-                    let model_stored = model.put(&k, &v, expire);
-                    prop_assert_eq!(matches!(stored, PutOutcome::Stored { .. }), model_stored);
-                }
-                Action::Delete(k) => {
-                    let k = key(k);
-                    prop_assert_eq!(shard.delete(hasher.hash_one(&k), &k, now), model.delete(&k, now));
-                }
-                Action::Advance(ms) => {
-                    now = Millis(now.0 + u64::from(ms));
-                    loop {
-                        if shard.expire_step(now).1 { break; }
-                    }
-                    model.expire(now);
-                }
-            }
-            let model_keys: Vec<Vec<u8>> = model.entries.iter().map(|e| e.0.clone()).collect();
-            prop_assert_eq!(shard.keys_mru(), model_keys);
-            prop_assert_eq!(shard.bytes(), model.bytes);
-            prop_assert!(shard.len() <= max_items);
-        }
+        let shard = Shard::new(1000, u64::MAX, seg_size, hasher.clone(), Millis(0));
+        check(shard, &hasher, 1000, u64::MAX, true, actions)?;
     }
+
+    /// Under item and byte pressure: never a wrong value, never over either
+    /// budget, and what was evicted stays gone.
+    #[test]
+    fn under_pressure_values_are_right_or_gone(
+        max_items in 1usize..30,
+        budget in prop_oneof![Just(u64::MAX), 2_000u64..12_000],
+        seg_size in prop_oneof![Just(256usize), Just(1024)],
+        actions in proptest::collection::vec(action(300), 1..400),
+    ) {
+        let hasher = DefaultHashBuilder::default();
+        let shard = Shard::new(max_items, budget, seg_size, hasher.clone(), Millis(0));
+        check(shard, &hasher, max_items, budget, false, actions)?;
+    }
+}
+
+fn store(max_items: usize, max_bytes: Option<u64>, shards: usize) -> Store {
+    Store::new(
+        StoreConfig {
+            max_items,
+            max_bytes,
+            shards,
+        },
+        Millis(0),
+    )
 }
 
 #[test]
 fn expired_entries_are_never_returned_even_before_reclaim() {
-    let store = Store::new(
-        StoreConfig {
-            max_items: 100,
-            max_bytes: None,
-            shards: 4,
-            exact_lru: false,
-        },
-        Millis(0),
-    );
+    let store = store(100, None, 4);
     store.put(b"a", b"1", 2, Millis(0), 0);
     assert_eq!(store.get(b"a", Millis(1999)), Some(b"1".to_vec()));
     assert_eq!(store.get(b"a", Millis(2000)), None);
@@ -167,30 +185,38 @@ fn expired_entries_are_never_returned_even_before_reclaim() {
 }
 
 #[test]
-fn the_wheel_reclaims_without_any_get() {
-    let store = Store::new(
-        StoreConfig {
-            max_items: 10_000,
-            max_bytes: None,
-            shards: 8,
-            exact_lru: false,
-        },
-        Millis(0),
-    );
+fn expiry_frees_whole_segments_per_ttl_bucket() {
+    let store = store(10_000, None, 8);
+    // TTLs of 1 to 5 s share a bucket (8 s wide): their segments go
+    // together once the last of them has expired.
     for i in 0..5000u32 {
         store.put(&i.to_le_bytes(), b"v", 1 + i % 5, Millis(0), 0);
     }
     store.put(b"forever", b"v", 0, Millis(0), 0);
     store.put(b"long", b"v", 4000, Millis(0), 0);
     assert_eq!(store.expire(Millis(999)), 0);
-    assert_eq!(store.expire(Millis(3000)), 3000);
-    assert_eq!(store.expire(Millis(6000)), 2000);
+    assert_eq!(store.expire(Millis(4999)), 0, "a segment goes whole");
+    assert_eq!(
+        store.get(&3u32.to_le_bytes(), Millis(4999)),
+        None,
+        "yet never served"
+    );
+    assert_eq!(
+        store.get(&4u32.to_le_bytes(), Millis(4999)),
+        Some(b"v".to_vec())
+    );
+    let before = store.stats();
+    assert_eq!(
+        store.expire(Millis(5000)),
+        4999,
+        "one was dropped by the read"
+    );
     let s = store.stats();
     assert_eq!(s.items, 2);
     assert_eq!(s.counters.expirations, 5000);
-    // Far beyond the wheel's horizon: the long entry is re-filed, not lost early.
+    assert!(s.bytes < before.bytes, "{s:?} vs {before:?}");
     assert_eq!(store.expire(Millis(3_999_000)), 0);
-    assert_eq!(store.expire(Millis(4_000_000)), 1);
+    assert_eq!(store.expire(Millis(4_100_000)), 1);
     assert_eq!(
         store.get(b"forever", Millis(u64::from(u32::MAX) * 1000)),
         Some(b"v".to_vec())
@@ -199,35 +225,21 @@ fn the_wheel_reclaims_without_any_get() {
 
 #[test]
 fn overwrites_move_expiry_both_ways() {
-    let store = Store::new(
-        StoreConfig {
-            max_items: 10,
-            max_bytes: None,
-            shards: 1,
-            exact_lru: false,
-        },
-        Millis(0),
-    );
+    let store = store(10, None, 1);
     store.put(b"k", b"1", 100, Millis(0), 0);
     store.put(b"k", b"2", 1, Millis(0), 0);
     assert_eq!(store.expire(Millis(1000)), 1);
+    assert_eq!(store.get(b"k", Millis(1000)), None);
     store.put(b"k", b"3", 1, Millis(1000), 0);
     store.put(b"k", b"4", 100, Millis(1000), 0);
     assert_eq!(store.expire(Millis(50_000)), 0);
     assert_eq!(store.get(b"k", Millis(50_000)), Some(b"4".to_vec()));
+    assert_eq!(store.get(b"k", Millis(101_000)), None);
 }
 
 #[test]
 fn item_budget_is_exact_across_shards() {
-    let store = Store::new(
-        StoreConfig {
-            max_items: 10,
-            max_bytes: None,
-            shards: 64,
-            exact_lru: false,
-        },
-        Millis(0),
-    );
+    let store = store(10, None, 64);
     assert_eq!(store.shard_count(), 8);
     for i in 0..1000u32 {
         store.put(&i.to_le_bytes(), b"v", 0, Millis(0), 0);
@@ -240,57 +252,101 @@ fn item_budget_is_exact_across_shards() {
 #[test]
 fn byte_budget_bounds_memory_and_rejects_giants() {
     let budget = 64 * 1024;
-    let store = Store::new(
-        StoreConfig {
-            max_items: 1 << 20,
-            max_bytes: Some(budget),
-            shards: 4,
-            exact_lru: false,
-        },
-        Millis(0),
-    );
+    let store = store(1 << 20, Some(budget), 4);
     for i in 0..10_000u32 {
         store.put(&i.to_le_bytes(), &[7u8; 100], 0, Millis(0), 0);
+        assert!(store.stats().bytes <= budget);
     }
     let s = store.stats();
-    assert!(s.bytes <= budget, "{s:?}");
     assert!(s.counters.evictions > 0);
+    assert!(s.items > 300, "the budget holds items, not air: {s:?}");
     assert_eq!(
         store.put(b"giant", &vec![0u8; 20 * 1024], 0, Millis(0), 0),
         PutOutcome::TooLarge
     );
+    // A value over a segment but within a stripe's budget has a segment
+    // of its own.
+    let big = vec![9u8; 8 * 1024];
+    assert!(matches!(
+        store.put(b"big", &big, 0, Millis(0), 0),
+        PutOutcome::Stored { .. }
+    ));
+    assert_eq!(store.get(b"big", Millis(0)), Some(big));
+    assert!(store.stats().bytes <= budget);
 }
 
 #[test]
-fn stale_wheel_hints_stay_bounded_under_churn() {
-    let hasher = DefaultHashBuilder::default();
-    let mut shard = Shard::new(100, u64::MAX, 25, hasher.clone(), Millis(0));
-    for i in 0..200_000u32 {
-        let k = i.to_le_bytes();
-        shard.put(hasher.hash_one(k), &k, b"v", 400, 0);
+fn the_budget_holds_under_mixed_sizes_and_ttls() {
+    let budget = 4 << 20;
+    let store = store(1 << 20, Some(budget), 8);
+    let mut state = 7u64;
+    for i in 0..200_000u64 {
+        // xorshift: sizes from 0 to 64 KiB, mostly small.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let len = match state % 100 {
+            0 => (state >> 8) as usize % 65_536,
+            1..10 => (state >> 8) as usize % 4096,
+            _ => (state >> 8) as usize % 300,
+        };
+        let ttl = [0, 5, 60, 3600][(state >> 40) as usize % 4];
+        let now = Millis(i / 20);
+        store.put(
+            &(state % 50_000).to_le_bytes(),
+            &vec![1u8; len],
+            ttl,
+            now,
+            0,
+        );
         if i % 1000 == 0 {
-            shard.expire_step(Millis(0));
+            store.expire(now);
         }
+        assert!(store.stats().bytes <= budget);
+    }
+}
+
+#[test]
+fn dead_space_is_reclaimed_without_a_byte_budget() {
+    let hasher = DefaultHashBuilder::default();
+    let mut shard = Shard::new(1000, u64::MAX, 4096, hasher.clone(), Millis(0));
+    for i in 0..200_000u32 {
+        let k = (i % 100).to_le_bytes();
+        shard.put(hasher.hash_one(k), &k, &[3u8; 100], 0, 0, Millis(0));
     }
     assert_eq!(shard.len(), 100);
-    assert!(
-        shard.wheel_refs() <= 2 * 100 + 1024 + 1000,
-        "{}",
-        shard.wheel_refs()
-    );
+    // 100 items of 120 bytes: a handful of 4 KiB segments, not 200,000 items' worth.
+    assert!(shard.segments() <= 8, "{}", shard.segments());
+}
+
+#[test]
+fn a_one_pass_scan_does_not_flush_items_in_use() {
+    let s = store(1000, None, 1);
+    let hot: Vec<Vec<u8>> = (0..500u32)
+        .map(|i| format!("hot-{i}").into_bytes())
+        .collect();
+    for k in &hot {
+        s.put(k, b"v", 0, Millis(0), 0);
+    }
+    for _ in 0..3 {
+        for k in &hot {
+            assert!(s.get_with(k, Millis(0), 0, |_| ()).is_some());
+        }
+    }
+    for i in 0..5000u32 {
+        s.put(format!("scan-{i}").as_bytes(), b"v", 0, Millis(0), 0);
+    }
+    let kept = hot
+        .iter()
+        .filter(|k| s.get_with(k, Millis(0), 0, |_| ()).is_some())
+        .count();
+    // An LRU of 1,000 would hold none of them after 5,000 new keys.
+    assert!(kept >= 450, "{kept} of 500 hot keys survived the scan");
 }
 
 #[test]
 fn entries_older_than_the_ownership_epoch_are_dropped() {
-    let store = Store::new(
-        StoreConfig {
-            max_items: 10,
-            max_bytes: None,
-            shards: 1,
-            exact_lru: false,
-        },
-        Millis(0),
-    );
+    let store = store(10, None, 1);
     store.put(b"k", b"old", 0, Millis(0), 5);
     assert_eq!(
         store.get_with(b"k", Millis(0), 5, <[u8]>::to_vec),
@@ -307,5 +363,14 @@ fn entries_older_than_the_ownership_epoch_are_dropped() {
     assert_eq!(
         store.get_with(b"k", Millis(0), 6, <[u8]>::to_vec),
         Some(b"new".to_vec())
+    );
+    // Wall-clock microsecond epochs keep their order.
+    let micros = 1_764_750_000_000_000u64;
+    store.put(b"w", b"v", 0, Millis(0), micros);
+    assert!(store.get_with(b"w", Millis(0), micros, |_| ()).is_some());
+    assert!(
+        store
+            .get_with(b"w", Millis(0), micros + 1, |_| ())
+            .is_none()
     );
 }
