@@ -5,6 +5,8 @@
 
 #[path = "fuzzing/harness.rs"]
 mod harness;
+#[path = "fuzzing/store_ops.rs"]
+mod store_ops;
 
 use std::path::Path;
 
@@ -138,4 +140,9 @@ fn replay_a_corpus_with_timings() {
             println!("  {line}");
         }
     }
+}
+
+#[test]
+fn the_store_survives_its_seeds_and_kept_inputs() {
+    replay("store_ops", store_ops::store_seeds(), store_ops::store_ops);
 }

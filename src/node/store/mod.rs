@@ -15,7 +15,6 @@ use std::sync::{Mutex, MutexGuard};
 
 use hashbrown::DefaultHashBuilder;
 
-pub use segment::HEADER as ITEM_HEADER;
 pub use shard::{PutOutcome, Shard, ShardCounters};
 pub use ttl::{Millis, expiry_for};
 
