@@ -94,9 +94,10 @@ pub fn store_ops(data: &[u8]) {
                     milena::node::store::PutOutcome::Stored { .. } => {
                         model.insert(k, (v, expire));
                     }
+                    // Refused: nothing was written, the old value stays
+                    // (or is gone as evicted).
                     milena::node::store::PutOutcome::TooLarge => {
                         assert!(!exact, "refused with room for everything");
-                        model.remove(&k);
                     }
                 }
             }

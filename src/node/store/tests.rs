@@ -94,10 +94,8 @@ fn check(
                     PutOutcome::Stored { .. } => {
                         model.entries.insert(k, (v, expire));
                     }
-                    PutOutcome::TooLarge => {
-                        prop_assert!(!exact);
-                        model.entries.remove(&k);
-                    }
+                    // Refused: nothing was written, the old value stays.
+                    PutOutcome::TooLarge => prop_assert!(!exact),
                 }
             }
             Action::Delete(k) => {
