@@ -7,7 +7,7 @@
 //! | bytes | field |
 //! |---|---|
 //! | 0 | key length, 1–255; 0 in a jumbo segment (the lengths are the segment's) |
-//! | 1 | access frequency, 0–3 (eviction keeps items read since their last pass) |
+//! | 1 | access frequency, 0–3 (eviction keeps items read since their last pass); top bit: dead (no longer indexed) |
 //! | 2..5 | value length (24 bits; a segment is at most 1 MiB) |
 //! | 5..12 | ring epoch the item was written in (56 bits, saturating) |
 //! | 12..16 | expiry second, 0 = never |
@@ -23,6 +23,9 @@ pub const ALIGN: usize = 4;
 pub const MAX_SEGMENT: usize = 1 << 20;
 /// Highest access frequency kept.
 pub const MAX_FREQ: u8 = 3;
+/// Marks an item no longer indexed (overwritten, deleted, expired), so a
+/// walk over its segment skips it without asking the index.
+const DEAD: u8 = 0x80;
 /// Largest epoch an item stores; larger ones are stored as this, which
 /// only ever makes an item look older (a read then goes to the tier).
 pub const MAX_EPOCH: u64 = (1 << 56) - 1;
@@ -105,6 +108,12 @@ impl Segment {
         }
     }
 
+    /// Marks the item at `offset` as no longer indexed.
+    #[inline]
+    pub fn kill(&mut self, offset: usize) {
+        self.data[offset + 1] |= DEAD;
+    }
+
     /// Raises the access frequency of the item at `offset` by one.
     #[inline]
     pub fn touch(&mut self, offset: usize) {
@@ -179,7 +188,13 @@ impl<'a> Item<'a> {
     /// Access frequency.
     #[inline]
     pub fn freq(&self) -> u8 {
-        self.bytes[1]
+        self.bytes[1] & !DEAD
+    }
+
+    /// Whether the item is no longer indexed.
+    #[inline]
+    pub fn is_dead(&self) -> bool {
+        self.bytes[1] & DEAD != 0
     }
 
     /// Bytes it takes in a normal segment, padding included.
@@ -232,6 +247,9 @@ mod tests {
         }
         assert_eq!(s.item(a).freq(), MAX_FREQ);
         assert_eq!(s.item(b).freq(), 0);
+        s.kill(a);
+        assert!(s.item(a).is_dead() && !s.item(b).is_dead());
+        assert_eq!(s.item(a).freq(), MAX_FREQ);
     }
 
     #[test]

@@ -109,8 +109,10 @@ pub struct Shard {
     chain_last: Box<[u32]>,
     /// Size of a normal segment.
     seg_size: usize,
-    /// Bytes of the segments held.
+    /// Bytes of the segments held, the spare included.
     seg_bytes: u64,
+    /// A freed normal segment's buffer, kept for the next one.
+    spare: Option<Box<[u8]>>,
     /// Bytes written into normal segments, and how many of those belong
     /// to items still indexed.
     written: u64,
@@ -150,6 +152,7 @@ impl Shard {
             chain_last: vec![NIL; BUCKETS].into_boxed_slice(),
             seg_size: seg_size.clamp(ALIGN * 64, MAX_SEGMENT),
             seg_bytes: 0,
+            spare: None,
             written: 0,
             live: 0,
             max_items: max_items.max(1),
@@ -309,6 +312,9 @@ impl Shard {
         self.table
             .reserve(1, |&x| hasher.hash_one(Self::key_of(segs, x)));
         while self.bytes() > self.max_bytes {
+            if self.drop_spare() {
+                continue;
+            }
             match self.evict_oldest(false, now) {
                 Some(n) => evicted += n,
                 None => break,
@@ -400,6 +406,7 @@ impl Shard {
             self.free_segment(id as u32);
         } else {
             let size = self.segs[id].item(off).size();
+            self.segs[id].kill(off);
             self.segs[id].live -= size as u32;
             self.live -= size as u64;
         }
@@ -442,6 +449,9 @@ impl Shard {
         let size = HEADER + key_len + value_len;
         let mut rounds = 0;
         while !self.can_allocate(size) {
+            if self.drop_spare() {
+                continue;
+            }
             *evicted += self.evict_oldest(rounds < KEEP_ROUNDS, now)?;
             rounds += 1;
         }
@@ -450,8 +460,13 @@ impl Shard {
     }
 
     fn can_allocate(&self, size: usize) -> bool {
-        (!self.free_ids.is_empty() || self.segs.len() < MAX_SEGMENTS)
-            && self.seg_bytes + size as u64 + self.table.allocation_size() as u64 <= self.max_bytes
+        let id_free = !self.free_ids.is_empty() || self.segs.len() < MAX_SEGMENTS;
+        // A spare buffer is already counted.
+        let spare = size == self.seg_size && self.spare.is_some();
+        id_free
+            && (spare
+                || self.seg_bytes + size as u64 + self.table.allocation_size() as u64
+                    <= self.max_bytes)
     }
 
     /// A new segment, newest in its queue and in its bucket's chain; a
@@ -472,16 +487,21 @@ impl Shard {
         };
         {
             let s = &mut self.segs[id as usize];
-            // Zeroed memory straight from the system: pages cost RSS only
-            // once written.
-            s.data = vec![0u8; size].into_boxed_slice();
+            match self.spare.take().filter(|_| size == self.seg_size) {
+                Some(buf) => s.data = buf,
+                None => {
+                    // Zeroed memory straight from the system: pages cost
+                    // RSS only once written.
+                    s.data = vec![0u8; size].into_boxed_slice();
+                    self.seg_bytes += size as u64;
+                }
+            }
             s.used = 0;
             s.bucket = bucket;
             s.jumbo = jumbo;
             s.max_expire = 0;
             s.main = main;
         }
-        self.seg_bytes += size as u64;
         self.queue_bytes[usize::from(main)] += size as u64;
         self.link_newest(id);
         self.chain_push(id);
@@ -557,10 +577,15 @@ impl Shard {
         while off < used {
             let item = self.segs[idx].item(off);
             let size = if jumbo { used } else { item.size() };
+            if item.is_dead() {
+                off += size;
+                continue;
+            }
             let (expired, freq) = (is_expired(item.expire(), now), item.freq());
             let e = entry(id, off);
             let hash = self.hasher.hash_one(item.key());
-            if self.table.find(hash, |&x| x == e).is_some() {
+            debug_assert!(self.table.find(hash, |&x| x == e).is_some());
+            {
                 if expired {
                     self.drop_entry(hash, e, id, size);
                     self.counters.expirations += 1;
@@ -667,16 +692,17 @@ impl Shard {
         let used = self.segs[idx].used as usize;
         let mut off = 0;
         while off < used {
-            let (size, expired, hash) = {
+            let (size, expired, hash, dead) = {
                 let item = self.segs[idx].item(off);
                 (
                     item.size(),
                     is_expired(item.expire(), now),
                     self.hasher.hash_one(item.key()),
+                    item.is_dead(),
                 )
             };
             let e = entry(id, off);
-            if self.table.find(hash, |&x| x == e).is_some() {
+            if !dead {
                 if expired {
                     self.drop_entry(hash, e, id, size);
                     self.counters.expirations += 1;
@@ -712,13 +738,31 @@ impl Shard {
         if self.heads[queue][s.bucket as usize] == id {
             self.heads[queue][s.bucket as usize] = NIL;
         }
-        self.seg_bytes -= s.data.len() as u64;
         self.queue_bytes[queue] -= s.data.len() as u64;
         if s.jumbo.is_none() {
             self.written -= u64::from(s.used);
         }
+        let data = std::mem::take(&mut s.data);
         *s = Segment::free();
         self.free_ids.push(id);
+        // One normal buffer is kept for the next segment: evicting and
+        // refilling a segment then costs no page faults and no zeroing.
+        if data.len() == self.seg_size && self.spare.is_none() {
+            self.spare = Some(data);
+        } else {
+            self.seg_bytes -= data.len() as u64;
+        }
+    }
+
+    /// Returns the spare buffer to the system (the budget needs its bytes).
+    fn drop_spare(&mut self) -> bool {
+        match self.spare.take() {
+            Some(buf) => {
+                self.seg_bytes -= buf.len() as u64;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Makes `id` its bucket's head in its queue if it has more room than
