@@ -6,6 +6,7 @@
 //! borrowed keys and values and a clock reading, and the answer is encoded
 //! straight from the shard's memory while the stripe lock is held.
 
+mod index;
 mod segment;
 mod shard;
 pub mod ttl;

@@ -1,9 +1,10 @@
 //! One lock stripe of the store: items appended to segments, a compact
 //! index, TTL bucket chains and eviction by segment (Segcache's layout).
 //!
-//! - **Index**: a hash table of 32-bit entries, each naming a segment
-//!   (14 bits) and an item's offset in it (18 bits, in 4-byte units).
-//!   Keys live only in the segments; the table compares through them.
+//! - **Index** (`index.rs`): a cuckoo hash table of 32-bit entries, each
+//!   naming a segment (14 bits) and an item's offset in it (18 bits, in
+//!   4-byte units). Keys live only in the segments; the table compares
+//!   through them.
 //! - **Segments** are written in order; each belongs to one TTL bucket
 //!   (items of similar time to live) and has a place in the shard's age
 //!   order (oldest first). Writes go to their bucket's head segment.
@@ -29,8 +30,9 @@
 
 use std::hash::BuildHasher;
 
-use hashbrown::{DefaultHashBuilder, HashTable};
+use hashbrown::DefaultHashBuilder;
 
+use super::index::Index;
 use super::segment::{ALIGN, BUCKETS, HEADER, MAX_SEGMENT, NIL, Segment, bucket_of, item_size};
 use super::ttl::{Millis, is_expired};
 
@@ -93,7 +95,7 @@ pub enum PutOutcome {
 /// One lock stripe. Not thread-safe by itself; the store wraps it in a mutex.
 #[derive(Debug)]
 pub struct Shard {
-    table: HashTable<u32>,
+    table: Index,
     segs: Vec<Segment>,
     free_ids: Vec<u32>,
     /// Per queue (small, main), age order: the next segment eviction
@@ -138,7 +140,7 @@ impl Shard {
         _now: Millis,
     ) -> Self {
         Shard {
-            table: HashTable::new(),
+            table: Index::default(),
             segs: Vec::new(),
             free_ids: Vec::new(),
             oldest: [NIL; 2],
@@ -211,9 +213,7 @@ impl Shard {
     #[inline]
     fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
         let segs = &self.segs;
-        self.table
-            .find(hash, |&e| Self::key_of(segs, e) == key)
-            .copied()
+        self.table.find(hash, |e| Self::key_of(segs, e) == key)
     }
 
     /// Looks `key` up and, if live and written in epoch `since` or later,
@@ -310,7 +310,7 @@ impl Shard {
         // Grow the index now, so the room made below counts its new size.
         let (segs, hasher) = (&self.segs, &self.hasher);
         self.table
-            .reserve(1, |&x| hasher.hash_one(Self::key_of(segs, x)));
+            .reserve_one(|x| hasher.hash_one(Self::key_of(segs, x)));
         while self.bytes() > self.max_bytes {
             if self.drop_spare() {
                 continue;
@@ -349,7 +349,7 @@ impl Shard {
         let e = entry(id as u32, off);
         let (segs, hasher) = (&self.segs, &self.hasher);
         self.table
-            .insert_unique(hash, e, |&x| hasher.hash_one(Self::key_of(segs, x)));
+            .insert(hash, e, |x| hasher.hash_one(Self::key_of(segs, x)));
         if self.max_bytes == u64::MAX {
             self.reclaim_dead(now);
         }
@@ -398,9 +398,7 @@ impl Shard {
     /// Drops the index entry `e` of `key`'s item (overwritten, deleted,
     /// expired, stale or evicted). A jumbo segment goes with its item.
     fn unindex(&mut self, hash: u64, e: u32) {
-        if let Ok(found) = self.table.find_entry(hash, |&x| x == e) {
-            found.remove();
-        }
+        self.table.remove(hash, |x| x == e);
         let (id, off) = split(e);
         if self.segs[id].jumbo.is_some() {
             self.free_segment(id as u32);
@@ -584,7 +582,7 @@ impl Shard {
             let (expired, freq) = (is_expired(item.expire(), now), item.freq());
             let e = entry(id, off);
             let hash = self.hasher.hash_one(item.key());
-            debug_assert!(self.table.find(hash, |&x| x == e).is_some());
+            debug_assert!(self.table.find(hash, |x| x == e).is_some());
             {
                 if expired {
                     self.drop_entry(hash, e, id, size);
@@ -613,7 +611,7 @@ impl Shard {
                         entry(id, to - size)
                     };
                     if moved != e
-                        && let Some(slot) = self.table.find_mut(hash, |&x| x == e)
+                        && let Some(slot) = self.table.find_mut(hash, |x| x == e)
                     {
                         *slot = moved;
                     }
@@ -636,9 +634,7 @@ impl Shard {
     /// Removes the index entry `e` of an item of segment `id` during a
     /// walk (the segment stays for now).
     fn drop_entry(&mut self, hash: u64, e: u32, id: u32, size: usize) {
-        if let Ok(found) = self.table.find_entry(hash, |&x| x == e) {
-            found.remove();
-        }
+        self.table.remove(hash, |x| x == e);
         let seg = &mut self.segs[id as usize];
         if seg.jumbo.is_none() {
             seg.live -= size as u32;
@@ -719,7 +715,7 @@ impl Shard {
                     dst.max_expire = dst.max_expire.max(src.max_expire);
                     src.live -= size as u32;
                     self.written += size as u64;
-                    if let Some(slot) = self.table.find_mut(hash, |&x| x == e) {
+                    if let Some(slot) = self.table.find_mut(hash, |x| x == e) {
                         *slot = entry(h as u32, to);
                     }
                 }
