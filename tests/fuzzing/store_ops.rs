@@ -54,22 +54,31 @@ pub fn store_ops(data: &[u8]) {
     );
     let mut now = Millis(0);
     let mut writes = 0u32;
-    // key → (value, expiry second)
-    let mut model: HashMap<u8, (Vec<u8>, u32)> = HashMap::new();
+    // key → (value, expiry second, ring epoch)
+    let mut model: HashMap<u8, (Vec<u8>, u32, u64)> = HashMap::new();
     while let [op, k, rest @ ..] = ops {
         let k = k % KEYS;
         ops = rest;
-        let live = |m: &HashMap<u8, (Vec<u8>, u32)>, now: Millis| {
+        let live = |m: &HashMap<u8, (Vec<u8>, u32, u64)>, now: Millis| {
             m.get(&k)
-                .filter(|(_, e)| *e == 0 || now.0 < u64::from(*e) * 1000)
-                .map(|(v, _)| v.clone())
+                .filter(|(_, e, _)| *e == 0 || now.0 < u64::from(*e) * 1000)
+                .map(|(v, _, _)| v.clone())
         };
         match op % 4 {
             0 => {
                 let got = store.get(&key(k), now);
                 let want = live(&model, now);
                 match (&got, &want) {
-                    (Some(g), Some(w)) => assert_eq!(g, w, "key {k}: a wrong value"),
+                    (Some(g), Some(w)) => {
+                        assert_eq!(g, w, "key {k}: a wrong value");
+                        // Its ring epoch is kept exactly, wherever it moved.
+                        let epoch = model.get(&k).map_or(0, |m| m.2);
+                        assert!(store.remaining(&key(k), now, epoch).is_some());
+                        if let Some(later) = epoch.checked_add(1) {
+                            let newer = store.remaining(&key(k), now, later);
+                            assert!(newer.is_none(), "key {k}: epoch {epoch} read as newer");
+                        }
+                    }
                     (Some(g), None) => panic!("key {k}: {} bytes returned for nothing", g.len()),
                     (None, Some(_)) => {
                         assert!(!exact, "key {k} lost with room for everything");
@@ -86,13 +95,20 @@ pub fn store_ops(data: &[u8]) {
                     0 => usize::from(*len) * 64,
                     _ => usize::from(*len),
                 };
+                // Epochs further apart than a segment's 32-bit range.
+                let epoch = match (*ttl >> 4) % 4 {
+                    0 => 0,
+                    1 => 5,
+                    2 => 1_764_750_000_000_000,
+                    _ => 1_764_750_000_000_000 + (1 << 33),
+                };
                 let ttl = u32::from(*ttl % 16) * 7;
                 writes += 1;
                 let v = value(k, writes, len);
                 let expire = expiry_for(now, ttl);
-                match store.put(&key(k), &v, ttl, now, 0) {
+                match store.put(&key(k), &v, ttl, now, epoch) {
                     milena::node::store::PutOutcome::Stored { .. } => {
-                        model.insert(k, (v, expire));
+                        model.insert(k, (v, expire, epoch));
                     }
                     // Refused: nothing was written, the old value stays
                     // (or is gone as evicted).

@@ -1,6 +1,7 @@
 //! The in-memory store: N lock-striped shards of segment storage with TTL
 //! buckets (see `shard` for the layout, eviction and expiry): per item a
-//! 16-byte header in its segment and a 4-byte index entry, no allocation.
+//! 12-byte header in its segment and a 4-byte index entry in a cuckoo
+//! table, no allocation.
 //!
 //! Synchronous and socket-free by design: the connection loop calls it with
 //! borrowed keys and values and a clock reading, and the answer is encoded

@@ -329,7 +329,7 @@ impl Shard {
         let target = if jumbo {
             None
         } else {
-            self.room_in(bucket, size, now, &mut evicted, &mut rounds)
+            self.room_in(bucket, size, epoch, now, &mut evicted, &mut rounds)
         };
         let id = match target {
             Some(id) => id,
@@ -410,21 +410,31 @@ impl Shard {
         }
     }
 
-    /// A segment of `bucket` with `size` bytes free: its head, a new one,
-    /// or room made by evicting. `None` when the budget cannot hold a
-    /// normal segment at all.
+    /// A segment of `bucket` with `size` bytes free for an item of ring
+    /// epoch `epoch`: its head, a new one, or room made by evicting. `None`
+    /// when the budget cannot hold a normal segment at all.
     fn room_in(
         &mut self,
         bucket: u16,
         size: usize,
+        epoch: u64,
         now: Millis,
         evicted: &mut u32,
         rounds: &mut u32,
     ) -> Option<usize> {
         loop {
             let h = self.heads[SMALL][bucket as usize];
-            if h != NIL && self.segs[h as usize].room() >= size {
-                return Some(h as usize);
+            if h != NIL {
+                let head = &self.segs[h as usize];
+                if !head.accepts(epoch) {
+                    // Its items' epochs are too far from this one: it
+                    // takes no more writes (its items stay).
+                    self.heads[SMALL][bucket as usize] = NIL;
+                    continue;
+                }
+                if head.room() >= size {
+                    return Some(h as usize);
+                }
             }
             if self.can_allocate(self.seg_size) {
                 return Some(self.allocate(self.seg_size, bucket, None, false));
@@ -498,6 +508,7 @@ impl Shard {
             s.bucket = bucket;
             s.jumbo = jumbo;
             s.max_expire = 0;
+            s.epoch_base = 0;
             s.main = main;
         }
         self.queue_bytes[usize::from(main)] += size as u64;
@@ -589,14 +600,13 @@ impl Shard {
                     self.counters.expirations += 1;
                     walk.expired += 1;
                 } else if stays(freq) {
-                    let moved = if into != NIL && self.segs[into as usize].room() >= size {
+                    let merge = into != NIL && {
+                        let dst = &self.segs[into as usize];
+                        dst.room() >= size && dst.accepts(item.epoch())
+                    };
+                    let moved = if merge {
                         let (src, dst) = two(&mut self.segs, idx, into as usize);
-                        let at = dst.used as usize;
-                        dst.data[at..at + size].copy_from_slice(&src.data[off..off + size]);
-                        dst.data[at + 1] = freq - 1;
-                        dst.used += size as u32;
-                        dst.live += size as u32;
-                        dst.max_expire = dst.max_expire.max(src.max_expire);
+                        let at = dst.copy_item(src, off, size, freq - 1);
                         src.live -= size as u32;
                         self.written += size as u64;
                         entry(into, at)
@@ -605,7 +615,7 @@ impl Shard {
                         if to != off {
                             seg.data.copy_within(off..off + size, to);
                         }
-                        seg.data[to + 1] = freq - 1;
+                        seg.set_freq(to, freq - 1);
                         to += size;
                         walk.kept += 1;
                         entry(id, to - size)
@@ -688,13 +698,15 @@ impl Shard {
         let used = self.segs[idx].used as usize;
         let mut off = 0;
         while off < used {
-            let (size, expired, hash, dead) = {
+            let (size, expired, hash, dead, epoch, freq) = {
                 let item = self.segs[idx].item(off);
                 (
                     item.size(),
                     is_expired(item.expire(), now),
                     self.hasher.hash_one(item.key()),
                     item.is_dead(),
+                    item.epoch(),
+                    item.freq(),
                 )
             };
             let e = entry(id, off);
@@ -704,15 +716,17 @@ impl Shard {
                     self.counters.expirations += 1;
                 } else {
                     let h = match self.heads[queue][bucket as usize] {
-                        h if h != NIL && self.segs[h as usize].room() >= size => h as usize,
+                        h if h != NIL
+                            && h != id
+                            && self.segs[h as usize].room() >= size
+                            && self.segs[h as usize].accepts(epoch) =>
+                        {
+                            h as usize
+                        }
                         _ => self.allocate(self.seg_size, bucket, None, main),
                     };
                     let (src, dst) = two(&mut self.segs, idx, h);
-                    let to = dst.used as usize;
-                    dst.data[to..to + size].copy_from_slice(&src.data[off..off + size]);
-                    dst.used += size as u32;
-                    dst.live += size as u32;
-                    dst.max_expire = dst.max_expire.max(src.max_expire);
+                    let to = dst.copy_item(src, off, size, freq);
                     src.live -= size as u32;
                     self.written += size as u64;
                     if let Some(slot) = self.table.find_mut(hash, |x| x == e) {

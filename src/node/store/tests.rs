@@ -10,25 +10,29 @@ use proptest::prelude::*;
 use super::*;
 use std::hash::BuildHasher;
 
-/// Key → (value, expiry second).
+/// Key → (value, expiry second, ring epoch).
 #[derive(Default)]
 struct Model {
-    entries: HashMap<Vec<u8>, (Vec<u8>, u32)>,
+    entries: HashMap<Vec<u8>, (Vec<u8>, u32, u64)>,
 }
 
 impl Model {
     fn live(&self, k: &[u8], now: Millis) -> Option<&Vec<u8>> {
         self.entries
             .get(k)
-            .filter(|(_, e)| !ttl::is_expired(*e, now))
-            .map(|(v, _)| v)
+            .filter(|(_, e, _)| !ttl::is_expired(*e, now))
+            .map(|(v, _, _)| v)
+    }
+
+    fn epoch(&self, k: &[u8]) -> u64 {
+        self.entries.get(k).map_or(0, |&(_, _, epoch)| epoch)
     }
 }
 
 #[derive(Debug, Clone)]
 enum Action {
     Get(u8),
-    Put(u8, Vec<u8>, u32),
+    Put(u8, Vec<u8>, u32, u64),
     Delete(u8),
     Advance(u32),
 }
@@ -36,10 +40,24 @@ enum Action {
 fn action(max_value: usize) -> impl Strategy<Value = Action> {
     prop_oneof![
         4 => (0u8..40).prop_map(Action::Get),
-        4 => (0u8..40, proptest::collection::vec(any::<u8>(), 0..max_value), prop_oneof![Just(0u32), 1u32..5, 10u32..40, Just(3000u32)])
-            .prop_map(|(k, v, t)| Action::Put(k, v, t)),
+        4 => (0u8..40, proptest::collection::vec(any::<u8>(), 0..max_value), prop_oneof![Just(0u32), 1u32..5, 10u32..40, Just(3000u32)], epoch())
+            .prop_map(|(k, v, t, e)| Action::Put(k, v, t, e)),
         1 => (0u8..40).prop_map(Action::Delete),
         1 => (0u32..4000).prop_map(Action::Advance),
+    ]
+}
+
+/// Ring epochs: none (0), etcd revisions, and microsecond times further
+/// apart than a segment's 32-bit epoch range, so segments refuse items
+/// and merges meet items of other bases.
+fn epoch() -> impl Strategy<Value = u64> {
+    let micros = 1_764_750_000_000_000u64;
+    prop_oneof![
+        Just(0u64),
+        1u64..1000,
+        micros..micros + 10,
+        micros + (1 << 33)..micros + (1 << 33) + 10,
+        Just(u64::MAX),
     ]
 }
 
@@ -75,7 +93,15 @@ fn check(
                     .map(<[u8]>::to_vec);
                 let want = model.live(&k, now).cloned();
                 match (&got, &want) {
-                    (Some(g), Some(w)) => prop_assert_eq!(g, w),
+                    (Some(g), Some(w)) => {
+                        prop_assert_eq!(g, w);
+                        // The epoch is kept exactly, wherever the item moved.
+                        let (h, epoch) = (hasher.hash_one(&k), model.epoch(&k));
+                        prop_assert!(shard.expiry(h, &k, now, epoch).is_some());
+                        if let Some(later) = epoch.checked_add(1) {
+                            prop_assert!(shard.expiry(h, &k, now, later).is_none());
+                        }
+                    }
                     (Some(g), None) => {
                         prop_assert!(false, "returned {:?} for a key it should not hold", g)
                     }
@@ -87,12 +113,12 @@ fn check(
                     (None, None) => {}
                 }
             }
-            Action::Put(k, v, ttl) => {
+            Action::Put(k, v, ttl, epoch) => {
                 let k = key(k);
                 let expire = expiry_for(now, ttl);
-                match shard.put(hasher.hash_one(&k), &k, &v, expire, 0, now) {
+                match shard.put(hasher.hash_one(&k), &k, &v, expire, epoch, now) {
                     PutOutcome::Stored { .. } => {
-                        model.entries.insert(k, (v, expire));
+                        model.entries.insert(k, (v, expire, epoch));
                     }
                     // Refused: nothing was written, the old value stays.
                     PutOutcome::TooLarge => prop_assert!(!exact),
@@ -125,7 +151,7 @@ fn check(
             let live = model
                 .entries
                 .values()
-                .filter(|(_, e)| !ttl::is_expired(*e, now))
+                .filter(|(_, e, _)| !ttl::is_expired(*e, now))
                 .count();
             prop_assert!(shard.len() >= live, "{} < {live}", shard.len());
         }
