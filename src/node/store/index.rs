@@ -328,12 +328,15 @@ impl Index {
         Err(entry)
     }
 
-    /// Rebuilds the table a quarter larger (more if placement fails),
+    /// Rebuilds the table a quarter larger (twice as large while small;
+    /// larger still if placement fails),
     /// with `extra` (an entry not yet counted in `len`) added.
     fn grow(&mut self, rehash: &dyn Fn(u32) -> u64, extra: Option<u32>) {
         let mut n = self.buckets.len();
         'size: loop {
-            n = (n + n / 4).max(n + 1);
+            // Doubling while a table is a few pages (cheap, and fewer
+            // rebuilds for the many small stripes of a small store).
+            n = if n < 64 { (n * 2).max(1) } else { n + n / 4 };
             let mut next = Index {
                 buckets: Buckets::new(n),
                 len: 0,
