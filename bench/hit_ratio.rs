@@ -170,14 +170,11 @@ fn main() {
                     )
                 }
                 _ => {
-                    let s = Store::new(
-                        StoreConfig {
-                            max_items: CAPACITY,
-                            max_bytes: None,
-                            shards: if name.contains("1 stripe") { 1 } else { shards },
-                        },
-                        Millis(0),
-                    );
+                    let s = Store::new(StoreConfig {
+                        max_items: CAPACITY,
+                        max_bytes: None,
+                        shards: if name.contains("1 stripe") { 1 } else { shards },
+                    });
                     ratio(
                         |k| s.get_with(k, Millis(0), 0, |_| ()).is_some(),
                         |k| {

@@ -115,14 +115,11 @@ fn bench_store(c: &mut Criterion) {
     group.warm_up_time(Duration::from_secs(1));
     for threads in [1usize, 2] {
         group.throughput(Throughput::Elements(threads as u64));
-        let milena = Store::new(
-            StoreConfig {
-                max_items: CAPACITY,
-                max_bytes: None,
-                shards: StoreConfig::default_shards(),
-            },
-            Millis(0),
-        );
+        let milena = Store::new(StoreConfig {
+            max_items: CAPACITY,
+            max_bytes: None,
+            shards: StoreConfig::default_shards(),
+        });
         prefill(&milena, &keys, &steps);
         group.bench_function(format!("milena/{threads}t"), |b| {
             b.iter_custom(|iters| run(&milena, &keys, &steps, threads, iters))

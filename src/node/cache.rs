@@ -298,16 +298,13 @@ impl Cache {
         if persists {
             tokio::spawn(sweep_copies(replicas.clone(), tier.clone(), clock.clone()));
         }
-        let negative = Store::new(
-            StoreConfig {
-                max_items: NEGATIVE_ENTRIES,
-                max_bytes: None,
-                shards: NEGATIVE_SHARDS,
-            },
-            clock.now(),
-        );
+        let negative = Store::new(StoreConfig {
+            max_items: NEGATIVE_ENTRIES,
+            max_bytes: None,
+            shards: NEGATIVE_SHARDS,
+        });
         Cache {
-            store: Store::new(settings.store, clock.now()),
+            store: Store::new(settings.store),
             negative,
             tier,
             queue,

@@ -44,14 +44,11 @@ pub fn store_ops(data: &[u8]) {
     // With room for every key in every stripe and no byte budget nothing
     // may be lost.
     let exact = budget.is_none() && max_items >= usize::from(KEYS) * shards;
-    let store = Store::new(
-        StoreConfig {
-            max_items,
-            max_bytes: budget,
-            shards,
-        },
-        Millis(0),
-    );
+    let store = Store::new(StoreConfig {
+        max_items,
+        max_bytes: budget,
+        shards,
+    });
     let mut now = Millis(0);
     let mut writes = 0u32;
     // key → (value, expiry second, ring epoch)

@@ -72,8 +72,8 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// An empty store; `now` starts the TTL wheels.
-    pub fn new(cfg: StoreConfig, now: Millis) -> Self {
+    /// An empty store.
+    pub fn new(cfg: StoreConfig) -> Self {
         let max_items = cfg.max_items.max(1);
         // Largest power of two not above either the request or the item
         // budget, so every stripe can hold at least one entry.
@@ -103,7 +103,6 @@ impl Store {
                     bytes,
                     seg_size,
                     hasher.clone(),
-                    now,
                 )))
             })
             .collect();

@@ -68,15 +68,24 @@ pub struct Segment {
     pub max_expire: u32,
     /// Ring epoch of the first item written; items store theirs over it.
     pub epoch_base: u64,
-    /// Towards older segments in the shard's age order.
-    pub older: u32,
-    /// Towards newer segments.
-    pub newer: u32,
-    /// Previous segment in the bucket's chain (older).
-    pub chain_prev: u32,
-    /// Next segment in the bucket's chain (newer).
-    pub chain_next: u32,
+    /// Its places in the shard's age order ([`AGE`]) and in its TTL
+    /// bucket's chain ([`CHAIN`]).
+    pub links: [Link; 2],
 }
+
+/// A segment's neighbours in one of the shard's lists (oldest first).
+#[derive(Debug, Clone, Copy)]
+pub struct Link {
+    /// Towards the older end.
+    pub prev: u32,
+    /// Towards the newer end.
+    pub next: u32,
+}
+
+/// The list of a queue's segments in age order.
+pub const AGE: usize = 0;
+/// The list of a TTL bucket's segments.
+pub const CHAIN: usize = 1;
 
 impl Segment {
     /// A free slot.
@@ -90,10 +99,10 @@ impl Segment {
             jumbo: None,
             max_expire: 0,
             epoch_base: 0,
-            older: NIL,
-            newer: NIL,
-            chain_prev: NIL,
-            chain_next: NIL,
+            links: [Link {
+                prev: NIL,
+                next: NIL,
+            }; 2],
         }
     }
 

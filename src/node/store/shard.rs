@@ -33,7 +33,9 @@ use std::hash::BuildHasher;
 use hashbrown::DefaultHashBuilder;
 
 use super::index::Index;
-use super::segment::{ALIGN, BUCKETS, HEADER, MAX_SEGMENT, NIL, Segment, bucket_of, item_size};
+use super::segment::{
+    AGE, ALIGN, BUCKETS, CHAIN, HEADER, Link, MAX_SEGMENT, NIL, Segment, bucket_of, item_size,
+};
 use super::ttl::{Millis, is_expired};
 
 /// Segments a shard may hold (the index entry's segment bits).
@@ -137,7 +139,6 @@ impl Shard {
         max_bytes: u64,
         seg_size: usize,
         hasher: DefaultHashBuilder,
-        _now: Millis,
     ) -> Self {
         Shard {
             table: Index::default(),
@@ -681,7 +682,7 @@ impl Shard {
                 if s.jumbo.is_none() && !is_head && s.used - s.live > best.1 {
                     best = (id, s.used - s.live);
                 }
-                id = s.newer;
+                id = s.links[AGE].next;
             }
         }
         if best.0 != NIL {
@@ -791,68 +792,34 @@ impl Shard {
 
     fn link_newest(&mut self, id: u32) {
         let q = usize::from(self.segs[id as usize].main);
-        let old = self.newest[q];
-        {
-            let s = &mut self.segs[id as usize];
-            s.older = old;
-            s.newer = NIL;
-        }
-        if old != NIL {
-            self.segs[old as usize].newer = id;
-        } else {
-            self.oldest[q] = id;
-        }
-        self.newest[q] = id;
+        push(
+            &mut self.segs,
+            AGE,
+            [&mut self.oldest[q], &mut self.newest[q]],
+            id,
+        );
     }
 
     fn unlink_age(&mut self, id: u32) {
-        let (q, older, newer) = {
-            let s = &self.segs[id as usize];
-            (usize::from(s.main), s.older, s.newer)
-        };
-        if older != NIL {
-            self.segs[older as usize].newer = newer;
-        } else {
-            self.oldest[q] = newer;
-        }
-        if newer != NIL {
-            self.segs[newer as usize].older = older;
-        } else {
-            self.newest[q] = older;
-        }
+        let q = usize::from(self.segs[id as usize].main);
+        unlink(
+            &mut self.segs,
+            AGE,
+            [&mut self.oldest[q], &mut self.newest[q]],
+            id,
+        );
     }
 
     fn chain_push(&mut self, id: u32) {
         let b = self.segs[id as usize].bucket as usize;
-        let last = self.chain_last[b];
-        {
-            let s = &mut self.segs[id as usize];
-            s.chain_prev = last;
-            s.chain_next = NIL;
-        }
-        if last != NIL {
-            self.segs[last as usize].chain_next = id;
-        } else {
-            self.chain_first[b] = id;
-        }
-        self.chain_last[b] = id;
+        let ends = [&mut self.chain_first[b], &mut self.chain_last[b]];
+        push(&mut self.segs, CHAIN, ends, id);
     }
 
     fn chain_unlink(&mut self, id: u32) {
-        let (b, prev, next) = {
-            let s = &self.segs[id as usize];
-            (s.bucket as usize, s.chain_prev, s.chain_next)
-        };
-        if prev != NIL {
-            self.segs[prev as usize].chain_next = next;
-        } else {
-            self.chain_first[b] = next;
-        }
-        if next != NIL {
-            self.segs[next as usize].chain_prev = prev;
-        } else {
-            self.chain_last[b] = prev;
-        }
+        let b = self.segs[id as usize].bucket as usize;
+        let ends = [&mut self.chain_first[b], &mut self.chain_last[b]];
+        unlink(&mut self.segs, CHAIN, ends, id);
     }
 }
 
@@ -862,6 +829,39 @@ struct Walk {
     evicted: u32,
     expired: u32,
     kept: u32,
+}
+
+/// Appends segment `id` at the newer end of list `which`, whose ends
+/// (oldest, newest) are `ends`.
+fn push(segs: &mut [Segment], which: usize, ends: [&mut u32; 2], id: u32) {
+    let [first, last] = ends;
+    let old = *last;
+    segs[id as usize].links[which] = Link {
+        prev: old,
+        next: NIL,
+    };
+    if old != NIL {
+        segs[old as usize].links[which].next = id;
+    } else {
+        *first = id;
+    }
+    *last = id;
+}
+
+/// Takes segment `id` out of list `which`, whose ends are `ends`.
+fn unlink(segs: &mut [Segment], which: usize, ends: [&mut u32; 2], id: u32) {
+    let [first, last] = ends;
+    let Link { prev, next } = segs[id as usize].links[which];
+    if prev != NIL {
+        segs[prev as usize].links[which].next = next;
+    } else {
+        *first = next;
+    }
+    if next != NIL {
+        segs[next as usize].links[which].prev = prev;
+    } else {
+        *last = prev;
+    }
 }
 
 /// Two distinct segments: one to move items out of, one to move them to.

@@ -169,7 +169,7 @@ proptest! {
         actions in proptest::collection::vec(action(200), 1..400),
     ) {
         let hasher = DefaultHashBuilder::default();
-        let shard = Shard::new(1000, u64::MAX, seg_size, hasher.clone(), Millis(0));
+        let shard = Shard::new(1000, u64::MAX, seg_size, hasher.clone());
         check(shard, &hasher, 1000, u64::MAX, true, actions)?;
     }
 
@@ -183,20 +183,17 @@ proptest! {
         actions in proptest::collection::vec(action(300), 1..400),
     ) {
         let hasher = DefaultHashBuilder::default();
-        let shard = Shard::new(max_items, budget, seg_size, hasher.clone(), Millis(0));
+        let shard = Shard::new(max_items, budget, seg_size, hasher.clone());
         check(shard, &hasher, max_items, budget, false, actions)?;
     }
 }
 
 fn store(max_items: usize, max_bytes: Option<u64>, shards: usize) -> Store {
-    Store::new(
-        StoreConfig {
-            max_items,
-            max_bytes,
-            shards,
-        },
-        Millis(0),
-    )
+    Store::new(StoreConfig {
+        max_items,
+        max_bytes,
+        shards,
+    })
 }
 
 #[test]
@@ -333,7 +330,7 @@ fn the_budget_holds_under_mixed_sizes_and_ttls() {
 #[test]
 fn dead_space_is_reclaimed_without_a_byte_budget() {
     let hasher = DefaultHashBuilder::default();
-    let mut shard = Shard::new(1000, u64::MAX, 4096, hasher.clone(), Millis(0));
+    let mut shard = Shard::new(1000, u64::MAX, 4096, hasher.clone());
     for i in 0..200_000u32 {
         let k = (i % 100).to_le_bytes();
         shard.put(hasher.hash_one(k), &k, &[3u8; 100], 0, 0, Millis(0));
