@@ -11,6 +11,7 @@
 # Usage: bench/etcd.sh            (DURATION=8s WARMUP=2s ROUNDS=3 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 DURATION=${DURATION:-8s}
 WARMUP=${WARMUP:-2s}
@@ -23,8 +24,6 @@ B=./target/release
 LT=$B/milena-loadtest
 CLI=$B/milena-cli
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 400); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$OUT"; }
 trap cleanup EXIT

@@ -9,22 +9,16 @@
 # Usage: bench/memory.sh      (ITEMS=1000000 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 ITEMS=${ITEMS:-1000000}
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
-need=()
-command -v memcached >/dev/null || need+=(memcached)
-command -v redis-server >/dev/null || need+=(redis-server)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+need_commands memcached:memcached redis-server:redis-server
 cargo build --release -q --bin milena-cache --bin milena-cli -p milena -p milena-loadtest
 LT=./target/release/milena-loadtest
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 rss() { awk '/VmRSS/ {print $2 * 1024}' "/proc/$1/status"; }
 pid=
 stop() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; pid=; }

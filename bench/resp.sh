@@ -11,6 +11,7 @@
 # Usage: bench/resp.sh        (REQUESTS=200000 CLIENTS=50 by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 REQUESTS=${REQUESTS:-200000}
 CLIENTS=${CLIENTS:-50}
@@ -19,17 +20,9 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 OUT=$(mktemp -d)
 
-need=()
-command -v redis-server >/dev/null || need+=(redis-server)
-command -v redis-benchmark >/dev/null || need+=(redis-tools)
-command -v nutcracker >/dev/null || need+=(nutcracker)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+need_commands redis-server:redis-server redis-benchmark:redis-tools nutcracker:nutcracker
 cargo build --release -q --bin milena-cache --bin milena-router --bin milena-cli -p milena
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$OUT"; }
 trap cleanup EXIT
