@@ -694,20 +694,25 @@ impl Cache {
         if self.replicas.bytes() > 0 {
             self.replicas.take(key);
         }
-        let copy = self.replication.as_ref().map(|_| write.clone());
-        let durable = queue.try_enqueue(key, write).ok_or(CacheError::QueueFull {
+        let full = || CacheError::QueueFull {
             capacity: self.queue_capacity,
             tier: self.tier.name(),
-        })?;
+        };
         Ok(match self.write_mode {
-            WriteMode::Async => match (&self.replication, copy) {
-                (Some(r), Some(copy)) => match r.replicate(key, &copy) {
-                    Some(copied) => Ack::WhenCopied(Box::pin(copied)),
-                    None => Ack::Now,
-                },
-                _ => Ack::Now,
-            },
-            WriteMode::Sync => Ack::WhenDurable(durable),
+            WriteMode::Async => {
+                let copy = self.replication.as_ref().map(|_| write.clone());
+                if !queue.try_enqueue_unwatched(key, write) {
+                    return Err(full());
+                }
+                match (&self.replication, copy) {
+                    (Some(r), Some(copy)) => match r.replicate(key, &copy) {
+                        Some(copied) => Ack::WhenCopied(Box::pin(copied)),
+                        None => Ack::Now,
+                    },
+                    _ => Ack::Now,
+                }
+            }
+            WriteMode::Sync => Ack::WhenDurable(queue.try_enqueue(key, write).ok_or_else(full)?),
         })
     }
 
@@ -728,7 +733,7 @@ impl Cache {
                 |k, w| {
                     // A full queue drops the copy (logged); the write
                     // lives on at its old owner if that one is alive.
-                    if queue.try_enqueue(k, w.clone()).is_none() {
+                    if !queue.try_enqueue_unwatched(k, w.clone()) {
                         tracing::warn!(
                             "the write-behind queue is full: a copy taken over is dropped"
                         );
@@ -896,7 +901,7 @@ impl Cache {
                 self.stats.handoff_adopted.fetch_add(1, Ordering::Relaxed);
                 if let Some(q) = &self.queue {
                     // If the queue is full the previous owner still has it.
-                    if q.try_enqueue(key, write.clone()).is_some()
+                    if q.try_enqueue_unwatched(key, write.clone())
                         && let Some(r) = &self.replication
                         && let Some(copied) = r.replicate(key, &write)
                     {

@@ -189,6 +189,11 @@ impl CopyStream {
             }
             if batch.is_empty() {
                 self.wake.notified().await;
+                // Woken by the first copy of a round: let the other
+                // connections ready now add theirs, so that one write
+                // (and one read and one answer on the successor) carries
+                // them all instead of one each.
+                tokio::task::yield_now().await;
                 continue;
             }
             if let Err(e) = wr.write_all(&batch).await {

@@ -4,9 +4,11 @@
 //! when this node becomes the key's owner. Bounded: a full store refuses,
 //! and the owner acknowledges with its single copy (counted).
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+// foldhash, not SipHash: touched on every copied write.
+use hashbrown::HashMap;
 
 use super::tier::writeback::Pending;
 

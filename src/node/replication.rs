@@ -12,13 +12,15 @@
 //! routers writing both copies could cross. The cost is one node-to-node
 //! round trip on each async write, on a persistent connection.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+// foldhash, not SipHash: touched on every copied write.
+use hashbrown::HashMap;
+
 use arc_swap::ArcSwap;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 
 use super::copies::{CopyStreams, Ticket};
 use super::peers::Peers;
@@ -31,7 +33,20 @@ const SETTLE_EVERY: Duration = Duration::from_millis(50);
 const SETTLE_BATCH: usize = 4096;
 
 /// Per queued key: the successors holding its copy, and its version.
-type Sent = HashMap<Vec<u8>, (Vec<String>, u64)>;
+type Sent = HashMap<Vec<u8>, (Vec<Arc<str>>, u64)>;
+
+/// Durable notices not yet sent, per successor.
+type Settling = HashMap<Arc<str>, Vec<(Vec<u8>, u64)>>;
+
+/// The ring as this node knows it, with its members' addresses shared
+/// (a write's bookkeeping clones a pointer, not a string).
+#[derive(Default)]
+struct Known {
+    ring: Ring,
+    me: Option<Arc<str>>,
+    /// Members other than this node, with their rendezvous seeds.
+    others: Vec<(Arc<str>, u64)>,
+}
 
 /// Counters of the owner's side.
 #[derive(Debug, Default)]
@@ -48,12 +63,12 @@ pub struct ReplicationStats {
 /// Where this node's dirty writes are copied.
 pub struct Replication {
     copies: usize,
-    me: ArcSwap<Option<String>>,
-    ring: ArcSwap<Ring>,
+    known: ArcSwap<Known>,
     streams: CopyStreams,
     /// Per queued key: the successors holding its copy and its version.
     sent: Mutex<Sent>,
-    settle: mpsc::UnboundedSender<(String, Vec<u8>, u64)>,
+    /// Durable notices on their way to the successors.
+    settler: Arc<Settler>,
     /// Counters.
     pub stats: ReplicationStats,
 }
@@ -70,22 +85,20 @@ impl Replication {
     /// `copies` extra copies of each dirty write, over `peers`. Must be
     /// called inside a tokio runtime (the settle batcher starts).
     pub fn new(copies: usize, peers: Arc<Peers>) -> Arc<Self> {
-        let (tx, rx) = mpsc::unbounded_channel();
         let r = Arc::new(Replication {
             copies,
-            me: ArcSwap::from_pointee(None),
-            ring: ArcSwap::from_pointee(Ring::default()),
+            known: ArcSwap::from_pointee(Known::default()),
             streams: CopyStreams::new(peers.options().clone()),
             sent: Mutex::new(HashMap::new()),
-            settle: tx,
+            settler: Arc::new(Settler::default()),
             stats: ReplicationStats::default(),
         });
-        tokio::spawn(settle_batches(rx, peers));
+        tokio::spawn(settle_batches(r.settler.clone(), peers));
         r
     }
 
     fn sent(&self) -> std::sync::MutexGuard<'_, Sent> {
-        self.sent.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.sent)
     }
 
     /// The ring as this node last heard it, and the address it is known by.
@@ -95,42 +108,67 @@ impl Replication {
             .map(|(a, _)| a)
             .collect();
         self.streams.retain(&members);
-        self.ring.store(Arc::new(ring));
-        self.me.store(Arc::new(Some(me.to_string())));
+        // Addresses this node already knows keep their pointers, so that
+        // the successors recorded for queued writes compare equal cheaply.
+        let old = self.known.load();
+        let shared = |a: &str| -> Arc<str> {
+            old.others
+                .iter()
+                .map(|(o, _)| o)
+                .chain(old.me.iter())
+                .find(|o| &***o == a)
+                .cloned()
+                .unwrap_or_else(|| Arc::from(a))
+        };
+        let others = (0..ring.len())
+            .filter_map(|i| ring.member(i))
+            .filter(|(a, _)| *a != me)
+            .map(|(a, seed)| (shared(a), seed))
+            .collect();
+        let me = Some(shared(me));
+        self.known.store(Arc::new(Known { ring, me, others }));
     }
 
     /// Members of the ring this node knows.
     pub fn members(&self) -> usize {
-        self.ring.load().len()
+        self.known.load().ring.len()
     }
 
     /// Whether this node owns `key` in the ring it knows.
     pub fn owns(&self, key: &[u8]) -> bool {
-        let me = self.me.load();
-        let Some(me) = me.as_deref() else {
+        let known = self.known.load();
+        let Some(me) = known.me.as_deref() else {
             return false;
         };
-        self.ring.load().owner(key_hash(key)) == Some(me)
+        known.ring.owner(key_hash(key)) == Some(me)
     }
 
     /// The members that would hold `key` next, best first, this node aside.
-    pub fn successors(&self, key: &[u8]) -> Vec<String> {
-        let me = self.me.load();
-        let Some(me) = me.as_deref() else {
+    pub fn successors(&self, key: &[u8]) -> Vec<Arc<str>> {
+        let known = self.known.load();
+        if known.me.is_none() || self.copies == 0 {
             return Vec::new();
-        };
-        let ring = self.ring.load();
+        }
         let h = key_hash(key);
-        let mut ranked: Vec<(u64, &str)> = (0..ring.len())
-            .filter_map(|i| ring.member(i))
-            .filter(|(a, _)| *a != me)
-            .map(|(a, seed)| (score(seed, h), a))
+        if self.copies == 1 {
+            // The common case, on every write: the best score, no sort.
+            return known
+                .others
+                .iter()
+                .max_by_key(|(_, seed)| score(*seed, h))
+                .map(|(a, _)| vec![a.clone()])
+                .unwrap_or_default();
+        }
+        let mut ranked: Vec<(u64, &Arc<str>)> = known
+            .others
+            .iter()
+            .map(|(a, seed)| (score(*seed, h), a))
             .collect();
         ranked.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
         ranked
             .into_iter()
             .take(self.copies)
-            .map(|(_, a)| a.to_string())
+            .map(|(_, a)| a.clone())
             .collect()
     }
 
@@ -151,7 +189,16 @@ impl Replication {
             .iter()
             .map(|a| self.streams.send(a, key, write))
             .collect();
-        self.sent().insert(key.to_vec(), (to, write.version()));
+        {
+            let mut sent = self.sent();
+            // Hot keys are written again and again: no new key then.
+            match sent.get_mut(key) {
+                Some(held) => *held = (to, write.version()),
+                None => {
+                    sent.insert(key.to_vec(), (to, write.version()));
+                }
+            }
+        }
         let me = self.clone();
         Some(async move {
             for t in tickets {
@@ -168,33 +215,47 @@ impl Replication {
     /// The tier has `version` of `key` (or refused it for good): its
     /// successors may drop their copies.
     pub fn durable(&self, key: &[u8], version: u64) {
-        let mut sent = self.sent();
-        let Some((_, v)) = sent.get(key) else { return };
-        if *v > version {
-            return; // a newer write is on its way; its copy stays
-        }
-        if let Some((to, v)) = sent.remove(key) {
-            for a in to {
-                let _ = self.settle.send((a, key.to_vec(), v));
+        let (key, mut to, v) = {
+            let mut sent = self.sent();
+            let Some((_, v)) = sent.get(key) else { return };
+            if *v > version {
+                return; // a newer write is on its way; its copy stays
             }
+            let Some((key, (to, v))) = sent.remove_entry(key) else {
+                return;
+            };
+            (key, to, v)
+        };
+        let mut settling = lock(&self.settler.settling);
+        let was_empty = settling.is_empty();
+        // The key moves to the last successor; the others get a clone.
+        if let Some(last) = to.pop() {
+            for a in to {
+                settling.entry(a).or_default().push((key.clone(), v));
+            }
+            settling.entry(last).or_default().push((key, v));
+        }
+        drop(settling);
+        if was_empty {
+            self.settler.gathering.notify_one();
         }
     }
 
     /// After a ring change: the queued writes whose successors changed,
     /// with the new successors that do not hold a copy yet.
-    pub fn moved(&self) -> Vec<(Vec<u8>, Vec<String>)> {
+    pub fn moved(&self) -> Vec<(Vec<u8>, Vec<Arc<str>>)> {
         let sent = self.sent();
         sent.iter()
             .filter_map(|(k, (to, _))| {
                 let now = self.successors(k);
-                let missing: Vec<String> = now.into_iter().filter(|a| !to.contains(a)).collect();
+                let missing: Vec<Arc<str>> = now.into_iter().filter(|a| !to.contains(a)).collect();
                 (!missing.is_empty()).then(|| (k.clone(), missing))
             })
             .collect()
     }
 
     /// Copies `write` of `key` to `to` again (successors changed).
-    pub async fn recopy(&self, key: &[u8], write: Pending, to: Vec<String>) {
+    pub async fn recopy(&self, key: &[u8], write: Pending, to: Vec<Arc<str>>) {
         let version = write.version();
         let mut ok = Vec::new();
         for a in &to {
@@ -223,32 +284,44 @@ impl Replication {
     }
 }
 
-/// Sends durable notices in batches, per successor.
-async fn settle_batches(
-    mut rx: mpsc::UnboundedReceiver<(String, Vec<u8>, u64)>,
-    peers: Arc<Peers>,
-) {
-    let mut batch: HashMap<String, Vec<(Vec<u8>, u64)>> = HashMap::new();
+/// Durable notices gathering for the next `Settle`s.
+#[derive(Default)]
+struct Settler {
+    settling: Mutex<Settling>,
+    /// Wakes the batcher when notices start gathering, or to stop.
+    gathering: Notify,
+    /// The replication is gone: the batcher stops.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for Replication {
+    fn drop(&mut self) {
+        self.settler.closed.store(true, Ordering::Relaxed);
+        self.settler.gathering.notify_one();
+    }
+}
+
+/// Sends durable notices in batches, per successor: woken when notices
+/// start gathering, it lets them gather for [`SETTLE_EVERY`] and sends
+/// them all (a wake-up per batch, not per write).
+async fn settle_batches(settler: Arc<Settler>, peers: Arc<Peers>) {
     loop {
-        let Some((a, k, v)) = rx.recv().await else {
+        let gathering = settler.gathering.notified();
+        tokio::pin!(gathering);
+        // Registered before the check: a notice in between still wakes it.
+        gathering.as_mut().enable();
+        if settler.closed.load(Ordering::Relaxed) {
             return;
-        };
-        batch.entry(a).or_default().push((k, v));
-        let deadline = tokio::time::Instant::now() + SETTLE_EVERY;
-        loop {
-            tokio::select! {
-                m = rx.recv() => match m {
-                    Some((a, k, v)) => {
-                        let entries = batch.entry(a).or_default();
-                        entries.push((k, v));
-                        if entries.len() >= SETTLE_BATCH { break; }
-                    }
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
         }
-        for (a, entries) in batch.drain() {
+        if lock(&settler.settling).is_empty() {
+            gathering.await;
+            if settler.closed.load(Ordering::Relaxed) {
+                return;
+            }
+            tokio::time::sleep(SETTLE_EVERY).await;
+        }
+        let batch = std::mem::take(&mut *lock(&settler.settling));
+        for (a, entries) in batch {
             for chunk in entries.chunks(SETTLE_BATCH) {
                 // A lost notice leaves a copy behind until the key's next
                 // write settles it; the copy is older, never served over
@@ -259,4 +332,8 @@ async fn settle_batches(
             }
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -254,8 +254,12 @@ async fn serve_connection(
         // successors). When they are most of the batch, its other answers
         // wait with them for a moment, so that one write carries all (and
         // the peer reads once); a batch of mostly reads is answered now,
-        // its reads not held up by a write's round trip.
-        if copying > 0 && copying * 2 >= frames && !matches!(flow, Flow::Close) {
+        // its reads not held up by a write's round trip. A batch of writes
+        // alone has nothing to answer now: the loop below writes their
+        // answers when the copies come back, with no timer armed (arming
+        // one per batch costs a wake-up of the runtime's driver).
+        if copying > 0 && copying < frames && copying * 2 >= frames && !matches!(flow, Flow::Close)
+        {
             let deadline = tokio::time::sleep(COPY_WAIT);
             tokio::pin!(deadline);
             while copying > 0 {

@@ -11,7 +11,10 @@
 //! logged instead of blocking its key for ever. A writer may wait until its
 //! write is durable (`WRITE_MODE=sync`) and learns if it never will be.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+// foldhash, not SipHash: these maps are touched on every write.
+use hashbrown::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -278,6 +281,18 @@ impl WriteBack {
     /// full: the caller answers with an error rather than wait.
     pub fn try_enqueue(&self, key: &[u8], write: Pending) -> Option<Durable> {
         let (tx, rx) = oneshot::channel();
+        self.enqueue(key, write, Some(tx)).then_some(rx)
+    }
+
+    /// [`WriteBack::try_enqueue`] for a caller that will not wait for the
+    /// write to be durable (async mode, copies taken over): no waiter is
+    /// kept, so a hot key written over and over while queued gathers none.
+    /// `false` when the queue is full.
+    pub fn try_enqueue_unwatched(&self, key: &[u8], write: Pending) -> bool {
+        self.enqueue(key, write, None)
+    }
+
+    fn enqueue(&self, key: &[u8], write: Pending, waiter: Option<Waiter>) -> bool {
         {
             let mut s = lock(&self.inner.state);
             if let Some((p, waiters)) = s.pending.get_mut(key) {
@@ -287,17 +302,18 @@ impl WriteBack {
                 if write.version() >= p.version() {
                     *p = write;
                 }
-                waiters.push(tx);
+                waiters.extend(waiter);
                 self.inner.stats.coalesced.fetch_add(1, Ordering::Relaxed);
             } else if s.pending.len() + s.inflight.len() < self.inner.capacity {
-                s.pending.insert(key.to_vec(), (write, vec![tx]));
+                s.pending
+                    .insert(key.to_vec(), (write, waiter.into_iter().collect()));
                 s.order.push_back(key.to_vec());
             } else {
-                return None;
+                return false;
             }
         }
         self.inner.work.notify_one();
-        Some(rx)
+        true
     }
 
     /// Calls `hook` with each key and version the queue is done with
