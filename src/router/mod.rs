@@ -7,7 +7,7 @@
 //! failures through a narrow `NodeEvents` sink) and `members` (the ring).
 //! `forward` routes and retries, `admit` is the one admission path every
 //! front shares. The fronts: `server` accepts and sniffs a connection,
-//! `session` runs the binary protocol (with `writer` writing answers),
+//! `session` runs the binary protocol (one task reads and writes),
 //! `http` serves health, metrics and `grpc` (the gateway), `redis` serves
 //! Redis clients (RESP from `crate::resp`), `memcache` memcached clients
 //! (from `crate::memcache`); they await each operation through `call`. `local` answers
@@ -34,7 +34,6 @@ pub mod request;
 pub mod server;
 pub mod session;
 pub mod settings;
-pub mod writer;
 
 use std::sync::Arc;
 

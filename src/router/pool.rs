@@ -4,7 +4,7 @@
 //! requests in flight, so nothing on the path is locked: requests from any
 //! number of clients are renumbered, spliced into one write buffer and
 //! written together; answers come back in any order, get the client's id
-//! back and go straight to that client's writer.
+//! back and go straight to that client's connection.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -137,8 +137,6 @@ async fn serve_tls(
 mod tests {
     use super::*;
     use crate::router::RouterSettings;
-    use crate::router::request::replies;
-    use crate::router::writer::write_loop;
     /// Every open connection is one of these futures: its size is paid by
     /// each of 10,000 idle clients.
     #[tokio::test]
@@ -152,15 +150,11 @@ mod tests {
         let shutdown = CancellationToken::new();
         let router = Router::new(RouterSettings::default(), shutdown.clone());
         let conn = serve_connection(server, &router, &shutdown);
-        let (_, wr) = tokio::io::split(Stream::Plain(
-            TcpStream::connect(addr).await.expect("connect"),
-        ));
-        let (_tx, rx) = replies(crate::budget::ByteBudget::new(1 << 20));
-        let writer = write_loop(wr, rx, shutdown.clone(), Duration::from_secs(30));
-        let (conn, writer) = (std::mem::size_of_val(&conn), std::mem::size_of_val(&writer));
-        println!("serve_connection {conn} B, write_loop {writer} B");
-        // Was 3.4 KB while it held hyper's state inline.
+        let conn = std::mem::size_of_val(&conn);
+        println!("serve_connection {conn} B");
+        // Was 3.4 KB while it held hyper's state inline, 1.5 KB plus a
+        // writer task's 1 KB before the connection's one task wrote its
+        // own answers.
         assert!(conn < 2048, "serve_connection future is {conn} B");
-        assert!(writer < 1024, "write_loop future is {writer} B");
     }
 }

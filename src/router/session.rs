@@ -1,21 +1,21 @@
-//! The binary protocol on the router's port: a reader loop per client
-//! connection (this file), a writer task for its answers (`writer`), which
-//! come back from nodes in any order.
+//! The binary protocol on the router's port: one task per client
+//! connection reads its requests and writes their answers, which come back
+//! from nodes in any order.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use milena_protocol::{FrameCodec, FrameError, Op, decode_request, peek_id};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::Router;
 use super::admit::Access;
-use super::request::{Forward, Kind, ReplyTx, replies};
-use super::writer::write_loop;
+use super::request::{Answer, Forward, Kind, ReplyRx, ReplyTx, replies};
 use super::{cluster_stats, local};
 use crate::budget::{self, Receiving};
 use crate::error::{WireError, check_hello, hello_response};
@@ -31,62 +31,67 @@ const MAX_QUEUED_ANSWER_BYTES: usize = 8 * 1024 * 1024;
 /// What the router says it is in its hello answer.
 const SERVER_NAME: &str = concat!("router milena/", env!("CARGO_PKG_VERSION"));
 
-/// The binary protocol: a reader loop here, a writer task for answers
-/// (which come back from nodes in any order).
+/// The binary protocol: one task per connection reads requests and writes
+/// the answers, which come back from nodes in any order.
 pub async fn serve_binary(
-    stream: Stream,
+    mut stream: Stream,
     router: &Arc<Router>,
     shutdown: &CancellationToken,
 ) -> std::io::Result<()> {
-    let (mut rd, wr) = tokio::io::split(stream);
-    let (tx, rx) = replies(router.settings.buffered.clone());
-    let writer = tokio::spawn(write_loop(
-        wr,
-        rx,
-        shutdown.clone(),
-        router.settings.frame_timeout,
-    ));
+    let (tx, mut rx) = replies(router.settings.buffered.clone());
     // Bounds what one client can have queued anywhere in the router.
     let slots = Arc::new(Semaphore::new(router.settings.max_inflight));
     let mut codec = FrameCodec::new(router.settings.max_frame);
     // Small at first: most of 10,000 connections sit idle; a busy one
     // grows its buffer as frames arrive.
     let mut rbuf = BytesMut::with_capacity(1024);
+    let mut out = Outgoing::default();
+    let stall = router.settings.frame_timeout;
     let mut session = Session::default();
     let hello_deadline = tokio::time::sleep(router.settings.hello_timeout);
     tokio::pin!(hello_deadline);
 
     let mut receiving = Receiving::new(router.settings.frame_timeout);
+    // Whole frames wait in `rbuf` (a batch stopped at a cap): decoded
+    // before anything more is read.
     let mut backlog = false;
     'conn: loop {
+        // Answers first: writing them frees slots and queue room.
+        let written = tokio::select! {
+            ok = out.flush(&mut stream, &mut rx, stall) => ok,
+            // The rest is written in the drain below, within its grace.
+            _ = shutdown.cancelled() => true,
+        };
+        if !written || shutdown.is_cancelled() {
+            break;
+        }
+        // A client that does not read its answers stops being read (the
+        // write above waits for it, up to `stall`), and so does one with
+        // every slot taken, until answers free some.
+        let paused = tx.queued() > MAX_QUEUED_ANSWER_BYTES || slots.available_permits() == 0;
         // A large frame is read only with room in the router-wide budget;
-        // without it the connection waits here (backpressure).
-        if let Some(bytes) = receiving.to_hold(&rbuf) {
-            if session.access.is_none() {
-                // A hello is small: a large first frame holds no budget.
-                protocol_error(router, &tx, WireError::HelloRequired, 0);
-                break;
-            }
-            tokio::select! {
-                held = router.settings.buffered.hold(bytes) => receiving.hold(held),
-                _ = shutdown.cancelled() => break,
-            }
+        // without it the connection waits (backpressure).
+        let to_hold = if paused || backlog {
+            None
+        } else {
+            receiving.to_hold(&rbuf)
+        };
+        if to_hold.is_some() && session.access.is_none() {
+            // A hello is small: a large first frame holds no budget.
+            protocol_error(router, &tx, WireError::HelloRequired, 0);
+            break;
         }
-        // A client that does not read its answers stops being read.
-        if tx.queued() > MAX_QUEUED_ANSWER_BYTES {
-            tokio::select! {
-                _ = tx.until_at_most(MAX_QUEUED_ANSWER_BYTES) => {}
-                _ = shutdown.cancelled() => break,
-            }
-        }
-        // Frames already in `rbuf` (the batch stopped at the answer cap)
-        // are decoded before anything more is read.
-        let n = if backlog {
+        let n = if backlog && !paused {
             1
         } else {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                () = rx.arrived() => continue,
+                held = router.settings.buffered.hold(to_hold.unwrap_or(0)), if to_hold.is_some() => {
+                    receiving.hold(held);
+                    continue;
+                }
                 _ = budget::until(receiving.deadline()) => {
                     router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                     let secs = receiving.timeout().as_secs();
@@ -95,7 +100,7 @@ pub async fn serve_binary(
                 }
                 // Before the hello deadline: a hello that has arrived is
                 // taken even if this task looks at it late (a busy router).
-                r = rd.read_buf(&mut rbuf) => r?,
+                r = stream.read_buf(&mut rbuf), if !paused && !backlog && to_hold.is_none() => r?,
                 _ = &mut hello_deadline, if session.access.is_none() => {
                     router.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                     let secs = router.settings.hello_timeout.as_secs();
@@ -113,7 +118,7 @@ pub async fn serve_binary(
         }
         let mut completed = false;
         loop {
-            if tx.queued() > MAX_QUEUED_ANSWER_BYTES {
+            if tx.queued() > MAX_QUEUED_ANSWER_BYTES || slots.available_permits() == 0 {
                 backlog = true;
                 break;
             }
@@ -138,18 +143,106 @@ pub async fn serve_binary(
                 }
             }
         }
-        // Frames left whole in `rbuf` by the answer cap are not a request
-        // still arriving: no clock for them.
+        // Frames left whole in `rbuf` by a cap are not a request still
+        // arriving: no clock for them.
         receiving.decoded(if backlog { &[] } else { &rbuf }, completed);
     }
     // Give back the budget held for a partial frame before waiting for
-    // the writer's last answers.
+    // the last answers.
     drop(receiving);
     drop(tx);
-    // The writer ends once every forwarded request has been answered (each
-    // holds a sender) or the drain grace after shutdown runs out.
-    let _ = writer.await;
+    // Every forwarded request holds a sender: the answers still due come
+    // in (or fail) and are written, until the drain grace after shutdown
+    // runs out or the client stops reading.
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN_GRACE).await;
+    };
+    tokio::pin!(grace);
+    loop {
+        let written = tokio::select! {
+            ok = out.flush(&mut stream, &mut rx, stall) => ok,
+            () = &mut grace => false,
+        };
+        if !written {
+            break;
+        }
+        let answer = tokio::select! {
+            a = rx.recv() => a,
+            () = &mut grace => None,
+        };
+        let Some(answer) = answer else { break };
+        out.take(answer);
+    }
+    rx.close();
+    // Bounded: sending a TLS close_notify to a peer that reads nothing
+    // would otherwise wait for ever.
+    let _ = tokio::time::timeout(DRAIN_GRACE, stream.shutdown()).await;
     Ok(())
+}
+
+/// How long a connection may take to receive its last answers once
+/// shutdown has begun.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// Answers gathered into one write at most.
+const BATCH_BYTES: usize = 256 * 1024;
+/// A buffer that grew past this for a large answer is given back, so an
+/// idle connection does not pin it.
+const BUF_KEEP: usize = 1024 * 1024;
+
+/// Answers gathered for the next write, with the slots they free once
+/// written.
+#[derive(Default)]
+struct Outgoing {
+    // Grows with the first answers; an idle connection holds almost nothing.
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written.
+    sent: usize,
+    slots: Vec<OwnedSemaphorePermit>,
+    /// Body bytes in `buf`, as counted in the queue.
+    bodies: usize,
+}
+
+impl Outgoing {
+    /// Appends an answer to the batch.
+    fn take(&mut self, (body, slot): Answer) {
+        self.buf
+            .extend_from_slice(&(body.len() as u32).to_be_bytes());
+        self.buf.extend_from_slice(&body);
+        self.slots.extend(slot);
+        self.bodies += body.len();
+    }
+
+    /// Writes the answers queued (in batches of up to [`BATCH_BYTES`]);
+    /// `false` if the client is gone or read nothing for `stall`
+    /// (FRAME_TIMEOUT_SECONDS): its unread answers are not held for ever.
+    /// Cancel-safe: what was written stays counted, the rest goes next time.
+    async fn flush(&mut self, stream: &mut Stream, rx: &mut ReplyRx, stall: Duration) -> bool {
+        loop {
+            while self.buf.len() < BATCH_BYTES {
+                match rx.try_recv() {
+                    Some(a) => self.take(a),
+                    None => break,
+                }
+            }
+            if self.buf.is_empty() {
+                return true;
+            }
+            while self.sent < self.buf.len() {
+                match tokio::time::timeout(stall, stream.write(&self.buf[self.sent..])).await {
+                    Ok(Ok(n)) if n > 0 => self.sent += n,
+                    _ => return false,
+                }
+            }
+            rx.written(std::mem::take(&mut self.bodies));
+            self.slots.clear();
+            self.buf.clear();
+            self.sent = 0;
+            if self.buf.capacity() > BUF_KEEP {
+                self.buf = Vec::new();
+            }
+        }
+    }
 }
 
 fn protocol_error(router: &Router, tx: &ReplyTx, err: WireError, id: u64) {
@@ -192,8 +285,11 @@ async fn handle_frame(
     router.stats.requests.fetch_add(1, Ordering::Relaxed);
     let started = std::time::Instant::now();
     // Every request holds one of the connection's slots until its answer is
-    // written; when all are taken, this connection's reading waits.
-    let Ok(permit) = slots.clone().acquire_owned().await else {
+    // written; the connection decodes a frame only with a slot free, and
+    // takes slots only here, so one is.
+    let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let busy = WireError::Unavailable("this connection has no request slot free".into());
+        let _ = tx.send((busy.body(id), None));
         return Ok(());
     };
     let open_to_all = match req.op {
