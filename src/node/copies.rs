@@ -261,6 +261,8 @@ impl CopyStream {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `m`, going on past a panic elsewhere (the data stays consistent:
+/// every critical section here is a few plain updates).
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }

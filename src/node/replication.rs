@@ -22,7 +22,7 @@ use hashbrown::HashMap;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
-use super::copies::{CopyStreams, Ticket};
+use super::copies::{CopyStreams, Ticket, lock};
 use super::peers::Peers;
 use super::tier::writeback::Pending;
 use crate::ring::{Ring, key_hash, score};
@@ -108,24 +108,12 @@ impl Replication {
             .map(|(a, _)| a)
             .collect();
         self.streams.retain(&members);
-        // Addresses this node already knows keep their pointers, so that
-        // the successors recorded for queued writes compare equal cheaply.
-        let old = self.known.load();
-        let shared = |a: &str| -> Arc<str> {
-            old.others
-                .iter()
-                .map(|(o, _)| o)
-                .chain(old.me.iter())
-                .find(|o| &***o == a)
-                .cloned()
-                .unwrap_or_else(|| Arc::from(a))
-        };
         let others = (0..ring.len())
             .filter_map(|i| ring.member(i))
             .filter(|(a, _)| *a != me)
-            .map(|(a, seed)| (shared(a), seed))
+            .map(|(a, seed)| (Arc::from(a), seed))
             .collect();
-        let me = Some(shared(me));
+        let me = Some(Arc::from(me));
         self.known.store(Arc::new(Known { ring, me, others }));
     }
 
@@ -332,8 +320,4 @@ async fn settle_batches(settler: Arc<Settler>, peers: Arc<Peers>) {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -43,7 +43,6 @@ struct Inbox {
     /// Senders alive: the connection's own and one per request in flight.
     senders: AtomicUsize,
     bytes: AtomicUsize,
-    written: Notify,
     /// The process-wide budget answers beyond [`FREE_ANSWER_BYTES`] draw on.
     budget: ByteBudget,
     /// What this connection holds of it, given back once its queue drains.
@@ -76,7 +75,6 @@ pub fn replies(budget: ByteBudget) -> (ReplyTx, ReplyRx) {
         arrived: Notify::new(),
         senders: AtomicUsize::new(1),
         bytes: AtomicUsize::new(0),
-        written: Notify::new(),
         budget,
         held: std::sync::Mutex::new(None),
         closed: AtomicBool::new(false),
@@ -162,18 +160,6 @@ impl ReplyTx {
         }
         self.inbox.bytes.load(Ordering::Relaxed)
     }
-
-    /// Waits until at most `cap` answer bytes are queued.
-    pub async fn until_at_most(&self, cap: usize) {
-        loop {
-            // Created before the check: a write in between still wakes it.
-            let written = self.inbox.written.notified();
-            if self.queued() <= cap {
-                return;
-            }
-            written.await;
-        }
-    }
 }
 
 impl ReplyRx {
@@ -215,18 +201,16 @@ impl ReplyRx {
             // Drained back under the free allowance: give the budget back.
             self.inbox.release();
         }
-        self.inbox.written.notify_waiters();
     }
 
     /// The connection is done writing (the client is gone or shutdown's
     /// grace ran out): later answers are refused, queued ones dropped
-    /// (freeing their slots), and a sender waiting for room goes on.
+    /// (freeing their slots).
     pub fn close(&mut self) {
         self.inbox.closed.store(true, Ordering::Release);
         let dropped = std::mem::take(&mut *self.inbox.answers());
         drop(dropped);
         self.inbox.release();
-        self.inbox.written.notify_waiters();
     }
 }
 

@@ -68,7 +68,7 @@ pub async fn serve_binary(
         // A client that does not read its answers stops being read (the
         // write above waits for it, up to `stall`), and so does one with
         // every slot taken, until answers free some.
-        let paused = tx.queued() > MAX_QUEUED_ANSWER_BYTES || slots.available_permits() == 0;
+        let paused = stop_decoding(&tx, &slots);
         // A large frame is read only with room in the router-wide budget;
         // without it the connection waits (backpressure).
         let to_hold = if paused || backlog {
@@ -118,7 +118,7 @@ pub async fn serve_binary(
         }
         let mut completed = false;
         loop {
-            if tx.queued() > MAX_QUEUED_ANSWER_BYTES || slots.available_permits() == 0 {
+            if stop_decoding(&tx, &slots) {
                 backlog = true;
                 break;
             }
@@ -243,6 +243,12 @@ impl Outgoing {
             }
         }
     }
+}
+
+/// Whether the connection stops decoding requests: too many answer bytes
+/// unwritten, or every in-flight slot taken.
+fn stop_decoding(tx: &ReplyTx, slots: &Semaphore) -> bool {
+    tx.queued() > MAX_QUEUED_ANSWER_BYTES || slots.available_permits() == 0
 }
 
 fn protocol_error(router: &Router, tx: &ReplyTx, err: WireError, id: u64) {
